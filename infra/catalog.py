@@ -1,0 +1,28 @@
+"""PyIceberg access to the same Iceberg catalog the Spark Connect server uses."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from pyiceberg.catalog import Catalog, load_catalog
+
+from settings import CatalogType, Settings
+
+
+def prepare_sqlite(settings: Settings) -> None:
+    """Create the SQLite catalog file in WAL mode so Spark and PyIceberg can share it."""
+    path = settings.sqlite_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path, timeout=30) as db:
+        # WAL is a property of the file: set once, every later connection uses it.
+        db.execute("PRAGMA journal_mode=WAL")
+    if settings.warehouse is None:
+        (settings.data_dir.resolve() / "warehouse").mkdir(parents=True, exist_ok=True)
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    """Open the configured catalog with PyIceberg; for SQLite, create its tables if missing."""
+    if settings.catalog_type is CatalogType.SQLITE:
+        prepare_sqlite(settings)
+    # PyIceberg's SqlCatalog creates its catalog tables (the schema Spark's JdbcCatalog reads).
+    return load_catalog(settings.catalog_name, **settings.pyiceberg_catalog_properties())

@@ -1,0 +1,173 @@
+"""The one place that reads the environment.
+
+Every value has a localhost default, so the embedded stack works with no configuration. Pointing
+the same code at a cluster means setting ``SPARK_REMOTE`` and the ``OHLCV_CATALOG_*`` values.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import quote
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class CatalogType(StrEnum):
+    """Which Iceberg catalog Spark and PyIceberg share."""
+
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+    REST = "rest"
+
+
+class Settings(BaseSettings):
+    """Typed settings, read from ``OHLCV_*`` variables (and the standard ``SPARK_REMOTE``)."""
+
+    model_config = SettingsConfigDict(env_prefix="OHLCV_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".ohlcv"),
+        description="Local stack state: catalog file, warehouse, server logs and pid file.",
+    )
+    jar_cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "ohlcv" / "jars",
+        description="Where pinned JVM artifacts are cached, outside the repository.",
+    )
+
+    # Spark Connect
+    spark_remote: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SPARK_REMOTE", "OHLCV_SPARK_REMOTE"),
+        description="sc://host:port/;token=...;use_ssl=true. Unset: the local embedded server.",
+    )
+    connect_host: str = "127.0.0.1"
+    connect_port: int = Field(default=15002, ge=1, le=65535)
+    driver_memory: str = "4g"
+    local_cores: int = Field(default=0, ge=0, description="0 = all cores of this machine.")
+    shuffle_partitions: int = Field(default=4, ge=1)
+    server_start_timeout_s: float = Field(default=180.0, gt=0)
+
+    # Iceberg catalog
+    catalog_type: CatalogType = CatalogType.SQLITE
+    catalog_name: str = "ohlcv"
+    namespace: str = "market"
+    catalog_uri: str | None = Field(
+        default=None,
+        description="JDBC URL (postgres: jdbc:postgresql://host:5432/db) or REST URL. "
+        "Unset with sqlite: <data_dir>/catalog.db.",
+    )
+    catalog_user: str | None = None
+    catalog_password: SecretStr | None = None
+    warehouse: str | None = Field(
+        default=None, description="Warehouse location. Unset: file:<data_dir>/warehouse."
+    )
+
+    @field_validator("catalog_name", "namespace")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(
+                f"{value!r} is not a plain identifier: use letters, digits and underscores"
+            )
+        return value
+
+    # Derived values -------------------------------------------------------------------------
+
+    @property
+    def stack_dir(self) -> Path:
+        return self.data_dir.resolve() / "stack"
+
+    @property
+    def remote(self) -> str:
+        """The Spark Connect URL the client uses."""
+        if self.spark_remote:
+            return self.spark_remote
+        # The Python client sends plaintext only to the literal host "localhost".
+        return f"sc://localhost:{self.connect_port}"
+
+    @property
+    def is_local(self) -> bool:
+        """True when the client talks to the embedded server this project starts."""
+        return self.spark_remote is None
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir.resolve() / "catalog.db"
+
+    @property
+    def warehouse_location(self) -> str:
+        if self.warehouse:
+            return self.warehouse
+        return (self.data_dir.resolve() / "warehouse").as_uri()
+
+    def table(self, name: str) -> str:
+        """Fully qualified Spark name of a table in the configured catalog and namespace."""
+        return f"{self.catalog_name}.{self.namespace}.{name}"
+
+    def spark_catalog_conf(self) -> dict[str, str]:
+        """Spark session settings that register the Iceberg catalog."""
+        prefix = f"spark.sql.catalog.{self.catalog_name}"
+        conf = {
+            prefix: "org.apache.iceberg.spark.SparkCatalog",
+            f"{prefix}.warehouse": self.warehouse_location,
+            # PyIceberg appends behind Spark's back: a cached table would serve a stale snapshot.
+            f"{prefix}.cache-enabled": "false",
+        }
+        if self.catalog_type is CatalogType.REST:
+            conf[f"{prefix}.type"] = "rest"
+            conf[f"{prefix}.uri"] = self._require_uri()
+            return conf
+        conf[f"{prefix}.type"] = "jdbc"
+        if self.catalog_type is CatalogType.SQLITE:
+            conf[f"{prefix}.uri"] = f"jdbc:sqlite:{self.sqlite_path}"
+            # With the default (true) the JVM holds a SQLite read lock for its whole life and
+            # every PyIceberg commit fails with "database is locked". PyIceberg creates the tables.
+            conf[f"{prefix}.jdbc.init-catalog-tables"] = "false"
+            conf[f"{prefix}.jdbc.busy_timeout"] = "30000"
+            conf[f"{prefix}.jdbc.journal_mode"] = "WAL"
+        else:
+            conf[f"{prefix}.uri"] = self._require_uri()
+        if self.catalog_user:
+            conf[f"{prefix}.jdbc.user"] = self.catalog_user
+        if self.catalog_password:
+            conf[f"{prefix}.jdbc.password"] = self.catalog_password.get_secret_value()
+        return conf
+
+    def pyiceberg_catalog_properties(self) -> dict[str, str]:
+        """Properties for ``pyiceberg.catalog.load_catalog`` that open the same catalog."""
+        props = {"warehouse": self.warehouse_location}
+        if self.catalog_type is CatalogType.REST:
+            props.update(type="rest", uri=self._require_uri())
+            return props
+        props["type"] = "sql"
+        if self.catalog_type is CatalogType.SQLITE:
+            props["uri"] = f"sqlite:///{self.sqlite_path}?timeout=30"
+            return props
+        jdbc = self._require_uri()
+        if not jdbc.startswith("jdbc:postgresql://"):
+            raise ValueError(
+                f"OHLCV_CATALOG_URI={jdbc!r} is not a PostgreSQL JDBC URL: "
+                "use jdbc:postgresql://host:5432/database"
+            )
+        user = quote(self.catalog_user or "", safe="")
+        password = (
+            quote(self.catalog_password.get_secret_value(), safe="")
+            if self.catalog_password
+            else ""
+        )
+        auth = f"{user}:{password}@" if user else ""
+        props["uri"] = f"postgresql+psycopg2://{auth}{jdbc.removeprefix('jdbc:postgresql://')}"
+        return props
+
+    def _require_uri(self) -> str:
+        if not self.catalog_uri:
+            raise ValueError(
+                f"OHLCV_CATALOG_TYPE={self.catalog_type.value} needs OHLCV_CATALOG_URI "
+                "(the catalog's JDBC or REST URL)"
+            )
+        return self.catalog_uri
