@@ -1,0 +1,52 @@
+"""Opening Spark Connect sessions from settings."""
+
+from __future__ import annotations
+
+import re
+
+from pyspark.sql import SparkSession
+
+from infra.stack import port_open
+from settings import Settings
+
+_HOST_PORT = re.compile(r"^sc://(?P<host>[^:/;]+)(?::(?P<port>\d+))?")
+
+
+class ConnectError(RuntimeError):
+    """No Spark Connect server answers at the configured address."""
+
+
+def redact(remote: str) -> str:
+    """A Spark Connect URL without its parameters (the token never reaches logs)."""
+    return remote.split(";", 1)[0].rstrip("/")
+
+
+def connect(settings: Settings, *, tags: tuple[str, ...] = ()) -> SparkSession:
+    """Open a new Spark Connect session (UTC, optionally tagged for interruption).
+
+    Raises:
+        ConnectError: when nothing listens at the configured address, with what to do.
+    """
+    remote = settings.remote
+    match = _HOST_PORT.match(remote)
+    if match is None:
+        raise ConnectError(
+            f"SPARK_REMOTE={redact(remote)!r} is not a Spark Connect URL: "
+            "use sc://host:port/;token=...;use_ssl=true"
+        )
+    host, port = match["host"], int(match["port"] or 15002)
+    if not port_open("127.0.0.1" if host == "localhost" else host, port, timeout=3.0):
+        hint = (
+            "run `ohlcv stack up`"
+            if settings.is_local
+            else "check the server or fix SPARK_REMOTE"
+        )
+        raise ConnectError(
+            f"no Spark Connect server reachable at {redact(remote)}: {hint} "
+            "(or set SPARK_REMOTE to a running server)"
+        )
+    spark = SparkSession.builder.remote(remote).create()
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    for tag in tags:
+        spark.addTag(tag)
+    return spark

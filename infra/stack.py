@@ -1,0 +1,233 @@
+"""The embedded stack: a local Spark Connect server with the Iceberg catalog configured.
+
+``up`` is idempotent (a running server of this data directory is reused), writes the server's
+log and pid file under ``<data_dir>/stack`` and returns once the server accepts a session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.artifacts import ensure_artifacts, spark_env, spark_home
+from infra.catalog import open_catalog
+from settings import CatalogType, Settings
+from spark_jobs.tables import ensure_tables
+
+CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+
+
+class StackError(RuntimeError):
+    """The local stack could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    running: bool
+    pid: int | None
+    remote: str
+    log_file: Path
+
+    def describe(self) -> str:
+        if self.running:
+            return f"running (pid {self.pid}) at {self.remote}; log: {self.log_file}"
+        return f"stopped; log: {self.log_file}"
+
+
+def _pid_file(settings: Settings) -> Path:
+    return settings.stack_dir / "server.json"
+
+
+def _log_file(settings: Settings) -> Path:
+    return settings.stack_dir / "server.log"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as gone.
+    with contextlib.suppress(FileNotFoundError):
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return False
+    return True
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _read_pid(settings: Settings) -> int | None:
+    try:
+        return int(json.loads(_pid_file(settings).read_text())["pid"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def status(settings: Settings) -> StackStatus:
+    pid = _read_pid(settings)
+    running = pid is not None and _alive(pid)
+    return StackStatus(running, pid if running else None, settings.remote, _log_file(settings))
+
+
+def server_conf(settings: Settings) -> dict[str, str]:
+    """Spark settings of the local Connect server (catalog, time zone, loopback binding)."""
+    local_dir = settings.stack_dir / "spark-local"
+    return {
+        "spark.connect.grpc.binding.address": settings.connect_host,
+        "spark.connect.grpc.binding.port": str(settings.connect_port),
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.host": "127.0.0.1",
+        "spark.sql.extensions": "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
+        "spark.sql.defaultCatalog": settings.catalog_name,
+        "spark.local.dir": str(local_dir),
+        "spark.ui.showConsoleProgress": "false",
+        **settings.spark_catalog_conf(),
+    }
+
+
+def _redacted(cmd: list[str]) -> str:
+    return " ".join("password=***" if "password=" in part else part for part in cmd)
+
+
+def up(settings: Settings) -> StackStatus:
+    """Start the local Spark Connect server (or reuse a running one) and prepare the tables."""
+    if not settings.is_local:
+        raise StackError(
+            f"SPARK_REMOTE is set ({settings.remote.split(';')[0]}): the stack commands manage "
+            "only the local server; unset SPARK_REMOTE to use it"
+        )
+    current = status(settings)
+    if current.running:
+        _wait_ready(settings, current.pid)
+        return current
+    if port_open(settings.connect_host, settings.connect_port):
+        raise StackError(
+            f"port {settings.connect_port} on {settings.connect_host} is used by another process: "
+            "stop it or choose another port with OHLCV_CONNECT_PORT"
+        )
+
+    jars = ensure_artifacts(settings.jar_cache_dir)
+    catalog = open_catalog(settings)
+    ensure_tables(catalog, settings.namespace)
+    if settings.catalog_type is CatalogType.SQLITE:
+        # The JDBC catalog opens SQLite through the driver's own connection; close ours first.
+        catalog.engine.dispose()  # type: ignore[attr-defined]
+
+    settings.stack_dir.mkdir(parents=True, exist_ok=True)
+    cores = settings.local_cores or "*"
+    cmd = [
+        str(spark_home() / "bin" / "spark-submit"),
+        "--class",
+        CONNECT_SERVER_CLASS,
+        "--name",
+        "ohlcv-connect",
+        "--master",
+        f"local[{cores}]",
+        "--driver-memory",
+        settings.driver_memory,
+        "--jars",
+        ",".join(str(j) for j in jars),
+    ]
+    for key, value in server_conf(settings).items():
+        cmd += ["--conf", f"{key}={value}"]
+    cmd.append("spark-internal")
+
+    log = _log_file(settings)
+    with log.open("ab") as out:
+        out.write(f"\n=== starting: {_redacted(cmd)}\n".encode())
+        out.flush()
+        # spark-submit execs into the JVM, so this pid is the server's; a new session lets
+        # `down` signal the whole process group.
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=spark_env(),
+            cwd=settings.stack_dir,
+            start_new_session=True,
+        )
+    _pid_file(settings).write_text(json.dumps({"pid": proc.pid, "port": settings.connect_port}))
+    try:
+        _wait_ready(settings, proc.pid)
+    except StackError:
+        _stop_pid(proc.pid)
+        _pid_file(settings).unlink(missing_ok=True)
+        raise
+    return status(settings)
+
+
+def _log_tail(settings: Settings, lines: int = 25) -> str:
+    try:
+        return "\n".join(_log_file(settings).read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _wait_ready(settings: Settings, pid: int | None) -> None:
+    deadline = time.monotonic() + settings.server_start_timeout_s
+    while time.monotonic() < deadline:
+        if pid is not None and not _alive(pid):
+            raise StackError(
+                f"the Spark Connect server exited during start-up; last lines of "
+                f"{_log_file(settings)}:\n{_log_tail(settings)}"
+            )
+        if port_open("127.0.0.1", settings.connect_port):
+            _check_session(settings)
+            return
+        time.sleep(0.25)
+    raise StackError(
+        f"the Spark Connect server did not accept connections on port {settings.connect_port} "
+        f"within {settings.server_start_timeout_s:.0f} s (OHLCV_SERVER_START_TIMEOUT_S); "
+        f"last lines of {_log_file(settings)}:\n{_log_tail(settings)}"
+    )
+
+
+def _check_session(settings: Settings) -> None:
+    from infra.session import connect  # imports this module for port_open
+
+    spark = connect(settings)
+    try:
+        spark.sql("SELECT 1").collect()
+    finally:
+        spark.stop()
+
+
+def _stop_pid(pid: int, timeout_s: float = 30.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            break
+        time.sleep(0.2)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def down(settings: Settings) -> StackStatus:
+    """Stop the local server if it runs; a no-op otherwise."""
+    pid = _read_pid(settings)
+    if pid is not None and _alive(pid):
+        _stop_pid(pid)
+    _pid_file(settings).unlink(missing_ok=True)
+    return status(settings)
