@@ -23,6 +23,10 @@ from spark_jobs.tables import ensure_tables
 
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 
+# Servers started by this process. Holding the Popen objects lets `down` reap them, and keeps
+# Python from warning that a still-running child was garbage-collected.
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
 
 class StackError(RuntimeError):
     """The local stack could not be started, reached or stopped."""
@@ -163,6 +167,7 @@ def up(settings: Settings) -> StackStatus:
             cwd=settings.stack_dir,
             start_new_session=True,
         )
+    _STARTED[proc.pid] = proc
     _pid_file(settings).write_text(json.dumps({"pid": proc.pid, "port": settings.connect_port}))
     try:
         _wait_ready(settings, proc.pid)
@@ -220,8 +225,9 @@ def _stop_pid(pid: int, timeout_s: float = 30.0) -> None:
     else:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+    proc = _STARTED.pop(pid, None)
+    if proc is not None:
+        proc.wait(timeout=10)
 
 
 def down(settings: Settings) -> StackStatus:

@@ -28,7 +28,7 @@ class CatalogType(StrEnum):
 class Settings(BaseSettings):
     """Typed settings, read from ``OHLCV_*`` variables (and the standard ``SPARK_REMOTE``)."""
 
-    model_config = SettingsConfigDict(env_prefix="OHLCV_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="OHLCV_", extra="ignore", populate_by_name=True)
 
     data_dir: Path = Field(
         default=Path(".ohlcv"),

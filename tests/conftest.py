@@ -1,0 +1,53 @@
+"""Fixtures: one real Spark Connect server per test session, started through infra/ code."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyiceberg.catalog import Catalog
+from pyspark.sql import SparkSession
+
+from infra import stack
+from infra.catalog import open_catalog
+from infra.session import connect
+from settings import Settings
+from spark_jobs.tables import Tables, ensure_tables
+
+# A port of its own, so a developer's `make demo` server (15002) is never touched.
+TEST_PORT = 15012
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    data_dir: Path = tmp_path_factory.mktemp("ohlcv")
+    return Settings(data_dir=data_dir, connect_port=TEST_PORT, spark_remote=None)
+
+
+@pytest.fixture(scope="session")
+def server(settings: Settings) -> Iterator[stack.StackStatus]:
+    status = stack.up(settings)
+    yield status
+    stack.down(settings)
+
+
+@pytest.fixture(scope="session")
+def spark(server: stack.StackStatus, settings: Settings) -> Iterator[SparkSession]:
+    session = connect(settings)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def catalog(settings: Settings) -> Catalog:
+    return open_catalog(settings)
+
+
+@pytest.fixture
+def tables(catalog: Catalog, settings: Settings, server: stack.StackStatus) -> Tables:
+    """Empty trades, rejects and candle tables in a namespace of this test's own."""
+    namespace = f"t_{uuid.uuid4().hex[:12]}"
+    ensure_tables(catalog, namespace)
+    return Tables(settings.catalog_name, namespace)
