@@ -1,0 +1,274 @@
+"""The ``ohlcv`` command line: thin wiring of settings, infra and job functions."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pyspark.errors import PySparkException
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from rich.console import Console
+from rich.table import Table
+
+from infra import stack
+from infra.artifacts import ArtifactError, ensure_artifacts
+from infra.catalog import open_catalog
+from infra.session import ConnectError, connect
+from settings import Settings
+from spark_jobs import jobs
+from spark_jobs.demo_data import DEFAULT_SYMBOLS, demo_trades
+from spark_jobs.ingest import IngestResult, SchemaError, ingest, ingest_file
+from spark_jobs.tables import Tables, ensure_tables
+from spark_jobs.timeframes import TIMEFRAMES, Timeframe, timeframe
+
+app = typer.Typer(help="Exact OHLCV candles from Iceberg trades over Spark Connect.", no_args_is_help=True)
+stack_app = typer.Typer(help="The local Spark Connect server and Iceberg catalog.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+console = Console()
+err = Console(stderr=True)
+
+F_ = TypeVar("F_", bound=Callable[..., Any])
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _friendly_errors(func: F_) -> F_:
+    """Turn the errors a user can act on into one clear line and exit code 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ConnectError, stack.StackError, ArtifactError, SchemaError, ValueError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
+        except PySparkException as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            err.print(f"[red]Spark error:[/red] {first}")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90s', '10m', '2h', '2d' -> timedelta."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"duration {text!r} is not understood: use a number and s, m, h or d (e.g. 10m)")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def parse_time(text: str) -> datetime:
+    """ISO-8601; a time without offset is taken as UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"time {text!r} is not ISO-8601: use e.g. 2026-11-26T14:05:00Z") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _tables(settings: Settings) -> Tables:
+    return Tables(settings.catalog_name, settings.namespace)
+
+
+@contextmanager
+def _session(settings: Settings) -> Iterator[SparkSession]:
+    spark = connect(settings)
+    try:
+        yield spark
+    finally:
+        spark.stop()
+
+
+# stack ---------------------------------------------------------------------------------------
+
+
+@stack_app.command("up")
+@_friendly_errors
+def stack_up() -> None:
+    """Start the local Spark Connect server (reuses a running one)."""
+    started = time.monotonic()
+    status = stack.up(Settings())
+    console.print(f"Spark Connect {status.describe()} ({time.monotonic() - started:.1f} s)")
+
+
+@stack_app.command("down")
+@_friendly_errors
+def stack_down() -> None:
+    """Stop the local Spark Connect server."""
+    console.print(f"Spark Connect {stack.down(Settings()).describe()}")
+
+
+@stack_app.command("status")
+@_friendly_errors
+def stack_status() -> None:
+    """Show whether the local server runs, its URL and log file."""
+    console.print(f"Spark Connect {stack.status(Settings()).describe()}")
+
+
+@app.command()
+@_friendly_errors
+def setup() -> None:
+    """Fetch the pinned JVM artifacts into the cache (done by `stack up` too)."""
+    settings = Settings()
+    for path in ensure_artifacts(settings.jar_cache_dir):
+        console.print(f"ok {path}")
+
+
+# ingestion -----------------------------------------------------------------------------------
+
+
+def _print_ingest(result: IngestResult) -> None:
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(result.rejected_by_reason.items()))
+    console.print(
+        f"rows in {result.rows_in} = accepted {result.accepted} + duplicates "
+        f"{result.duplicates} + rejected {result.rejected}" + (f" ({reasons})" if reasons else "")
+    )
+
+
+@app.command("ingest")
+@_friendly_errors
+def ingest_command(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Parquet or CSV file")],
+) -> None:
+    """Validate a file of trades and append it to `trades` (rejects go to `trades_rejected`)."""
+    settings = Settings()
+    catalog = open_catalog(settings)
+    ensure_tables(catalog, settings.namespace)
+    _print_ingest(ingest_file(catalog, settings.namespace, path))
+
+
+@app.command("demo-data")
+@_friendly_errors
+def demo_data_command(
+    hours: Annotated[float, typer.Option(help="How many hours of trades, ending now")] = 48,
+    symbols: Annotated[int, typer.Option(help="How many symbols")] = 6,
+    trades_per_minute: Annotated[float, typer.Option(help="Average per symbol")] = 20,
+    seed: Annotated[int, typer.Option()] = 7,
+) -> None:
+    """Generate realistic synthetic trades (with late, duplicate and bad rows) and ingest them."""
+    _print_ingest(_ingest_demo(Settings(), hours, symbols, trades_per_minute, seed))
+
+
+def _ingest_demo(settings: Settings, hours: float, symbols: int, per_minute: float, seed: int) -> IngestResult:
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    names = list(DEFAULT_SYMBOLS)[:symbols] + [f"SYM{i:02d}-USD" for i in range(max(0, symbols - len(DEFAULT_SYMBOLS)))]
+    table = demo_trades(
+        start=end - timedelta(hours=hours), end=end, symbols=names, trades_per_minute=per_minute, seed=seed
+    )
+    catalog = open_catalog(settings)
+    ensure_tables(catalog, settings.namespace)
+    return ingest(catalog, settings.namespace, table, source="demo-data", now=end)
+
+
+# candle jobs ---------------------------------------------------------------------------------
+
+
+def _timeframe_arg(value: str) -> Timeframe:
+    return timeframe(value)
+
+
+def _print_run(result: jobs.RunResult, seconds: float) -> None:
+    console.print(
+        f"{result.timeframe}: read {result.trades_read} trades ({result.new_trades} new, "
+        f"{result.late_trades} late), {result.windows_recomputed} candles recomputed: "
+        f"{result.inserted} inserted, {result.updated} updated, {result.unchanged} unchanged "
+        f"in {seconds:.1f} s"
+        + (f"; snapshot {result.candle_snapshot_id}" if result.written else "; nothing to write")
+    )
+
+
+@app.command("run")
+@_friendly_errors
+def run_command(
+    tf: Annotated[str, typer.Argument(help="1m, 5m, 30m, 1h or 1d")],
+    at: Annotated[str | None, typer.Option("--at", help="Reference time (ISO-8601, default now)")] = None,
+    lookback: Annotated[str | None, typer.Option(help="e.g. 10m, 2h (default: the timeframe's)")] = None,
+) -> None:
+    """Recompute the lookback windows and every window touched by new trades, now."""
+    settings = Settings()
+    tf_ = timeframe(tf)
+    now = parse_time(at) if at else None
+    span = parse_duration(lookback) if lookback else None
+    with _session(settings) as spark:
+        started = time.monotonic()
+        result = jobs.refresh_candles(spark, _tables(settings), tf_, now=now, lookback=span)
+        _print_run(result, time.monotonic() - started)
+
+
+@app.command("backfill")
+@_friendly_errors
+def backfill_command(
+    tf: Annotated[str, typer.Argument(help="1m, 5m, 30m, 1h or 1d")],
+    start: Annotated[str, typer.Option(help="ISO-8601, inclusive")],
+    end: Annotated[str, typer.Option(help="ISO-8601, exclusive")],
+    chunk: Annotated[str, typer.Option(help="Size of one bounded chunk")] = "1d",
+) -> None:
+    """Recompute every window in [start, end), chunk by chunk."""
+    settings = Settings()
+    tf_ = timeframe(tf)
+    with _session(settings) as spark:
+        started = time.monotonic()
+        for result in jobs.backfill(
+            spark, _tables(settings), tf_, parse_time(start), parse_time(end), chunk=parse_duration(chunk)
+        ):
+            _print_run(result, time.monotonic() - started)
+            started = time.monotonic()
+
+
+def summary_table(spark: SparkSession, tables: Tables, tf: Timeframe) -> Table:
+    """Per-symbol summary of one candle table."""
+    rows = (
+        spark.read.table(tables.candles(tf))
+        .groupBy("symbol")
+        .agg(
+            F.count(F.lit(1)).alias("candles"),
+            F.date_format(F.min("window_start"), "yyyy-MM-dd HH:mm").alias("first"),
+            F.date_format(F.max("window_start"), "yyyy-MM-dd HH:mm").alias("last"),
+            F.sum("trade_count").alias("trades"),
+            F.max_by("close", "window_start").alias("last_close"),
+        )
+        .orderBy("symbol")
+        .collect()
+    )
+    table = Table(title=f"{tables.candles(tf)}")
+    for column in ("symbol", "candles", "first window (UTC)", "last window (UTC)", "trades", "last close"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            r["symbol"], str(r["candles"]), r["first"], r["last"],
+            str(r["trades"]), str(r["last_close"]),
+        )
+    return table
+
+
+@app.command("demo")
+@_friendly_errors
+def demo_command(
+    hours: Annotated[float, typer.Option(help="Hours of demo trades, ending now")] = 48,
+) -> None:
+    """Start the local stack, ingest demo trades, run all five timeframes, print a summary."""
+    settings = Settings()
+    started = time.monotonic()
+    status = stack.up(settings)
+    console.print(f"Spark Connect {status.describe()} ({time.monotonic() - started:.1f} s)")
+    _print_ingest(_ingest_demo(settings, hours, 6, 20, 7))
+    tables = _tables(settings)
+    with _session(settings) as spark:
+        for tf in TIMEFRAMES.values():
+            started = time.monotonic()
+            _print_run(jobs.refresh_candles(spark, tables, tf), time.monotonic() - started)
+        for tf in TIMEFRAMES.values():
+            console.print(summary_table(spark, tables, tf))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,59 @@
+"""Settings: one typed place for configuration; catalog code paths for SQLite, PostgreSQL, REST."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from settings import CatalogType, Settings
+
+
+def test_defaults_are_the_embedded_stack(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, spark_remote=None)
+    assert s.remote == "sc://localhost:15002"
+    assert s.is_local
+    conf = s.spark_catalog_conf()
+    assert conf["spark.sql.catalog.ohlcv.type"] == "jdbc"
+    assert conf["spark.sql.catalog.ohlcv.uri"] == f"jdbc:sqlite:{tmp_path.resolve()}/catalog.db"
+    assert conf["spark.sql.catalog.ohlcv.jdbc.init-catalog-tables"] == "false"
+    props = s.pyiceberg_catalog_properties()
+    assert props["type"] == "sql" and props["uri"].startswith(f"sqlite:///{tmp_path.resolve()}")
+
+
+def test_spark_remote_comes_from_the_standard_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPARK_REMOTE", "sc://spark.example:443/;token=t;use_ssl=true")
+    s = Settings()
+    assert s.remote == "sc://spark.example:443/;token=t;use_ssl=true"
+    assert not s.is_local
+
+
+def test_postgres_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OHLCV_CATALOG_TYPE", "postgres")
+    monkeypatch.setenv("OHLCV_CATALOG_URI", "jdbc:postgresql://db:5432/iceberg")
+    monkeypatch.setenv("OHLCV_CATALOG_USER", "ohlcv")
+    monkeypatch.setenv("OHLCV_CATALOG_PASSWORD", "p@ss")
+    monkeypatch.setenv("OHLCV_WAREHOUSE", "s3://bucket/warehouse")
+    s = Settings()
+    assert s.catalog_type is CatalogType.POSTGRES
+    conf = s.spark_catalog_conf()
+    assert conf["spark.sql.catalog.ohlcv.uri"] == "jdbc:postgresql://db:5432/iceberg"
+    assert conf["spark.sql.catalog.ohlcv.jdbc.user"] == "ohlcv"
+    assert conf["spark.sql.catalog.ohlcv.warehouse"] == "s3://bucket/warehouse"
+    assert s.pyiceberg_catalog_properties()["uri"] == "postgresql+psycopg2://ohlcv:p%40ss@db:5432/iceberg"
+    assert "p@ss" not in repr(s)
+
+
+def test_rest_catalog_needs_a_uri() -> None:
+    s = Settings(catalog_type=CatalogType.REST)
+    with pytest.raises(ValueError, match="OHLCV_CATALOG_URI"):
+        s.spark_catalog_conf()
+    s = Settings(catalog_type=CatalogType.REST, catalog_uri="http://rest:8181")
+    assert s.spark_catalog_conf()["spark.sql.catalog.ohlcv.type"] == "rest"
+    assert s.pyiceberg_catalog_properties() == {"warehouse": s.warehouse_location, "type": "rest", "uri": "http://rest:8181"}
+
+
+def test_identifiers_are_checked() -> None:
+    with pytest.raises(ValidationError, match="not a plain identifier"):
+        Settings(namespace="market; DROP TABLE x")

@@ -1,0 +1,65 @@
+"""The local stack: idempotent start, clean stop, clear errors. Real processes, no mocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra import stack
+from infra.artifacts import Artifact, ArtifactError, ensure_artifacts
+from infra.session import ConnectError, connect
+from settings import Settings
+
+pytestmark = pytest.mark.spark
+
+
+def test_up_reuses_the_running_server(server: stack.StackStatus, settings: Settings) -> None:
+    again = stack.up(settings)
+    assert again.running and again.pid == server.pid
+    assert stack.status(settings).running
+
+
+def test_another_stack_on_a_taken_port_is_refused(server: stack.StackStatus, settings: Settings, tmp_path: Path) -> None:
+    other = Settings(data_dir=tmp_path, connect_port=settings.connect_port, spark_remote=None)
+    with pytest.raises(stack.StackError, match=f"port {settings.connect_port}.*OHLCV_CONNECT_PORT"):
+        stack.up(other)
+
+
+def test_no_server_gives_one_clear_error(tmp_path: Path) -> None:
+    nobody = Settings(data_dir=tmp_path, connect_port=15999, spark_remote=None)
+    with pytest.raises(ConnectError, match=r"sc://localhost:15999: run `ohlcv stack up`"):
+        connect(nobody)
+
+
+def test_token_never_appears_in_connect_errors(tmp_path: Path) -> None:
+    remote = Settings(data_dir=tmp_path, spark_remote="sc://localhost:15998/;token=s3cret")
+    with pytest.raises(ConnectError) as failure:
+        connect(remote)
+    assert "s3cret" not in str(failure.value)
+
+
+def test_up_and_down_a_second_server(tmp_path: Path) -> None:
+    # Given a stack of its own (other data dir and port)
+    own = Settings(data_dir=tmp_path, connect_port=15013, spark_remote=None, driver_memory="1g")
+    started = stack.up(own)
+    try:
+        assert started.running and stack.port_open("127.0.0.1", 15013)
+        spark = connect(own)
+        assert spark.sql("SELECT 1 AS one").collect()[0]["one"] == 1
+        spark.stop()
+    finally:
+        # When it is stopped
+        stopped = stack.down(own)
+    # Then the process is gone, the port is free and the status says so
+    assert not stopped.running
+    assert not stack.port_open("127.0.0.1", 15013)
+    assert "stopped" in stack.status(own).describe()
+    # and stopping again is a no-op
+    assert not stack.down(own).running
+
+
+def test_an_artifact_that_cannot_be_fetched_is_named(tmp_path: Path) -> None:
+    missing = Artifact("org.example.ohlcv", "no-such-artifact", "0.0.1", "0" * 64)
+    with pytest.raises(ArtifactError, match="org.example.ohlcv:no-such-artifact:0.0.1"):
+        ensure_artifacts(tmp_path, (missing,))
