@@ -21,7 +21,7 @@ test: setup
 lint: setup
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
-	$(UV) run mypy flows spark_jobs expectations infra settings
+	$(UV) run mypy flows spark_jobs expectations infra settings tests bench
 
 bench: setup
 	$(UV) run python bench/bench_candles.py

@@ -76,7 +76,9 @@ def duckdb_candles(parquet_glob: str, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--trades", type=int, default=10_000_000)
     parser.add_argument("--symbols", type=int, default=50)
     parser.add_argument("--days", type=float, default=7)
@@ -100,8 +102,14 @@ def main() -> None:
             "generate_s",
             results,
             lambda: demo_trades(
-                start=start, end=end, symbols=symbols, trades_per_minute=per_minute, seed=1,
-                late_fraction=0.0, duplicate_fraction=0.0, bad_rows=0,
+                start=start,
+                end=end,
+                symbols=symbols,
+                trades_per_minute=per_minute,
+                seed=1,
+                late_fraction=0.0,
+                duplicate_fraction=0.0,
+                bad_rows=0,
             ),
         )
         trades = trades.sort_by("ts")
@@ -130,7 +138,11 @@ def main() -> None:
             _timed(
                 f"spark_parquet_1m_s_run{attempt + 1}",
                 results,
-                lambda: candles(df, ONE_MINUTE, ids).write.mode("overwrite").parquet(str(work / "spark-out")),
+                lambda: (
+                    candles(df, ONE_MINUTE, ids)
+                    .write.mode("overwrite")
+                    .parquet(str(work / "spark-out"))
+                ),
             )
         for attempt in range(2):
             _timed(
@@ -142,7 +154,11 @@ def main() -> None:
         # 1 M trades in the table, then steady-state incremental runs.
         first_n = min(1_000_000, body.num_rows)
         first, rest = body.slice(0, first_n), body.slice(first_n)
-        _timed("ingest_1m_rows_s", results, lambda: ingest(catalog, settings.namespace, first, source="bench", now=end))
+        _timed(
+            "ingest_1m_rows_s",
+            results,
+            lambda: ingest(catalog, settings.namespace, first, source="bench", now=end),
+        )
 
         def steady(label: str, table_rows_end: datetime, tick_source: pa.Table) -> None:
             jobs.refresh_candles(spark, tables, ONE_MINUTE, now=table_rows_end)  # catch up
@@ -151,13 +167,18 @@ def main() -> None:
             for i in range(args.repeats):
                 t0 = table_rows_end + timedelta(minutes=i)
                 lo = int((t0 - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
-                tick = tick_source.filter(pc.and_(pc.greater_equal(tick_us, lo), pc.less(tick_us, lo + 60_000_000)))
+                tick = tick_source.filter(
+                    pc.and_(pc.greater_equal(tick_us, lo), pc.less(tick_us, lo + 60_000_000))
+                )
                 ingest(catalog, settings.namespace, tick, source="bench-tick", now=end)
                 started = time.perf_counter()
                 run = jobs.refresh_candles(spark, tables, ONE_MINUTE, now=t0 + timedelta(minutes=1))
                 times.append(time.perf_counter() - started)
-                print(f"    tick {i}: {times[-1]:.2f} s, {run.trades_read} trades read, "
-                      f"{run.inserted} inserted, {run.updated} updated", flush=True)
+                print(
+                    f"    tick {i}: {times[-1]:.2f} s, {run.trades_read} trades read, "
+                    f"{run.inserted} inserted, {run.updated} updated",
+                    flush=True,
+                )
             results[label] = round(statistics.median(times), 3)
             print(f"  {label}: {results[label]:.2f} s (median of {len(times)})", flush=True)
 
@@ -166,12 +187,22 @@ def main() -> None:
         steady("incremental_1m_s_at_1M", first_end, rest)
 
         # All N trades: ingest the rest (minus what the ticks above already appended), backfill.
-        _timed("ingest_rest_s", results, lambda: ingest(catalog, settings.namespace, rest, source="bench", now=end))
-        results["ingest_trades_per_s"] = round(n / (results["ingest_1m_rows_s"] + results["ingest_rest_s"]))
+        _timed(
+            "ingest_rest_s",
+            results,
+            lambda: ingest(catalog, settings.namespace, rest, source="bench", now=end),
+        )
+        results["ingest_trades_per_s"] = round(
+            n / (results["ingest_1m_rows_s"] + results["ingest_rest_s"])
+        )
         backfill_runs = _timed(
             "backfill_1m_s",
             results,
-            lambda: list(jobs.backfill(spark, tables, ONE_MINUTE, start, ticks_start, chunk=timedelta(days=1))),
+            lambda: list(
+                jobs.backfill(
+                    spark, tables, ONE_MINUTE, start, ticks_start, chunk=timedelta(days=1)
+                )
+            ),
         )
         results["backfill_1m_trades_per_s"] = round(body.num_rows / results["backfill_1m_s"])
         info["backfill_candles"] = sum(r.inserted + r.updated + r.unchanged for r in backfill_runs)

@@ -24,13 +24,17 @@ from infra.catalog import open_catalog
 from infra.session import ConnectError, connect
 from settings import Settings
 from spark_jobs import jobs
-from spark_jobs.demo_data import DEFAULT_SYMBOLS, demo_trades
+from spark_jobs.demo_data import DEFAULT_SYMBOLS, demo_trades, feed_position
 from spark_jobs.ingest import IngestResult, SchemaError, ingest, ingest_file
-from spark_jobs.tables import Tables, ensure_tables
+from spark_jobs.tables import TRADES, Tables, ensure_tables
 from spark_jobs.timeframes import TIMEFRAMES, Timeframe, timeframe
 
-app = typer.Typer(help="Exact OHLCV candles from Iceberg trades over Spark Connect.", no_args_is_help=True)
-stack_app = typer.Typer(help="The local Spark Connect server and Iceberg catalog.", no_args_is_help=True)
+app = typer.Typer(
+    help="Exact OHLCV candles from Iceberg trades over Spark Connect.", no_args_is_help=True
+)
+stack_app = typer.Typer(
+    help="The local Spark Connect server and Iceberg catalog.", no_args_is_help=True
+)
 app.add_typer(stack_app, name="stack")
 console = Console()
 err = Console(stderr=True)
@@ -62,7 +66,9 @@ def parse_duration(text: str) -> timedelta:
     """'90s', '10m', '2h', '2d' -> timedelta."""
     match = _DURATION.match(text.strip())
     if not match:
-        raise ValueError(f"duration {text!r} is not understood: use a number and s, m, h or d (e.g. 10m)")
+        raise ValueError(
+            f"duration {text!r} is not understood: use a number and s, m, h or d (e.g. 10m)"
+        )
     return timedelta(**{_UNITS[match[2]]: int(match[1])})
 
 
@@ -126,7 +132,9 @@ def setup() -> None:
 # ingestion -----------------------------------------------------------------------------------
 
 
-def _print_ingest(result: IngestResult) -> None:
+def _print_ingest(result: IngestResult | None) -> None:
+    if result is None:
+        return
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(result.rejected_by_reason.items()))
     console.print(
         f"rows in {result.rows_in} = accepted {result.accepted} + duplicates "
@@ -158,14 +166,38 @@ def demo_data_command(
     _print_ingest(_ingest_demo(Settings(), hours, symbols, trades_per_minute, seed))
 
 
-def _ingest_demo(settings: Settings, hours: float, symbols: int, per_minute: float, seed: int) -> IngestResult:
+def _ingest_demo(
+    settings: Settings, hours: float, symbols: int, per_minute: float, seed: int
+) -> IngestResult | None:
+    """Ingest demo trades for the last ``hours``, continuing the feed already in the table.
+
+    A second demo appends only the trades since the newest one stored, with trade ids after
+    the highest stored one, as a live feed would; None when no time has passed since then.
+    """
     end = datetime.now(UTC).replace(second=0, microsecond=0)
-    names = list(DEFAULT_SYMBOLS)[:symbols] + [f"SYM{i:02d}-USD" for i in range(max(0, symbols - len(DEFAULT_SYMBOLS)))]
-    table = demo_trades(
-        start=end - timedelta(hours=hours), end=end, symbols=names, trades_per_minute=per_minute, seed=seed
-    )
+    start = end - timedelta(hours=hours)
+    names = list(DEFAULT_SYMBOLS)[:symbols] + [
+        f"SYM{i:02d}-USD" for i in range(max(0, symbols - len(DEFAULT_SYMBOLS)))
+    ]
     catalog = open_catalog(settings)
     ensure_tables(catalog, settings.namespace)
+    first_id = None
+    position = feed_position(catalog.load_table((settings.namespace, TRADES)))
+    if position is not None:
+        newest, highest_id = position
+        start = max(start, newest + timedelta(microseconds=1))
+        first_id = highest_id + 1
+    if start >= end:
+        console.print(f"no new demo trades: the table already holds trades up to {end:%H:%M} UTC")
+        return None
+    table = demo_trades(
+        start=start,
+        end=end,
+        symbols=names,
+        trades_per_minute=per_minute,
+        seed=seed,
+        first_trade_id=first_id,
+    )
     return ingest(catalog, settings.namespace, table, source="demo-data", now=end)
 
 
@@ -190,8 +222,12 @@ def _print_run(result: jobs.RunResult, seconds: float) -> None:
 @_friendly_errors
 def run_command(
     tf: Annotated[str, typer.Argument(help="1m, 5m, 30m, 1h or 1d")],
-    at: Annotated[str | None, typer.Option("--at", help="Reference time (ISO-8601, default now)")] = None,
-    lookback: Annotated[str | None, typer.Option(help="e.g. 10m, 2h (default: the timeframe's)")] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Reference time (ISO-8601, default now)")
+    ] = None,
+    lookback: Annotated[
+        str | None, typer.Option(help="e.g. 10m, 2h (default: the timeframe's)")
+    ] = None,
 ) -> None:
     """Recompute the lookback windows and every window touched by new trades, now."""
     settings = Settings()
@@ -218,7 +254,12 @@ def backfill_command(
     with _session(settings) as spark:
         started = time.monotonic()
         for result in jobs.backfill(
-            spark, _tables(settings), tf_, parse_time(start), parse_time(end), chunk=parse_duration(chunk)
+            spark,
+            _tables(settings),
+            tf_,
+            parse_time(start),
+            parse_time(end),
+            chunk=parse_duration(chunk),
         ):
             _print_run(result, time.monotonic() - started)
             started = time.monotonic()
@@ -240,12 +281,23 @@ def summary_table(spark: SparkSession, tables: Tables, tf: Timeframe) -> Table:
         .collect()
     )
     table = Table(title=f"{tables.candles(tf)}")
-    for column in ("symbol", "candles", "first window (UTC)", "last window (UTC)", "trades", "last close"):
+    for column in (
+        "symbol",
+        "candles",
+        "first window (UTC)",
+        "last window (UTC)",
+        "trades",
+        "last close",
+    ):
         table.add_column(column)
     for r in rows:
         table.add_row(
-            r["symbol"], str(r["candles"]), r["first"], r["last"],
-            str(r["trades"]), str(r["last_close"]),
+            r["symbol"],
+            str(r["candles"]),
+            r["first"],
+            r["last"],
+            str(r["trades"]),
+            str(r["last_close"]),
         )
     return table
 

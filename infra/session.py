@@ -37,9 +37,7 @@ def connect(settings: Settings, *, tags: tuple[str, ...] = ()) -> SparkSession:
     host, port = match["host"], int(match["port"] or 15002)
     if not port_open("127.0.0.1" if host == "localhost" else host, port, timeout=3.0):
         hint = (
-            "run `ohlcv stack up`"
-            if settings.is_local
-            else "check the server or fix SPARK_REMOTE"
+            "run `ohlcv stack up`" if settings.is_local else "check the server or fix SPARK_REMOTE"
         )
         raise ConnectError(
             f"no Spark Connect server reachable at {redact(remote)}: {hint} "

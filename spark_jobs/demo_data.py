@@ -8,10 +8,12 @@ The layout of a generated table, in file order:
 * the tail: the last ``late_rows`` rows (see :data:`LATE_ROWS_KEY`) are late arrivals, whose ts
   lie anywhere in the window.
 
-``trade_id`` is ``(microseconds since 2000-01-01) * 1000 + rank among trades of the same
-microsecond``: strictly increasing in (ts, arrival) order as an exchange would assign it, and
-stable across calls, so windows generated separately never collide and generating the same
-window twice yields exact duplicates (ingesting it again is a no-op).
+``trade_id`` is a sequence, as an exchange assigns it: ``(seconds from 2000-01-01 to start)
+* 1000 + position in (ts, arrival) order``. It is strictly increasing in (ts, arrival) order,
+dense (a week of trades spans a narrow id range, as on a real exchange, which lets the candle
+step use its packed ordering key), and stable across calls: windows generated separately never
+collide (at most 1000 ids per second of window) and generating the same window twice yields
+exact duplicates (ingesting it again is a no-op).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyiceberg.table import Table
 
 from spark_jobs.ingest import SCALE, decimal_from_units
 
@@ -58,7 +62,7 @@ to pick an original from, it becomes a negative price instead).
 _UNIT = 10**SCALE  # units per 1.0 of price or quantity
 _US_PER_MINUTE = 60_000_000
 _ID_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_IDS_PER_US = 1000
+_IDS_PER_SECOND = 1000
 
 
 # Price level, tick, lot size and typical trade size of well-known pairs.
@@ -145,6 +149,7 @@ def demo_trades(
     late_fraction: float = 0.01,
     duplicate_fraction: float = 0.005,
     bad_rows: int = 10,
+    first_trade_id: int | None = None,
 ) -> pa.Table:
     """Generate trades for ``symbols`` with ts in ``[start, end)`` (naive datetimes are UTC).
 
@@ -170,6 +175,8 @@ def demo_trades(
         late_fraction: Share of trades moved to the tail as late arrivals.
         duplicate_fraction: Share of trades delivered twice.
         bad_rows: Number of malformed rows.
+        first_trade_id: Id of the first trade, to continue a feed already in a table (see
+            :func:`feed_position`); by default derived from ``start`` as described above.
 
     Raises:
         ValueError: an empty or inverted window, a window before 2000, or bad fractions.
@@ -198,12 +205,18 @@ def demo_trades(
     is_buy = np.concatenate([p[3] for p in parts])[order]
     n = len(ts)
 
-    new_us = np.ones(n, dtype=bool)
-    new_us[1:] = ts[1:] != ts[:-1]
-    rank = np.arange(n) - np.maximum.accumulate(np.where(new_us, np.arange(n), 0))
-    if n and rank.max() >= _IDS_PER_US:
-        raise RuntimeError("more than 1000 trades in one microsecond: lower trades_per_minute")
-    trade_id = (ts - _us(_ID_EPOCH)) * _IDS_PER_US + rank
+    capacity = (end_us - start_us) // 1_000_000 * _IDS_PER_SECOND
+    if n + bad_rows > capacity:
+        raise ValueError(
+            f"{n + bad_rows} trades do not fit the {capacity} trade ids of a "
+            f"{(end_us - start_us) / 1e6:.0f} s window ({_IDS_PER_SECOND} per second): "
+            "lower trades_per_minute or widen the window"
+        )
+    if first_trade_id is None:
+        first_id = (start_us - _us(_ID_EPOCH)) // 1_000_000 * _IDS_PER_SECOND
+    else:
+        first_id = first_trade_id
+    trade_id = first_id + np.arange(n, dtype=np.int64)
 
     # Choose the special rows among distinct trades so the expected counts are exact.
     n_late = round(late_fraction * n)
@@ -244,7 +257,18 @@ def demo_trades(
     file_order = np.concatenate([np.insert(body, inserted_at, inserted), late])
 
     columns = _bad_rows_appended(
-        kinds, template, symbols, sym, trade_id, price, quantity, is_buy, ts, end_us, rng
+        kinds,
+        template,
+        symbols,
+        sym,
+        trade_id,
+        first_id + n,
+        price,
+        quantity,
+        is_buy,
+        ts,
+        end_us,
+        rng,
     )
     table = _to_arrow(columns, file_order, exchange, symbols)
     n_victims = len(victims)
@@ -257,12 +281,33 @@ def demo_trades(
     return table.replace_schema_metadata(metadata)
 
 
+def feed_position(table: Table) -> tuple[datetime, int] | None:
+    """Newest ts and highest trade_id already in a trades table (None while it is empty).
+
+    Read from the data files' column statistics, so it costs a metadata scan, not a data scan.
+    """
+    if table.current_snapshot() is None:
+        return None
+    files = table.inspect.files()
+    if files.num_rows == 0:
+        return None
+    metrics = files.column("readable_metrics").combine_chunks()
+    ts_max = pc.max(metrics.field("ts").field("upper_bound")).as_py()
+    id_max = pc.max(metrics.field("trade_id").field("upper_bound")).as_py()
+    if ts_max is None or id_max is None:
+        return None
+    if ts_max.tzinfo is None:
+        ts_max = ts_max.replace(tzinfo=UTC)
+    return ts_max, int(id_max)
+
+
 def _bad_rows_appended(
     kinds: list[str],
     template: np.ndarray,
     symbols: Sequence[str],
     sym: np.ndarray,
     trade_id: np.ndarray,
+    next_id: int,
     price: np.ndarray,
     quantity: np.ndarray,
     is_buy: np.ndarray,
@@ -282,7 +327,6 @@ def _bad_rows_appended(
         b_price = np.full(k, _UNIT, dtype=np.int64)
         b_qty = np.full(k, _UNIT, dtype=np.int64)
         b_side = np.ones(k, dtype=np.int8)
-    next_id = (int(trade_id.max()) + 1) if n else (end_us - _us(_ID_EPOCH)) * _IDS_PER_US
     b_id = next_id + np.arange(k, dtype=np.int64)
     b_blank_exchange = np.zeros(k, dtype=bool)
     valid = {name: np.ones(k, dtype=bool) for name in ("symbol", "trade_id", "price")}

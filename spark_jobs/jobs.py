@@ -248,7 +248,9 @@ def backfill(
     if end <= start:
         raise ValueError(f"backfill end {end.isoformat()} is not after start {start.isoformat()}")
     if chunk < tf.width:
-        raise ValueError(f"backfill chunk {chunk} is shorter than one {tf} window: use >= {tf.width}")
+        raise ValueError(
+            f"backfill chunk {chunk} is shorter than one {tf} window: use >= {tf.width}"
+        )
     cursor = align_down(start, tf)
     stop = align_up(end, tf)
     while cursor < stop:
@@ -315,7 +317,10 @@ def _run(
     )
     existing = spark.read.table(target).where(_in_ranges(F.col("window_start"), ranges))
     compared = _compare(fresh, existing).localCheckpoint()
-    counts = {r["_change"]: int(r["n"]) for r in compared.groupBy("_change").count().withColumnRenamed("count", "n").collect()}
+    counts = {
+        r["_change"]: int(r["n"])
+        for r in compared.groupBy("_change").count().withColumnRenamed("count", "n").collect()
+    }
     result.inserted = counts.get("insert", 0)
     result.updated = counts.get("update", 0)
     result.unchanged = counts.get("unchanged", 0)
@@ -345,7 +350,9 @@ def _compare(fresh: DataFrame, existing: DataFrame) -> DataFrame:
         .when(same, F.lit("unchanged"))
         .otherwise(F.lit("update"))
     )
-    return fresh.join(stored, on, "left").select(*CANDLE_COLUMNS, "computed_at", change.alias("_change"))
+    return fresh.join(stored, on, "left").select(
+        *CANDLE_COLUMNS, "computed_at", change.alias("_change")
+    )
 
 
 def _merge(
@@ -354,7 +361,9 @@ def _merge(
     """MERGE changed candles into ``target`` (replace matched, insert new); return the snapshot."""
     view = f"ohlcv_changed_{uuid.uuid4().hex}"
     changed.createOrReplaceTempView(view)
-    bounds = changed.agg(F.min("window_start").alias("lo"), F.max("window_start").alias("hi")).collect()[0]
+    bounds = changed.agg(
+        F.min("window_start").alias("lo"), F.max("window_start").alias("hi")
+    ).collect()[0]
     args: dict[str, Any] = {"target": target, "lo": bounds["lo"], "hi": bounds["hi"]}
     # The view name is generated here, never user input; values travel as parameters.
     query = f"""

@@ -6,7 +6,9 @@ representation (fast aggregation) while holding e.g. 9_999_999_999.99999999.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
@@ -15,7 +17,13 @@ from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortField, SortOrder
-from pyiceberg.transforms import DayTransform, HourTransform, MonthTransform, YearTransform
+from pyiceberg.transforms import (
+    DayTransform,
+    HourTransform,
+    MonthTransform,
+    Transform,
+    YearTransform,
+)
 from pyiceberg.types import (
     DecimalType,
     LongType,
@@ -83,7 +91,7 @@ CANDLE_VALUE_COLUMNS = tuple(
     f.name for f in CANDLE_SCHEMA.fields if f.name not in CANDLE_KEY and f.name != "computed_at"
 )
 
-_TRANSFORMS = {
+_TRANSFORMS: dict[str, Transform[Any, Any]] = {
     "hour": HourTransform(),
     "day": DayTransform(),
     "month": MonthTransform(),
@@ -146,10 +154,8 @@ def ensure_tables(catalog: Catalog, namespace: str) -> dict[str, Table]:
 
     Idempotent: existing tables are loaded, never altered.
     """
-    try:
+    with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(namespace)
-    except NamespaceAlreadyExistsError:
-        pass
     ts_id = TRADES_SCHEMA.find_field("ts").field_id
     symbol_id = TRADES_SCHEMA.find_field("symbol").field_id
     tables = {

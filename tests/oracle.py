@@ -71,26 +71,22 @@ def stored_candles(spark: SparkSession, table: str) -> dict[Key, dict[str, Any]]
 
 def candle_rows(candles: DataFrame) -> dict[Key, dict[str, Any]]:
     """Candles collected in the oracle's shape (timestamps as epoch microseconds)."""
-    rows = (
-        candles
-        .select(
-            "exchange",
-            "symbol",
-            F.unix_micros("window_start").alias("window_start"),
-            F.unix_micros("window_end").alias("window_end"),
-            "open",
-            "high",
-            "low",
-            "close",
-            "volume",
-            "quote_volume",
-            "trade_count",
-            "vwap",
-            F.unix_micros("open_ts").alias("open_ts"),
-            F.unix_micros("close_ts").alias("close_ts"),
-        )
-        .collect()
-    )
+    rows = candles.select(
+        "exchange",
+        "symbol",
+        F.unix_micros("window_start").alias("window_start"),
+        F.unix_micros("window_end").alias("window_end"),
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "quote_volume",
+        "trade_count",
+        "vwap",
+        F.unix_micros("open_ts").alias("open_ts"),
+        F.unix_micros("close_ts").alias("close_ts"),
+    ).collect()
     out: dict[Key, dict[str, Any]] = {}
     for row in rows:
         values = row.asDict()
@@ -100,7 +96,9 @@ def candle_rows(candles: DataFrame) -> dict[Key, dict[str, Any]]:
     return out
 
 
-def diff(expected: Mapping[Key, Mapping[str, Any]], actual: Mapping[Key, Mapping[str, Any]]) -> list[str]:
+def diff(
+    expected: Mapping[Key, Mapping[str, Any]], actual: Mapping[Key, Mapping[str, Any]]
+) -> list[str]:
     """Human-readable differences (empty when equal); Decimals compare by value and scale-free."""
     problems = [f"missing candle {k}" for k in sorted(expected.keys() - actual.keys())]
     problems += [f"unexpected candle {k}" for k in sorted(actual.keys() - expected.keys())]

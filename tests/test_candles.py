@@ -45,10 +45,20 @@ def random_trades(
             ts = start + timedelta(minutes=rng.randrange(span_us // 60_000_000))
         else:
             ts = start + timedelta(microseconds=rng.randrange(span_us))
-        price = Decimal(rng.randrange(1, 10**12)) / Decimal(10**8) + Decimal(rng.choice([1, 100, 60000]))
+        price = Decimal(rng.randrange(1, 10**12)) / Decimal(10**8) + Decimal(
+            rng.choice([1, 100, 60000])
+        )
         quantity = Decimal(rng.randrange(1, 10**10)) / Decimal(10**8)
         trades.append(
-            Trade(EXCHANGE, rng.choice(SYMBOLS), ids[i], price, quantity, rng.choice(["buy", "sell"]), ts)
+            Trade(
+                EXCHANGE,
+                rng.choice(SYMBOLS),
+                ids[i],
+                price,
+                quantity,
+                rng.choice(["buy", "sell"]),
+                ts,
+            )
         )
     return trades
 
@@ -75,21 +85,29 @@ def bad_rows(first_id: int) -> pa.Table:
             "exchange": [EXCHANGE, EXCHANGE, EXCHANGE, EXCHANGE],
             "symbol": [None, "BTC-USD", "BTC-USD", "ETH-USD"],
             "trade_id": pa.array(range(first_id, first_id + 4), pa.int64()),
-            "price": pa.array([Decimal(1), Decimal(-5), Decimal(7), Decimal(9)], pa.decimal128(18, 8)),
-            "quantity": pa.array([Decimal(1), Decimal(1), Decimal(0), Decimal(1)], pa.decimal128(18, 8)),
+            "price": pa.array(
+                [Decimal(1), Decimal(-5), Decimal(7), Decimal(9)], pa.decimal128(18, 8)
+            ),
+            "quantity": pa.array(
+                [Decimal(1), Decimal(1), Decimal(0), Decimal(1)], pa.decimal128(18, 8)
+            ),
             "side": ["buy", "buy", "sell", "sell"],
             "ts": pa.array([ts, ts, ts, ts + timedelta(days=3650)], pa.timestamp("us", tz="UTC")),
         }
     )
 
 
-def deliver(catalog: Catalog, tables: Tables, trades: list[Trade], *extra: pa.Table, now: datetime) -> None:
+def deliver(
+    catalog: Catalog, tables: Tables, trades: list[Trade], *extra: pa.Table, now: datetime
+) -> None:
     raw = pa.concat_tables([to_arrow(trades), *extra])
     result = ingest(catalog, tables.namespace, raw, source="test", now=now)
     assert result.rows_in == result.accepted + result.duplicates + result.rejected
 
 
-def assert_matches_oracle(spark: SparkSession, tables: Tables, trades: list[Trade], tfs: list[Timeframe]) -> None:
+def assert_matches_oracle(
+    spark: SparkSession, tables: Tables, trades: list[Trade], tfs: list[Timeframe]
+) -> None:
     for tf in tfs:
         problems = diff(expected_candles(trades, tf), stored_candles(spark, tables.candles(tf)))
         assert not problems, f"{tf}: {len(problems)} differences, first: {problems[:5]}"
@@ -135,7 +153,9 @@ def test_every_timeframe_equals_oracle_through_late_trades_and_reruns(
     assert_matches_oracle(spark, tables, everything, ALL)
 
 
-def test_watermark_commits_in_the_candle_snapshot(spark: SparkSession, catalog: Catalog, tables: Tables) -> None:
+def test_watermark_commits_in_the_candle_snapshot(
+    spark: SparkSession, catalog: Catalog, tables: Tables
+) -> None:
     rng = random.Random(5)
     now = START + timedelta(minutes=30)
     deliver(catalog, tables, random_trades(rng, START, now, 200, first_id=1), now=now)
@@ -144,13 +164,15 @@ def test_watermark_commits_in_the_candle_snapshot(spark: SparkSession, catalog: 
     result = jobs.refresh_candles(spark, tables, TIMEFRAMES["5m"], now=now)
 
     snapshot = jobs.main_snapshot_id(spark, tables.candles(TIMEFRAMES["5m"]))
-    assert result.candle_snapshot_id == snapshot
+    assert snapshot is not None and result.candle_snapshot_id == snapshot
     summary = jobs.snapshot_summary(spark, tables.candles(TIMEFRAMES["5m"]), snapshot)
     assert summary[jobs.WATERMARK_PROPERTY] == str(trades_snapshot)
     assert jobs.watermark(spark, tables.candles(TIMEFRAMES["5m"])) == trades_snapshot
 
 
-def test_batch_run_replaces_only_its_windows(spark: SparkSession, catalog: Catalog, tables: Tables) -> None:
+def test_batch_run_replaces_only_its_windows(
+    spark: SparkSession, catalog: Catalog, tables: Tables
+) -> None:
     rng = random.Random(11)
     tf = TIMEFRAMES["1h"]
     now = START + timedelta(hours=6)
@@ -160,7 +182,15 @@ def test_batch_run_replaces_only_its_windows(spark: SparkSession, catalog: Catal
     before = stored_candles(spark, tables.candles(tf))
 
     # Given: one more trade in the newest hour, the only window the next run should change
-    extra = Trade(EXCHANGE, "BTC-USD", 99_999, Decimal("123.45"), Decimal("0.5"), "buy", now - timedelta(minutes=10))
+    extra = Trade(
+        EXCHANGE,
+        "BTC-USD",
+        99_999,
+        Decimal("123.45"),
+        Decimal("0.5"),
+        "buy",
+        now - timedelta(minutes=10),
+    )
     deliver(catalog, tables, [extra], now=now)
     # When: the 1h batch runs with its 2 h lookback, whose windows share a month partition
     # with all the older candles
@@ -168,13 +198,19 @@ def test_batch_run_replaces_only_its_windows(spark: SparkSession, catalog: Catal
 
     after = stored_candles(spark, tables.candles(tf))
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    window = (EXCHANGE, "BTC-USD", ((now - timedelta(minutes=10) - EPOCH) // timedelta(hours=1)) * 3_600_000_000)
+    window = (
+        EXCHANGE,
+        "BTC-USD",
+        ((now - timedelta(minutes=10) - EPOCH) // timedelta(hours=1)) * 3_600_000_000,
+    )
     assert changed == {window}
     assert result.updated + result.inserted == 1
     assert not diff(expected_candles([*trades, extra], tf), after)
 
 
-def test_backfill_in_chunks_equals_oracle(spark: SparkSession, catalog: Catalog, tables: Tables) -> None:
+def test_backfill_in_chunks_equals_oracle(
+    spark: SparkSession, catalog: Catalog, tables: Tables
+) -> None:
     rng = random.Random(3)
     end = START + timedelta(hours=4)
     trades = random_trades(rng, START, end, 1000, first_id=1)
@@ -215,7 +251,8 @@ def test_struct_key_is_used_when_trade_ids_do_not_fit(spark: SparkSession) -> No
     rng = random.Random(23)
     trades = random_trades(rng, START, START + timedelta(hours=1), 300, first_id=0)
     trades = [
-        Trade(t.exchange, t.symbol, rng.randrange(2**62), t.price, t.quantity, t.side, t.ts) for t in trades
+        Trade(t.exchange, t.symbol, rng.randrange(2**62), t.price, t.quantity, t.side, t.ts)
+        for t in trades
     ]
     df = spark.createDataFrame(to_arrow(trades).to_pandas())
     ids = [t.trade_id for t in trades]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -45,9 +44,21 @@ def test_classic_session_matches_connect_and_oracle(spark: SparkSession, tmp_pat
     pq.write_table(to_arrow(trades), source)
     ids = [t.trade_id for t in trades]
 
-    env = {k: v for k, v in spark_env().items() if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")}
+    env = {
+        k: v
+        for k, v in spark_env().items()
+        if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")
+    }
     done = subprocess.run(
-        [sys.executable, "-m", "tests.classic_candles", str(source), str(tmp_path / "out"), str(min(ids)), str(max(ids))],
+        [
+            sys.executable,
+            "-m",
+            "tests.classic_candles",
+            str(source),
+            str(tmp_path / "out"),
+            str(min(ids)),
+            str(max(ids)),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -16,10 +16,26 @@ T = datetime(2026, 11, 26, 14, 7, 31, 250_000, tzinfo=UTC)
     ("name", "start", "end"),
     [
         # starts at the window boundary at or before now - lookback; ends after now's window
-        ("1m", datetime(2026, 11, 26, 13, 57, tzinfo=UTC), datetime(2026, 11, 26, 14, 8, tzinfo=UTC)),
-        ("5m", datetime(2026, 11, 26, 13, 45, tzinfo=UTC), datetime(2026, 11, 26, 14, 10, tzinfo=UTC)),
-        ("30m", datetime(2026, 11, 26, 13, 0, tzinfo=UTC), datetime(2026, 11, 26, 14, 30, tzinfo=UTC)),
-        ("1h", datetime(2026, 11, 26, 12, 0, tzinfo=UTC), datetime(2026, 11, 26, 15, 0, tzinfo=UTC)),
+        (
+            "1m",
+            datetime(2026, 11, 26, 13, 57, tzinfo=UTC),
+            datetime(2026, 11, 26, 14, 8, tzinfo=UTC),
+        ),
+        (
+            "5m",
+            datetime(2026, 11, 26, 13, 45, tzinfo=UTC),
+            datetime(2026, 11, 26, 14, 10, tzinfo=UTC),
+        ),
+        (
+            "30m",
+            datetime(2026, 11, 26, 13, 0, tzinfo=UTC),
+            datetime(2026, 11, 26, 14, 30, tzinfo=UTC),
+        ),
+        (
+            "1h",
+            datetime(2026, 11, 26, 12, 0, tzinfo=UTC),
+            datetime(2026, 11, 26, 15, 0, tzinfo=UTC),
+        ),
         ("1d", datetime(2026, 11, 24, 0, 0, tzinfo=UTC), datetime(2026, 11, 27, 0, 0, tzinfo=UTC)),
     ],
 )

@@ -41,7 +41,10 @@ def test_postgres_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
     assert conf["spark.sql.catalog.ohlcv.uri"] == "jdbc:postgresql://db:5432/iceberg"
     assert conf["spark.sql.catalog.ohlcv.jdbc.user"] == "ohlcv"
     assert conf["spark.sql.catalog.ohlcv.warehouse"] == "s3://bucket/warehouse"
-    assert s.pyiceberg_catalog_properties()["uri"] == "postgresql+psycopg2://ohlcv:p%40ss@db:5432/iceberg"
+    assert (
+        s.pyiceberg_catalog_properties()["uri"]
+        == "postgresql+psycopg2://ohlcv:p%40ss@db:5432/iceberg"
+    )
     assert "p@ss" not in repr(s)
 
 
@@ -51,7 +54,11 @@ def test_rest_catalog_needs_a_uri() -> None:
         s.spark_catalog_conf()
     s = Settings(catalog_type=CatalogType.REST, catalog_uri="http://rest:8181")
     assert s.spark_catalog_conf()["spark.sql.catalog.ohlcv.type"] == "rest"
-    assert s.pyiceberg_catalog_properties() == {"warehouse": s.warehouse_location, "type": "rest", "uri": "http://rest:8181"}
+    assert s.pyiceberg_catalog_properties() == {
+        "warehouse": s.warehouse_location,
+        "type": "rest",
+        "uri": "http://rest:8181",
+    }
 
 
 def test_identifiers_are_checked() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ def test_up_reuses_the_running_server(server: stack.StackStatus, settings: Setti
     assert stack.status(settings).running
 
 
-def test_another_stack_on_a_taken_port_is_refused(server: stack.StackStatus, settings: Settings, tmp_path: Path) -> None:
+def test_another_stack_on_a_taken_port_is_refused(
+    server: stack.StackStatus, settings: Settings, tmp_path: Path
+) -> None:
     other = Settings(data_dir=tmp_path, connect_port=settings.connect_port, spark_remote=None)
     with pytest.raises(stack.StackError, match=f"port {settings.connect_port}.*OHLCV_CONNECT_PORT"):
         stack.up(other)
@@ -61,5 +64,5 @@ def test_up_and_down_a_second_server(tmp_path: Path) -> None:
 
 def test_an_artifact_that_cannot_be_fetched_is_named(tmp_path: Path) -> None:
     missing = Artifact("org.example.ohlcv", "no-such-artifact", "0.0.1", "0" * 64)
-    with pytest.raises(ArtifactError, match="org.example.ohlcv:no-such-artifact:0.0.1"):
+    with pytest.raises(ArtifactError, match=re.escape("org.example.ohlcv:no-such-artifact:0.0.1")):
         ensure_artifacts(tmp_path, (missing,))
