@@ -65,7 +65,8 @@ def duckdb_candles(parquet_glob: str, out: Path) -> None:
                  arg_min(price, {{'ts': ts, 'id': trade_id}}) AS open,
                  max(price) AS high, min(price) AS low,
                  arg_max(price, {{'ts': ts, 'id': trade_id}}) AS close,
-                 sum(quantity) AS volume, sum(price * quantity) AS quote_volume,
+                 sum(quantity) AS volume,
+                 sum(CAST(price AS DECIMAL(38, 8)) * quantity) AS quote_volume,
                  count(*) AS trade_count, min(ts) AS open_ts, max(ts) AS close_ts
           FROM read_parquet('{parquet_glob}')
           GROUP BY ALL

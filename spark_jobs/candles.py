@@ -87,12 +87,21 @@ def candles(trades: DataFrame, tf: Timeframe, trade_ids: TradeIdRange | None = N
         The columns of ``CANDLE_COLUMNS`` (without ``computed_at``), typed as the candle tables.
     """
     window_us = window_start_us(F.col("ts"), tf)
-    key = _ordering_key(tf, window_us, trade_ids)
-    aggregated = trades.groupBy("exchange", "symbol", window_us.alias("_window_us")).agg(
-        F.min_by("price", key).alias("open"),
+    # The key is computed once per row in a projection, not once per aggregate function.
+    keyed = trades.select(
+        "exchange",
+        "symbol",
+        "price",
+        "quantity",
+        "ts",
+        window_us.alias("_window_us"),
+        _ordering_key(tf, window_us, trade_ids).alias("_key"),
+    )
+    aggregated = keyed.groupBy("exchange", "symbol", "_window_us").agg(
+        F.min_by("price", "_key").alias("open"),
         F.max("price").alias("high"),
         F.min("price").alias("low"),
-        F.max_by("price", key).alias("close"),
+        F.max_by("price", "_key").alias("close"),
         F.sum("quantity").cast(VOLUME_SQL).alias("volume"),
         F.sum(F.col("price") * F.col("quantity")).cast(QUOTE_VOLUME_SQL).alias("quote_volume"),
         F.count(F.lit(1)).alias("trade_count"),
