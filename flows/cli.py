@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import webbrowser
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -18,12 +19,13 @@ from pyspark.sql import functions as F
 from rich.console import Console
 from rich.table import Table
 
+from expectations.validation import ValidationFailed, build_data_docs, data_docs_index
+from flows import pipeline
 from infra import stack
 from infra.artifacts import ArtifactError, ensure_artifacts
 from infra.catalog import open_catalog
 from infra.session import ConnectError, connect
 from settings import Settings
-from spark_jobs import jobs
 from spark_jobs.demo_data import DEFAULT_SYMBOLS, demo_trades, feed_position
 from spark_jobs.ingest import IngestResult, SchemaError, ingest, ingest_file
 from spark_jobs.tables import TRADES, Tables, ensure_tables
@@ -51,6 +53,9 @@ def _friendly_errors(func: F_) -> F_:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except ValidationFailed as e:
+            err.print(f"[red]validation failed, main unchanged:[/red] {e}")
+            raise typer.Exit(2) from None
         except (ConnectError, stack.StackError, ArtifactError, SchemaError, ValueError) as e:
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(1) from None
@@ -208,14 +213,26 @@ def _timeframe_arg(value: str) -> Timeframe:
     return timeframe(value)
 
 
-def _print_run(result: jobs.RunResult, seconds: float) -> None:
-    console.print(
-        f"{result.timeframe}: read {result.trades_read} trades ({result.new_trades} new, "
-        f"{result.late_trades} late), {result.windows_recomputed} candles recomputed: "
-        f"{result.inserted} inserted, {result.updated} updated, {result.unchanged} unchanged "
-        f"in {seconds:.1f} s"
-        + (f"; snapshot {result.candle_snapshot_id}" if result.written else "; nothing to write")
+def _print_run(result: pipeline.PipelineResult, seconds: float) -> None:
+    run = result.run
+    if result.published:
+        outcome = f"published snapshot {result.main_after}"
+    else:
+        outcome = "nothing to publish"
+    reports = result.validation.reports
+    checked = ", ".join(
+        f"{r.checkpoint} {r.evaluated - len(r.failures)}/{r.evaluated} passed" for r in reports
     )
+    before_lookback = f", {run.late_trades} before the lookback" if run.late_trades else ""
+    console.print(
+        f"{run.timeframe}: read {run.trades_read} trades ({run.new_trades} new{before_lookback}), "
+        f"{run.windows_recomputed} candles recomputed: {run.inserted} inserted, "
+        f"{run.updated} updated, {run.unchanged} unchanged; "
+        + (f"validated ({checked}); " if checked else "")
+        + f"{outcome} in {seconds:.1f} s"
+    )
+    for note in result.validation.notes:
+        console.print(f"  note: {note}")
 
 
 @app.command("run")
@@ -236,7 +253,7 @@ def run_command(
     span = parse_duration(lookback) if lookback else None
     with _session(settings) as spark:
         started = time.monotonic()
-        result = jobs.refresh_candles(spark, _tables(settings), tf_, now=now, lookback=span)
+        result = pipeline.run_timeframe(spark, settings, tf_, now=now, lookback=span)
         _print_run(result, time.monotonic() - started)
 
 
@@ -253,9 +270,9 @@ def backfill_command(
     tf_ = timeframe(tf)
     with _session(settings) as spark:
         started = time.monotonic()
-        for result in jobs.backfill(
+        for result in pipeline.backfill_timeframe(
             spark,
-            _tables(settings),
+            settings,
             tf_,
             parse_time(start),
             parse_time(end),
@@ -315,11 +332,26 @@ def demo_command(
     _print_ingest(_ingest_demo(settings, hours, 6, 20, 7))
     tables = _tables(settings)
     with _session(settings) as spark:
-        for tf in TIMEFRAMES.values():
+        for tf in TIMEFRAMES.values():  # shortest first: each reconciles with the one before
             started = time.monotonic()
-            _print_run(jobs.refresh_candles(spark, tables, tf), time.monotonic() - started)
+            _print_run(pipeline.run_timeframe(spark, settings, tf), time.monotonic() - started)
         for tf in TIMEFRAMES.values():
             console.print(summary_table(spark, tables, tf))
+    console.print(f"data docs: {data_docs_index(settings.gx_root)}")
+
+
+@app.command("docs")
+@_friendly_errors
+def docs_command(
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the site in the default browser")
+    ] = False,
+) -> None:
+    """Build the GX data docs site (suites and validation results) and print its path."""
+    index = build_data_docs(Settings().gx_root)
+    console.print(str(index))
+    if open_browser:
+        webbrowser.open(index.as_uri())
 
 
 def main() -> None:

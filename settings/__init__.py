@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -67,6 +68,17 @@ class Settings(BaseSettings):
         default=None, description="Warehouse location. Unset: file:<data_dir>/warehouse."
     )
 
+    # Great Expectations
+    gx_dir: Path | None = Field(
+        default=None,
+        description="GX project root (validation results, data docs). Unset: <data_dir>.",
+    )
+    validation_engine: Literal["auto", "spark", "pandas"] = Field(
+        default="auto",
+        description="auto: pandas up to validation_pandas_max_rows candles, Spark above.",
+    )
+    validation_pandas_max_rows: int = Field(default=200_000, ge=0)
+
     @field_validator("catalog_name", "namespace")
     @classmethod
     def _identifier(cls, value: str) -> str:
@@ -81,6 +93,10 @@ class Settings(BaseSettings):
     @property
     def stack_dir(self) -> Path:
         return self.data_dir.resolve() / "stack"
+
+    @property
+    def gx_root(self) -> Path:
+        return (self.gx_dir or self.data_dir).resolve()
 
     @property
     def remote(self) -> str:

@@ -124,7 +124,8 @@ def coalesce_ranges(ranges: Sequence[Range], max_ranges: int = MAX_RANGES) -> li
     return merged
 
 
-def _in_ranges(column: Column, ranges: Sequence[Range]) -> Column:
+def in_ranges(column: Column, ranges: Sequence[Range]) -> Column:
+    """True where ``column`` falls in one of the half-open ranges."""
     condition = F.lit(False)
     for r in ranges:
         condition = condition | ((column >= F.lit(r.start)) & (column < F.lit(r.end)))
@@ -136,7 +137,12 @@ def _in_ranges(column: Column, ranges: Sequence[Range]) -> Column:
 
 def main_snapshot_id(spark: SparkSession, table: str) -> int | None:
     """Snapshot id of the table's ``main`` branch (None for a table never written)."""
-    rows = spark.read.table(f"{table}.refs").where(F.col("name") == "main").collect()
+    return branch_snapshot_id(spark, table, "main")
+
+
+def branch_snapshot_id(spark: SparkSession, table: str, branch: str) -> int | None:
+    """Snapshot id a branch (or tag) of the table points at (None if it does not exist)."""
+    rows = spark.read.table(f"{table}.refs").where(F.col("name") == F.lit(branch)).collect()
     return int(rows[0]["snapshot_id"]) if rows else None
 
 
@@ -202,6 +208,7 @@ def refresh_candles(
     now: datetime | None = None,
     lookback: timedelta | None = None,
     computed_at: datetime | None = None,
+    branch: str | None = None,
 ) -> RunResult:
     """Incremental (1m, 5m) or batch (30m, 1h, 1d) run: recompute and MERGE affected windows.
 
@@ -216,6 +223,9 @@ def refresh_candles(
         now: the run's reference time (default: the clock).
         lookback: default: the timeframe's.
         computed_at: stamped on written candles (default: the clock).
+        branch: write to this branch of the candle table instead of ``main`` (write-audit-
+            publish: see :mod:`spark_jobs.wap`). The watermark is still read from ``main``,
+            which is what has been published; the new one travels with the branch snapshot.
     """
     now = now or datetime.now(UTC)
     lookback_window = lookback_range(tf, now, lookback)
@@ -227,6 +237,46 @@ def refresh_candles(
         advance_watermark=True,
         computed_at=computed_at,
         late_before=lookback_window.start,
+        branch=branch,
+    )
+
+
+def backfill_ranges(tf: Timeframe, start: datetime, end: datetime, chunk: timedelta) -> list[Range]:
+    """The bounded chunks, whole windows each, that cover every window overlapping [start, end)."""
+    if end <= start:
+        raise ValueError(f"backfill end {end.isoformat()} is not after start {start.isoformat()}")
+    if chunk < tf.width:
+        raise ValueError(
+            f"backfill chunk {chunk} is shorter than one {tf} window: use >= {tf.width}"
+        )
+    chunks = []
+    cursor = align_down(start, tf)
+    stop = align_up(end, tf)
+    while cursor < stop:
+        chunk_end = min(align_up(cursor + chunk, tf), stop)
+        chunks.append(Range(cursor, chunk_end))
+        cursor = chunk_end
+    return chunks
+
+
+def recompute(
+    spark: SparkSession,
+    tables: Tables,
+    tf: Timeframe,
+    window_range: Range,
+    *,
+    computed_at: datetime | None = None,
+    branch: str | None = None,
+) -> RunResult:
+    """Recompute every window of ``window_range`` (one backfill chunk); keep the watermark."""
+    return _run(
+        spark,
+        tables,
+        tf,
+        [window_range],
+        advance_watermark=False,
+        computed_at=computed_at,
+        branch=branch,
     )
 
 
@@ -239,31 +289,15 @@ def backfill(
     *,
     chunk: timedelta = timedelta(days=1),
     computed_at: datetime | None = None,
+    branch: str | None = None,
 ) -> Iterator[RunResult]:
     """Recompute every window overlapping [start, end), one bounded chunk at a time.
 
     Yields one RunResult per chunk, oldest first. The watermark is carried over unchanged, so
     trades appended since the last refresh are still picked up by the next refresh.
     """
-    if end <= start:
-        raise ValueError(f"backfill end {end.isoformat()} is not after start {start.isoformat()}")
-    if chunk < tf.width:
-        raise ValueError(
-            f"backfill chunk {chunk} is shorter than one {tf} window: use >= {tf.width}"
-        )
-    cursor = align_down(start, tf)
-    stop = align_up(end, tf)
-    while cursor < stop:
-        chunk_end = min(align_up(cursor + chunk, tf), stop)
-        yield _run(
-            spark,
-            tables,
-            tf,
-            [Range(cursor, chunk_end)],
-            advance_watermark=False,
-            computed_at=computed_at,
-        )
-        cursor = chunk_end
+    for window_range in backfill_ranges(tf, start, end, chunk):
+        yield recompute(spark, tables, tf, window_range, computed_at=computed_at, branch=branch)
 
 
 def _run(
@@ -275,10 +309,12 @@ def _run(
     advance_watermark: bool,
     computed_at: datetime | None,
     late_before: datetime | None = None,
+    branch: str | None = None,
 ) -> RunResult:
-    target = tables.candles(tf)
+    table = tables.candles(tf)
+    target = f"{table}.branch_{branch}" if branch else table
     trades_snapshot = main_snapshot_id(spark, tables.trades)
-    previous = watermark(spark, target)
+    previous = watermark(spark, table)
     result = RunResult(tf.name, ranges, trades_snapshot, previous, previous)
     if trades_snapshot is None:
         result.notes.append("trades is empty")
@@ -299,7 +335,7 @@ def _run(
     trades = (
         spark.read.option("versionAsOf", trades_snapshot)
         .table(tables.trades)
-        .where(_in_ranges(F.col("ts"), ranges))
+        .where(in_ranges(F.col("ts"), ranges))
     )
     stats = trades.agg(
         F.count(F.lit(1)).alias("n"),
@@ -315,7 +351,7 @@ def _run(
     fresh = candles(trades, tf, TradeIdRange(int(stats["low"]), int(stats["high"]))).withColumn(
         "computed_at", F.lit(stamp)
     )
-    existing = spark.read.table(target).where(_in_ranges(F.col("window_start"), ranges))
+    existing = spark.read.table(target).where(in_ranges(F.col("window_start"), ranges))
     compared = _compare(fresh, existing).localCheckpoint()
     counts = {
         r["_change"]: int(r["n"])
@@ -331,7 +367,8 @@ def _run(
         return result
     changed = compared.where(F.col("_change") != "unchanged").select(*CANDLE_COLUMNS, "computed_at")
     properties = {WATERMARK_PROPERTY: str(new_watermark)} if new_watermark is not None else {}
-    result.candle_snapshot_id = _merge(spark, target, changed, properties)
+    _merge(spark, target, changed, properties)
+    result.candle_snapshot_id = branch_snapshot_id(spark, table, branch or "main")
     result.watermark = new_watermark
     return result
 
@@ -357,8 +394,8 @@ def _compare(fresh: DataFrame, existing: DataFrame) -> DataFrame:
 
 def _merge(
     spark: SparkSession, target: str, changed: DataFrame, properties: dict[str, str]
-) -> int | None:
-    """MERGE changed candles into ``target`` (replace matched, insert new); return the snapshot."""
+) -> None:
+    """MERGE changed candles into ``target`` (replace matched, insert new)."""
     view = f"ohlcv_changed_{uuid.uuid4().hex}"
     changed.createOrReplaceTempView(view)
     bounds = changed.agg(
@@ -379,4 +416,3 @@ def _merge(
             spark.sql(query, args=args)
     finally:
         spark.catalog.dropTempView(view)
-    return main_snapshot_id(spark, target)

@@ -1,0 +1,186 @@
+"""OHLCV expectation suites as code: shared invariants plus timeframe-specific window checks.
+
+Suites are built by functions, never edited as JSON: ``invariant_suite(tf)`` for the candles a
+run wrote, ``reconciliation_suite(tf)`` for their agreement with the next smaller timeframe.
+Both run on frames prepared by :mod:`expectations.frames`, which adds the derived columns the
+window checks need (``window_length_us``, ``window_offset_us``) and, for reconciliation, the
+rolled-up columns (``rollup_<column>``).
+"""
+
+from __future__ import annotations
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+from great_expectations.expectations.expectation import Expectation
+
+from spark_jobs.timeframes import TIMEFRAMES, Timeframe
+
+# Columns that must never be null in a published candle.
+NOT_NULL = (
+    "exchange",
+    "symbol",
+    "window_start",
+    "window_end",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "trade_count",
+    "vwap",
+    "open_ts",
+    "close_ts",
+)
+
+# (greater, lesser, or_equal, invariant) pairs: column_A > column_B (or >=).
+ORDERED_PAIRS = (
+    ("high", "open", True, "high >= open"),
+    ("high", "close", True, "high >= close"),
+    ("high", "low", True, "high >= low"),
+    ("open", "low", True, "low <= open"),
+    ("close", "low", True, "low <= close"),
+    ("vwap", "low", True, "low <= vwap"),
+    ("high", "vwap", True, "vwap <= high"),
+    ("open_ts", "window_start", True, "window_start <= open_ts"),
+    ("close_ts", "open_ts", True, "open_ts <= close_ts"),
+    ("window_end", "close_ts", False, "close_ts < window_end"),
+)
+
+POSITIVE = ("volume", "quote_volume")
+
+KEY = ("exchange", "symbol", "window_start")
+
+# Columns compared between a timeframe's candles and the rollup of the next smaller one.
+RECONCILED = (
+    "window_end",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "trade_count",
+    "vwap",
+    "open_ts",
+    "close_ts",
+)
+
+# Which published timeframe each timeframe's candles are reconciled against.
+ROLLUP_SOURCE = {"5m": "1m", "30m": "5m", "1h": "30m", "1d": "1h"}
+
+
+def suite_name(tf: Timeframe) -> str:
+    return f"ohlcv_{tf.name}_invariants"
+
+
+def reconciliation_suite_name(tf: Timeframe) -> str:
+    return f"ohlcv_{tf.name}_reconciliation"
+
+
+def rollup_source(tf: Timeframe) -> Timeframe | None:
+    """The smaller timeframe whose published candles roll up into ``tf`` (None for 1m)."""
+    name = ROLLUP_SOURCE.get(tf.name)
+    return TIMEFRAMES[name] if name else None
+
+
+def _noted(expectation: Expectation, invariant: str) -> Expectation:
+    expectation.notes = invariant
+    expectation.meta = {"invariant": invariant}
+    return expectation
+
+
+def shared_invariants() -> list[Expectation]:
+    """The OHLCV invariants every timeframe's candles satisfy."""
+    expectations: list[Expectation] = [
+        _noted(gxe.ExpectColumnValuesToNotBeNull(column=c), f"{c} is not null") for c in NOT_NULL
+    ]
+    expectations += [
+        _noted(
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A=a, column_B=b, or_equal=or_equal, ignore_row_if="either_value_is_missing"
+            ),
+            invariant,
+        )
+        for a, b, or_equal, invariant in ORDERED_PAIRS
+    ]
+    expectations += [
+        _noted(
+            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, strict_min=True),
+            f"{c} > 0",
+        )
+        for c in POSITIVE
+    ]
+    expectations.append(
+        _noted(
+            gxe.ExpectColumnValuesToBeBetween(column="trade_count", min_value=1),
+            "trade_count >= 1",
+        )
+    )
+    expectations.append(
+        _noted(
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=list(KEY)),
+            "(exchange, symbol, window_start) is unique",
+        )
+    )
+    return expectations
+
+
+def window_checks(tf: Timeframe) -> list[Expectation]:
+    """Windows of ``tf`` are exactly one timeframe long and aligned to it (UTC epoch)."""
+    return [
+        _noted(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="window_length_us", min_value=tf.width_us, max_value=tf.width_us
+            ),
+            f"window_end - window_start = {tf.name}",
+        ),
+        _noted(
+            gxe.ExpectColumnValuesToBeBetween(column="window_offset_us", min_value=0, max_value=0),
+            f"window_start is aligned to {tf.name}",
+        ),
+    ]
+
+
+def invariant_expectations(tf: Timeframe) -> list[Expectation]:
+    return shared_invariants() + window_checks(tf)
+
+
+def reconciliation_expectations(tf: Timeframe) -> list[Expectation]:
+    """Candles equal the rollup of the next smaller timeframe, column by column."""
+    source = rollup_source(tf)
+    if source is None:
+        return []
+    expectations: list[Expectation] = [
+        _noted(
+            gxe.ExpectColumnValuesToBeInSet(column=flag, value_set=[True]),
+            f"every {tf.name} window has {what}",
+        )
+        for flag, what in (
+            ("in_candles", f"a {tf.name} candle where {source.name} candles exist"),
+            ("in_rollup", f"{source.name} candles where a {tf.name} candle exists"),
+        )
+    ]
+    expectations += [
+        _noted(
+            gxe.ExpectColumnPairValuesToBeEqual(
+                column_A=c, column_B=f"rollup_{c}", ignore_row_if="either_value_is_missing"
+            ),
+            f"{c} equals the rollup of {source.name} candles",
+        )
+        for c in RECONCILED
+    ]
+    return expectations
+
+
+def invariant_suite(tf: Timeframe) -> gx.ExpectationSuite:
+    """The suite every candle a ``tf`` run writes must pass before it is published."""
+    return gx.ExpectationSuite(name=suite_name(tf), expectations=invariant_expectations(tf))
+
+
+def reconciliation_suite(tf: Timeframe) -> gx.ExpectationSuite | None:
+    """``tf`` candles against the rollup of the next smaller timeframe (None for 1m)."""
+    expectations = reconciliation_expectations(tf)
+    if not expectations:
+        return None
+    return gx.ExpectationSuite(name=reconciliation_suite_name(tf), expectations=expectations)

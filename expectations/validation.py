@@ -1,0 +1,213 @@
+"""Run the suites through GX checkpoints, update data docs, and raise on failure.
+
+The GX project configuration is committed (``expectations/great_expectations.yml``); each
+data directory gets a copy, under which GX keeps what it generates (suites, validation
+definitions, checkpoints, results, data docs). Suites, validation definitions and checkpoints
+are rebuilt from code on every run, so the code is the one source of truth.
+
+Engine: GX runs each expectation as its own Spark jobs (~50-100 ms each over Connect, ~5 s
+for a suite), so frames up to ``pandas_max_rows`` are collected once and validated in pandas;
+larger ones are validated as Spark Connect DataFrames, where they live.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+# GX reads this when it is imported; keep it from phoning home before anything else runs.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+import great_expectations as gx
+from great_expectations.checkpoint import UpdateDataDocsAction
+from great_expectations.core.batch_definition import BatchDefinition
+from great_expectations.data_context import FileDataContext
+from pyspark.sql import DataFrame
+
+CONFIG_TEMPLATE = Path(__file__).with_name("great_expectations.yml")
+DATA_DOCS_SITE = "local_site"
+Engine = Literal["auto", "spark", "pandas"]
+_KEY_COLUMNS = ["exchange", "symbol", "window_start"]
+
+
+class ValidationFailed(RuntimeError):
+    """A checkpoint failed: the message names each failed expectation with offending rows."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        self.report = report
+        super().__init__(report.describe_failures())
+
+
+@dataclass
+class ExpectationOutcome:
+    suite: str
+    expectation: str
+    invariant: str
+    success: bool
+    unexpected_count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        shown = "; ".join(self.examples) if self.examples else "no row sample"
+        return (
+            f"{self.suite}: {self.expectation} ({self.invariant}) failed on "
+            f"{self.unexpected_count} row(s), e.g. {shown}"
+        )
+
+
+@dataclass
+class ValidationReport:
+    """What one checkpoint found."""
+
+    checkpoint: str
+    success: bool
+    rows: int
+    engine: str
+    outcomes: list[ExpectationOutcome]
+    data_docs: Path | None
+
+    @property
+    def failures(self) -> list[ExpectationOutcome]:
+        return [o for o in self.outcomes if not o.success]
+
+    @property
+    def evaluated(self) -> int:
+        return len(self.outcomes)
+
+    def describe_failures(self) -> str:
+        lines = [
+            f"validation {self.checkpoint} failed: {len(self.failures)} of {self.evaluated} "
+            f"expectations on {self.rows} candle row(s)"
+        ]
+        lines += [f"  - {o.describe()}" for o in self.failures]
+        if self.data_docs:
+            lines.append(f"  data docs: {self.data_docs}")
+        return "\n".join(lines)
+
+
+def gx_context(root: Path) -> FileDataContext:
+    """The file-based GX context under ``root``, configured from the committed template."""
+    project = root.resolve()
+    config = project / "gx" / "great_expectations.yml"
+    if not config.exists():  # GX records its data sources in this copy afterwards
+        config.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(CONFIG_TEMPLATE, config)
+    context = gx.get_context(mode="file", project_root_dir=str(project))
+    assert isinstance(context, FileDataContext)
+    return context
+
+
+def data_docs_index(root: Path) -> Path:
+    """Path of the data docs site's index page (it may not exist yet)."""
+    return root.resolve() / "gx" / "uncommitted" / "data_docs" / DATA_DOCS_SITE / "index.html"
+
+
+def build_data_docs(root: Path) -> Path:
+    """Rebuild the data docs site from the stored suites and results; return its index."""
+    gx_context(root).build_data_docs(site_names=[DATA_DOCS_SITE])
+    return data_docs_index(root)
+
+
+def _batch_definition(
+    context: FileDataContext, engine: Literal["spark", "pandas"], asset: str
+) -> BatchDefinition[Any]:
+    name = f"ohlcv_{engine}"
+    if engine == "spark":
+        source: Any = context.data_sources.add_or_update_spark(name=name)
+    else:
+        source = context.data_sources.add_or_update_pandas(name=name)
+    try:
+        data_asset = source.get_asset(asset)
+    except LookupError:
+        data_asset = source.add_dataframe_asset(name=asset)
+    try:
+        return data_asset.get_batch_definition("written")  # type: ignore[no-any-return]
+    except (KeyError, LookupError):
+        return data_asset.add_batch_definition_whole_dataframe("written")  # type: ignore[no-any-return]
+
+
+def run_checkpoint(
+    root: Path,
+    name: str,
+    suite: gx.ExpectationSuite,
+    frame: DataFrame,
+    *,
+    engine: Engine = "auto",
+    pandas_max_rows: int = 200_000,
+    examples: int = 5,
+) -> ValidationReport:
+    """Validate ``frame`` against ``suite`` through a checkpoint that updates the data docs.
+
+    Returns the report whether or not it passed; callers decide what a failure blocks.
+    """
+    context = gx_context(root)
+    rows = frame.count() if engine != "spark" else -1
+    chosen: Literal["spark", "pandas"] = (
+        ("pandas" if rows <= pandas_max_rows else "spark") if engine == "auto" else engine
+    )
+    data: Any = frame.toPandas() if chosen == "pandas" else frame
+    if chosen == "spark":
+        rows = frame.count() if rows < 0 else rows
+
+    stored_suite = context.suites.add_or_update(suite)
+    batch = _batch_definition(context, chosen, name)
+    definition = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=f"{name}_{chosen}", data=batch, suite=stored_suite)
+    )
+    key_columns = [c for c in _KEY_COLUMNS if c in frame.columns]
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=name,
+            validation_definitions=[definition],
+            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DATA_DOCS_SITE])],
+            result_format={
+                "result_format": "SUMMARY",
+                "partial_unexpected_count": examples,
+                "unexpected_index_column_names": key_columns,
+            },
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": data})
+    outcomes: list[ExpectationOutcome] = []
+    for suite_result in result.run_results.values():
+        for r in suite_result.results:
+            config = r.expectation_config
+            assert config is not None
+            outcomes.append(
+                ExpectationOutcome(
+                    suite=suite.name,
+                    expectation=config.type,
+                    invariant=str((config.meta or {}).get("invariant", config.kwargs)),
+                    success=bool(r.success),
+                    unexpected_count=int(r.result.get("unexpected_count") or 0),
+                    examples=_examples(r.result, r.exception_info, examples),
+                )
+            )
+    return ValidationReport(
+        checkpoint=name,
+        success=bool(result.success),
+        rows=rows,
+        engine=chosen,
+        outcomes=outcomes,
+        data_docs=data_docs_index(root),
+    )
+
+
+def _examples(result: dict[str, Any], exception_info: Any, limit: int) -> list[str]:
+    """A few offending rows: their key and the unexpected values GX reports."""
+    if isinstance(exception_info, dict) and exception_info.get("raised_exception"):
+        return [f"GX raised: {exception_info.get('exception_message')}"]
+    indexed = result.get("partial_unexpected_index_list") or []
+    if indexed:
+        return [_row(item) for item in indexed[:limit]]
+    values = result.get("partial_unexpected_list") or []
+    return [repr(v) for v in values[:limit]]
+
+
+def _row(item: Any) -> str:
+    if isinstance(item, dict):
+        return "{" + ", ".join(f"{k}={v}" for k, v in item.items()) + "}"
+    return repr(item)
