@@ -25,8 +25,8 @@ def read_candles(
     spark: SparkSession, table: str, ranges: Sequence[Range], branch: str | None = None
 ) -> DataFrame:
     """Candles of ``table`` (on ``branch``, default main) whose window starts in ``ranges``."""
-    reader = spark.read.option("branch", branch) if branch else spark.read
-    return reader.table(table).where(in_ranges(F.col("window_start"), ranges))
+    source = f"{table}.branch_{branch}" if branch else table
+    return spark.read.table(source).where(in_ranges(F.col("window_start"), ranges))
 
 
 def with_window_columns(candles: DataFrame, tf: Timeframe) -> DataFrame:

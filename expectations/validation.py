@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +25,11 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 import great_expectations as gx
 from great_expectations.checkpoint import UpdateDataDocsAction
 from great_expectations.core.batch_definition import BatchDefinition
+from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context import FileDataContext
 from pyspark.sql import DataFrame
+
+from expectations.docs_assets import localize
 
 CONFIG_TEMPLATE = Path(__file__).with_name("great_expectations.yml")
 DATA_DOCS_SITE = "local_site"
@@ -108,7 +112,9 @@ def data_docs_index(root: Path) -> Path:
 def build_data_docs(root: Path) -> Path:
     """Rebuild the data docs site from the stored suites and results; return its index."""
     gx_context(root).build_data_docs(site_names=[DATA_DOCS_SITE])
-    return data_docs_index(root)
+    index = data_docs_index(root)
+    localize(index.parent)
+    return index
 
 
 def _batch_definition(
@@ -138,6 +144,7 @@ def run_checkpoint(
     engine: Engine = "auto",
     pandas_max_rows: int = 200_000,
     examples: int = 5,
+    run_name: str | None = None,
 ) -> ValidationReport:
     """Validate ``frame`` against ``suite`` through a checkpoint that updates the data docs.
 
@@ -170,7 +177,11 @@ def run_checkpoint(
             },
         )
     )
-    result = checkpoint.run(batch_parameters={"dataframe": data})
+    result = checkpoint.run(
+        batch_parameters={"dataframe": data},
+        run_id=RunIdentifier(run_name=run_name, run_time=datetime.now(UTC)),
+    )
+    localize(data_docs_index(root).parent)
     outcomes: list[ExpectationOutcome] = []
     for suite_result in result.run_results.values():
         for r in suite_result.results:

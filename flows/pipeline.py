@@ -108,6 +108,11 @@ def validate(
         return validation
     tables = _tables(settings)
     engine = settings.validation_engine
+    first, last = run.ranges[0].start, run.ranges[-1].end
+    run_name = (
+        f"{tf} {first:%Y-%m-%d %H:%M}..{last:%Y-%m-%d %H:%M} UTC, "
+        f"{run.windows_recomputed} windows, trades snapshot {run.trades_snapshot_id}"
+    )
     max_rows = settings.validation_pandas_max_rows
     frame = invariant_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
     suite = invariant_suite(tf)
@@ -118,6 +123,7 @@ def validate(
         frame,
         engine=engine,
         pandas_max_rows=max_rows,
+        run_name=run_name,
     )
     source = rollup_source(tf)
     rollup_suite = reconciliation_suite(tf)
@@ -130,6 +136,7 @@ def validate(
             rolled,
             engine=engine,
             pandas_max_rows=max_rows,
+            run_name=run_name,
         )
         source_watermark = jobs.watermark(spark, tables.candles(source))
         validation.reconciliation_gating = source_watermark == run.watermark

@@ -51,3 +51,9 @@ def tables(catalog: Catalog, settings: Settings, server: stack.StackStatus) -> T
     namespace = f"t_{uuid.uuid4().hex[:12]}"
     ensure_tables(catalog, namespace)
     return Tables(settings.catalog_name, namespace)
+
+
+@pytest.fixture
+def run_settings(settings: Settings, tables: Tables, tmp_path: Path) -> Settings:
+    """Settings of this test's namespace, with a GX project (results, data docs) of its own."""
+    return settings.model_copy(update={"namespace": tables.namespace, "gx_dir": tmp_path / "gx"})

@@ -1,0 +1,171 @@
+"""Each OHLCV invariant fails on a crafted candle that breaks it, and passes on correct ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+
+from expectations.frames import with_window_columns
+from expectations.suites import invariant_suite
+from expectations.validation import ValidationReport, run_checkpoint
+from spark_jobs.tables import Tables
+from spark_jobs.timeframes import TIMEFRAMES
+
+pytestmark = pytest.mark.spark
+
+ONE_MINUTE = TIMEFRAMES["1m"]
+START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+
+
+def good_candle(symbol: str, minute: int = 0) -> dict[str, Any]:
+    start = START + timedelta(minutes=minute)
+    return {
+        "exchange": "test",
+        "symbol": symbol,
+        "window_start": start,
+        "window_end": start + timedelta(minutes=1),
+        "open": Decimal("10"),
+        "high": Decimal("12"),
+        "low": Decimal("8"),
+        "close": Decimal("11"),
+        "volume": Decimal("3"),
+        "quote_volume": Decimal("30"),
+        "trade_count": 3,
+        "vwap": Decimal("10"),
+        "open_ts": start + timedelta(seconds=5),
+        "close_ts": start + timedelta(seconds=50),
+        "computed_at": START,
+    }
+
+
+def frame(spark: SparkSession, tables: Tables, rows: list[dict[str, Any]]) -> DataFrame:
+    schema = spark.read.table(tables.candles(ONE_MINUTE)).schema
+    columns = [f.name for f in schema.fields]
+    df = spark.createDataFrame([tuple(r[c] for c in columns) for r in rows], schema)
+    return with_window_columns(df, ONE_MINUTE)
+
+
+def _set(**changes: Any) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    return lambda row: [{**row, **changes}]
+
+
+def _shift(**deltas: timedelta) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    return lambda row: [{**row, **{k: row[k] + d for k, d in deltas.items()}}]
+
+
+S = timedelta(seconds=1)
+# invariant -> (how to break one candle, the invariants that then fail). Each breaks only its
+# own invariant, except high >= low: it follows from low <= open <= high, so no candle can
+# break it without also breaking low <= open, low <= close and low <= vwap.
+CASES: dict[str, tuple[Callable[[dict[str, Any]], list[dict[str, Any]]], set[str]]] = {
+    **{
+        f"{c} is not null": (_set(**{c: None}), {f"{c} is not null"})
+        for c in (
+            "exchange",
+            "symbol",
+            "window_start",
+            "window_end",
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            "quote_volume",
+            "trade_count",
+            "vwap",
+            "open_ts",
+            "close_ts",
+        )
+    },
+    "high >= open": (_set(open=Decimal("12.5")), {"high >= open"}),
+    "high >= close": (_set(close=Decimal("12.5")), {"high >= close"}),
+    "high >= low": (
+        _set(low=Decimal("12.5")),
+        {"high >= low", "low <= open", "low <= close", "low <= vwap"},
+    ),
+    "low <= open": (_set(open=Decimal("7.5")), {"low <= open"}),
+    "low <= close": (_set(close=Decimal("7.5")), {"low <= close"}),
+    "low <= vwap": (_set(vwap=Decimal("7.5")), {"low <= vwap"}),
+    "vwap <= high": (_set(vwap=Decimal("12.5")), {"vwap <= high"}),
+    "volume > 0": (_set(volume=Decimal("0")), {"volume > 0"}),
+    "quote_volume > 0": (_set(quote_volume=Decimal("0")), {"quote_volume > 0"}),
+    "trade_count >= 1": (_set(trade_count=0), {"trade_count >= 1"}),
+    "key is unique": (
+        lambda row: [row, {**row, "close": Decimal("9")}],
+        {"(exchange, symbol, window_start) is unique"},
+    ),
+    "window is one timeframe": (
+        _shift(window_end=timedelta(minutes=1)),
+        {"window_end - window_start = 1m"},
+    ),
+    "window is aligned": (
+        _shift(window_start=30 * S, window_end=30 * S, open_ts=30 * S, close_ts=5 * S),
+        {"window_start is aligned to 1m"},
+    ),
+    "window_start <= open_ts": (
+        _shift(open_ts=-10 * S),
+        {"window_start <= open_ts"},
+    ),
+    "open_ts <= close_ts": (
+        _set(close_ts=START + 2 * S),
+        {"open_ts <= close_ts"},
+    ),
+    "close_ts < window_end": (
+        _set(close_ts=START + timedelta(minutes=1)),
+        {"close_ts < window_end"},
+    ),
+}
+
+
+def failed(report: ValidationReport) -> set[str]:
+    return {o.invariant for o in report.failures}
+
+
+def validate(df: DataFrame, root: Path, engine: str) -> ValidationReport:
+    return run_checkpoint(
+        root,
+        "ohlcv_1m_invariants",
+        invariant_suite(ONE_MINUTE),
+        df,
+        engine=engine,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_invariant_fails_on_a_candle_that_breaks_it(
+    spark: SparkSession, tables: Tables, tmp_path: Path, case: str
+) -> None:
+    # Given: two correct candles and one crafted to break the invariant
+    breaker, expected = CASES[case]
+    rows = [good_candle("ETH-USD"), good_candle("SOL-USD", 1), *breaker(good_candle("BTC-USD"))]
+    # When: the 1m suite validates them
+    report = validate(frame(spark, tables, rows), tmp_path, "pandas")
+    # Then: exactly the expected invariants fail, and the report names them
+    assert not report.success
+    assert failed(report) == expected
+    assert report.evaluated == len(invariant_suite(ONE_MINUTE).expectations)
+
+
+@pytest.mark.parametrize("engine", ["pandas", "spark"])
+def test_correct_candles_pass_and_failures_name_rows_on_both_engines(
+    spark: SparkSession, tables: Tables, tmp_path: Path, engine: str
+) -> None:
+    good = [good_candle(s, m) for s in ("BTC-USD", "ETH-USD") for m in range(3)]
+    report = validate(frame(spark, tables, good), tmp_path, engine)
+    assert report.success, report.describe_failures()
+    assert report.engine == engine
+
+    bad = [*good, {**good_candle("SOL-USD"), "high": Decimal("7")}]
+    report = validate(frame(spark, tables, bad), tmp_path, engine)
+    assert not report.success
+    message = report.describe_failures()
+    # Then: the message names the failed expectation, its invariant and the offending row
+    assert "expect_column_pair_values_a_to_be_greater_than_b (high >= low)" in message
+    assert "SOL-USD" in message
+    assert str(report.data_docs) in message
