@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
 import webbrowser
@@ -17,15 +19,16 @@ from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from expectations.validation import ValidationFailed, build_data_docs, data_docs_index
-from flows import pipeline
 from infra import stack
 from infra.artifacts import ArtifactError, ensure_artifacts
 from infra.catalog import open_catalog
 from infra.session import ConnectError, connect
 from settings import Settings
+from spark_jobs import jobs
 from spark_jobs.demo_data import DEFAULT_SYMBOLS, demo_trades, feed_position
 from spark_jobs.ingest import IngestResult, SchemaError, ingest, ingest_file
 from spark_jobs.tables import TRADES, Tables, ensure_tables
@@ -213,26 +216,38 @@ def _timeframe_arg(value: str) -> Timeframe:
     return timeframe(value)
 
 
-def _print_run(result: pipeline.PipelineResult, seconds: float) -> None:
-    run = result.run
-    if result.published:
-        outcome = f"published snapshot {result.main_after}"
-    else:
-        outcome = "nothing to publish"
-    reports = result.validation.reports
-    checked = ", ".join(
-        f"{r.checkpoint} {r.evaluated - len(r.failures)}/{r.evaluated} passed" for r in reports
+def _candle_flows() -> Any:
+    """The Prefect flows, imported on first use (Prefect takes a while to import)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows import candle_flows
+
+    return candle_flows
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    if "skipped" in metrics:
+        console.print(f"{metrics['timeframe']}: skipped ({metrics['skipped']})")
+        return
+    late = metrics["late_trades"]
+    before_lookback = f", {late} before the lookback" if late else ""
+    checked = (
+        f"validated ({metrics['expectations_passed']}/{metrics['expectations_evaluated']} "
+        "expectations passed); "
+        if metrics["expectations_evaluated"]
+        else ""
     )
-    before_lookback = f", {run.late_trades} before the lookback" if run.late_trades else ""
+    outcome = (
+        f"published snapshot {metrics['main_snapshot_id']}"
+        if metrics["published"]
+        else "nothing to publish"
+    )
+    seconds = sum(v for k, v in metrics.items() if k.endswith("_s"))
     console.print(
-        f"{run.timeframe}: read {run.trades_read} trades ({run.new_trades} new{before_lookback}), "
-        f"{run.windows_recomputed} candles recomputed: {run.inserted} inserted, "
-        f"{run.updated} updated, {run.unchanged} unchanged; "
-        + (f"validated ({checked}); " if checked else "")
-        + f"{outcome} in {seconds:.1f} s"
+        f"{metrics['timeframe']}: read {metrics['trades_read']} trades "
+        f"({metrics['new_trades']} new{before_lookback}), {metrics['windows_recomputed']} "
+        f"candles recomputed: {metrics['inserted']} inserted, {metrics['updated']} updated, "
+        f"{metrics['unchanged']} unchanged; {checked}{outcome} in {seconds:.1f} s"
     )
-    for note in result.validation.notes:
-        console.print(f"  note: {note}")
 
 
 @app.command("run")
@@ -246,15 +261,18 @@ def run_command(
         str | None, typer.Option(help="e.g. 10m, 2h (default: the timeframe's)")
     ] = None,
 ) -> None:
-    """Recompute the lookback windows and every window touched by new trades, now."""
-    settings = Settings()
+    """Run the timeframe's flow now: generate -> validate -> publish."""
     tf_ = timeframe(tf)
-    now = parse_time(at) if at else None
-    span = parse_duration(lookback) if lookback else None
-    with _session(settings) as spark:
-        started = time.monotonic()
-        result = pipeline.run_timeframe(spark, settings, tf_, now=now, lookback=span)
-        _print_run(result, time.monotonic() - started)
+    when = parse_time(at) if at else None
+    minutes = parse_duration(lookback) / timedelta(minutes=1) if lookback else None
+    flows = _candle_flows()
+    _print_metrics(flows.FLOWS[tf_.name](at=when, lookback_minutes=minutes))
+
+
+def _backfill_state(settings: Settings, tf: Timeframe, chunks: list[jobs.Range]) -> Path:
+    first, last = chunks[0].start, chunks[-1].end
+    name = f"{tf.name}_{first:%Y%m%dT%H%M}_{last:%Y%m%dT%H%M}_{len(chunks)}.json"
+    return settings.data_dir.resolve() / "backfills" / name
 
 
 @app.command("backfill")
@@ -265,21 +283,106 @@ def backfill_command(
     end: Annotated[str, typer.Option(help="ISO-8601, exclusive")],
     chunk: Annotated[str, typer.Option(help="Size of one bounded chunk")] = "1d",
 ) -> None:
-    """Recompute every window in [start, end), chunk by chunk."""
+    """Recompute every window in [start, end) chunk by chunk; rerun to resume.
+
+    Each chunk is one flow run (audited and published on its own). Finished chunks are
+    recorded under <data dir>/backfills/, so the same command after an interruption continues
+    with the first unfinished chunk.
+    """
     settings = Settings()
     tf_ = timeframe(tf)
+    chunks = jobs.backfill_ranges(tf_, parse_time(start), parse_time(end), parse_duration(chunk))
+    state = _backfill_state(settings, tf_, chunks)
+    done: set[str] = set(json.loads(state.read_text())["done"]) if state.exists() else set()
+    todo = [c for c in chunks if c.start.isoformat() not in done]
+    if done:
+        console.print(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already done")
+    flows = _candle_flows()
+    state.parent.mkdir(parents=True, exist_ok=True)
+    with Progress(console=console) as progress:
+        bar = progress.add_task(
+            f"{tf_} backfill", total=len(chunks), completed=len(chunks) - len(todo)
+        )
+        for window in todo:
+            metrics = flows.FLOWS[tf_.name](window_start=window.start, window_end=window.end)
+            done.add(window.start.isoformat())
+            state.write_text(json.dumps({"done": sorted(done)}))
+            progress.advance(bar)
+            progress.console.print(
+                f"{window.start:%Y-%m-%d %H:%M}..{window.end:%Y-%m-%d %H:%M}: "
+                f"{metrics['trades_read']} trades, {metrics['inserted']} inserted, "
+                f"{metrics['updated']} updated, {metrics['unchanged']} unchanged"
+            )
+    console.print(f"{tf_} backfill of {len(chunks)} chunks complete")
+
+
+@app.command("serve")
+@_friendly_errors
+def serve_command() -> None:
+    """Serve the five scheduled deployments (Prefect serve(), no separate worker)."""
+    from prefect import serve
+
+    flows = _candle_flows()
+    for spec in flows.TIMEFRAME_FLOWS:
+        console.print(f"{spec.flow_name}: cron '{spec.cron}' UTC, one run at a time")
+    serve(*flows.deployments())
+
+
+@app.command("status")
+@_friendly_errors
+def status_command() -> None:
+    """Newest published candle and last flow run of every timeframe."""
+    settings = Settings()
+    tables = _tables(settings)
+    rows: dict[str, list[str]] = {}
     with _session(settings) as spark:
-        started = time.monotonic()
-        for result in pipeline.backfill_timeframe(
-            spark,
-            settings,
-            tf_,
-            parse_time(start),
-            parse_time(end),
-            chunk=parse_duration(chunk),
-        ):
-            _print_run(result, time.monotonic() - started)
-            started = time.monotonic()
+        for tf in TIMEFRAMES.values():
+            name = tables.candles(tf)
+            newest = spark.read.table(name).agg(F.max("window_start").alias("w")).collect()[0]["w"]
+            snapshot = jobs.main_snapshot_id(spark, name)
+            rows[tf.name] = [
+                f"{newest:%Y-%m-%d %H:%M}" if newest else "-",
+                str(snapshot or "-"),
+                str(jobs.watermark(spark, name) or "-"),
+            ]
+    for name, last in _last_flow_runs().items():
+        rows[name] += last
+    table = Table(title="OHLCV status")
+    for column in (
+        "timeframe",
+        "newest published window (UTC)",
+        "main snapshot",
+        "trades snapshot processed",
+        "last run",
+        "state",
+    ):
+        table.add_column(column)
+    for name, values in rows.items():
+        table.add_row(name, *values)
+    console.print(table)
+
+
+def _last_flow_runs() -> dict[str, list[str]]:
+    """Start time and state of the newest run of each timeframe's flow (Prefect API)."""
+    flows = _candle_flows()
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    out: dict[str, list[str]] = {}
+    with get_client(sync_client=True) as client:
+        for spec in flows.TIMEFRAME_FLOWS:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[spec.flow_name])),
+                sort=FlowRunSort.START_TIME_DESC,
+                limit=1,
+            )
+            if runs and runs[0].start_time:
+                state = runs[0].state.name if runs[0].state and runs[0].state.name else "-"
+                out[spec.timeframe] = [f"{runs[0].start_time:%Y-%m-%d %H:%M:%S}", state]
+            else:
+                out[spec.timeframe] = ["never", "-"]
+    return out
 
 
 def summary_table(spark: SparkSession, tables: Tables, tf: Timeframe) -> Table:
@@ -331,10 +434,10 @@ def demo_command(
     console.print(f"Spark Connect {status.describe()} ({time.monotonic() - started:.1f} s)")
     _print_ingest(_ingest_demo(settings, hours, 6, 20, 7))
     tables = _tables(settings)
+    flows = _candle_flows()
+    for spec in flows.TIMEFRAME_FLOWS:  # shortest first: each reconciles with the one before
+        _print_metrics(flows.FLOWS[spec.timeframe]())
     with _session(settings) as spark:
-        for tf in TIMEFRAMES.values():  # shortest first: each reconciles with the one before
-            started = time.monotonic()
-            _print_run(pipeline.run_timeframe(spark, settings, tf), time.monotonic() - started)
         for tf in TIMEFRAMES.values():
             console.print(summary_table(spark, tables, tf))
     console.print(f"data docs: {data_docs_index(settings.gx_root)}")

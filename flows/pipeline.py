@@ -39,7 +39,8 @@ class Validation:
     invariants: ValidationReport | None = None
     reconciliation: ValidationReport | None = None
     reconciliation_gating: bool = False
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # informational
+    warnings: list[str] = field(default_factory=list)  # a non-gating check failed
 
     @property
     def passed(self) -> bool:
@@ -141,7 +142,7 @@ def validate(
         source_watermark = jobs.watermark(spark, tables.candles(source))
         validation.reconciliation_gating = source_watermark == run.watermark
         if not validation.reconciliation.success and not validation.reconciliation_gating:
-            validation.notes.append(
+            validation.warnings.append(
                 f"{tf} differs from the rollup of {source}, whose published candles reflect "
                 f"trades snapshot {source_watermark} while this run read {run.watermark}: "
                 f"not blocking; run {source} first to reconcile"

@@ -101,6 +101,7 @@ def server_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.defaultCatalog": settings.catalog_name,
         "spark.local.dir": str(local_dir),
         "spark.ui.showConsoleProgress": "false",
+        "spark.ui.port": str(settings.ui_port),
         **settings.spark_catalog_conf(),
     }
 

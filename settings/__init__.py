@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     local_cores: int = Field(default=0, ge=0, description="0 = all cores of this machine.")
     shuffle_partitions: int = Field(default=4, ge=1)
     server_start_timeout_s: float = Field(default=180.0, gt=0)
+    ui_port: int = Field(default=4040, ge=1, le=65535, description="Spark UI of the local server")
 
     # Iceberg catalog
     catalog_type: CatalogType = CatalogType.SQLITE
@@ -78,6 +79,13 @@ class Settings(BaseSettings):
         description="auto: pandas up to validation_pandas_max_rows candles, Spark above.",
     )
     validation_pandas_max_rows: int = Field(default=200_000, ge=0)
+
+    # Orchestration (Prefect task defaults; tests shorten them)
+    generate_retries: int = Field(default=2, ge=0)
+    generate_retry_delay_s: float = Field(default=60.0, ge=0)
+    generate_timeout_s: float = Field(default=300.0, gt=0)
+    validate_retries: int = Field(default=1, ge=0)
+    validate_retry_delay_s: float = Field(default=30.0, ge=0)
 
     @field_validator("catalog_name", "namespace")
     @classmethod

@@ -352,22 +352,29 @@ def _run(
         "computed_at", F.lit(stamp)
     )
     existing = spark.read.table(target).where(in_ranges(F.col("window_start"), ranges))
-    compared = _compare(fresh, existing).localCheckpoint()
-    counts = {
-        r["_change"]: int(r["n"])
-        for r in compared.groupBy("_change").count().withColumnRenamed("count", "n").collect()
-    }
-    result.inserted = counts.get("insert", 0)
-    result.updated = counts.get("update", 0)
-    result.unchanged = counts.get("unchanged", 0)
-    result.windows_recomputed = result.inserted + result.updated + result.unchanged
+    # Cached, not localCheckpoint(): with several Connect sessions in one process, pyspark
+    # 4.1 binds the checkpointed DataFrame to the default session, which does not know it.
+    compared = _compare(fresh, existing).cache()
+    try:
+        counts = {
+            r["_change"]: int(r["n"])
+            for r in compared.groupBy("_change").count().withColumnRenamed("count", "n").collect()
+        }
+        result.inserted = counts.get("insert", 0)
+        result.updated = counts.get("update", 0)
+        result.unchanged = counts.get("unchanged", 0)
+        result.windows_recomputed = result.inserted + result.updated + result.unchanged
 
-    if not result.written:
-        # Nothing to commit; the watermark stays where it is and the next run simply rereads.
-        return result
-    changed = compared.where(F.col("_change") != "unchanged").select(*CANDLE_COLUMNS, "computed_at")
-    properties = {WATERMARK_PROPERTY: str(new_watermark)} if new_watermark is not None else {}
-    _merge(spark, target, changed, properties)
+        if not result.written:
+            # Nothing to commit; the watermark stays where it is and the next run rereads.
+            return result
+        changed = compared.where(F.col("_change") != "unchanged").select(
+            *CANDLE_COLUMNS, "computed_at"
+        )
+        properties = {WATERMARK_PROPERTY: str(new_watermark)} if new_watermark is not None else {}
+        _merge(spark, target, changed, properties)
+    finally:
+        compared.unpersist()
     result.candle_snapshot_id = branch_snapshot_id(spark, table, branch or "main")
     result.watermark = new_watermark
     return result

@@ -18,12 +18,15 @@ from spark_jobs.tables import Tables, ensure_tables
 
 # A port of its own, so a developer's `make demo` server (15002) is never touched.
 TEST_PORT = 15012
+TEST_UI_PORT = 14052
 
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data_dir: Path = tmp_path_factory.mktemp("ohlcv")
-    return Settings(data_dir=data_dir, connect_port=TEST_PORT, spark_remote=None)
+    return Settings(
+        data_dir=data_dir, connect_port=TEST_PORT, ui_port=TEST_UI_PORT, spark_remote=None
+    )
 
 
 @pytest.fixture(scope="session")

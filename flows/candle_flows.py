@@ -1,0 +1,373 @@
+"""The five OHLCV flows: one implementation, parametrised by timeframe.
+
+Each flow run opens one Spark Connect session tagged ``ohlcv-<flow run id>``, runs
+generate -> validate -> publish as Prefect tasks, records its metrics and validation summary as
+artifacts, and closes the session in all cases. The five flows users know by name
+(``ohlcv_1m_flow`` ... ``ohlcv_1d_flow``) and their schedules are data (:data:`TIMEFRAME_FLOWS`),
+not copies.
+
+Prefect's task timeout stops only the client. Every Spark call of a task therefore runs under
+:func:`interruptible`, which on timeout, cancellation or any other interruption calls
+``interruptTag`` for the run's tag, so no MERGE keeps running on the server and commits later.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from prefect import Flow, flow, get_run_logger, runtime, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.schedules import Cron
+from prefect.states import State
+from pyspark.sql import SparkSession
+
+from expectations.validation import ValidationFailed
+from flows import pipeline
+from infra.session import connect
+from settings import Settings
+from spark_jobs import jobs, wap
+from spark_jobs.tables import Tables
+from spark_jobs.timeframes import TIMEFRAMES, Timeframe
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TimeframeFlow:
+    """How one timeframe is orchestrated."""
+
+    timeframe: str
+    flow_name: str
+    cron: str  # UTC; staggered so no two timeframes start in the same minute
+
+
+TIMEFRAME_FLOWS = (
+    TimeframeFlow("1m", "OHLCV 1-Minute Pipeline", "1-59/5 * * * *"),
+    TimeframeFlow("5m", "OHLCV 5-Minute Pipeline", "3-59/15 * * * *"),
+    TimeframeFlow("30m", "OHLCV 30-Minute Pipeline", "8,38 * * * *"),
+    TimeframeFlow("1h", "OHLCV 1-Hour Pipeline", "24 * * * *"),
+    TimeframeFlow("1d", "OHLCV 1-Day Pipeline", "42 0 * * *"),
+)
+
+
+class OperationTimeout(TimeoutError):
+    """A task's Spark work outlived its timeout and was interrupted on the server."""
+
+
+def run_tag(flow_run_id: str | None) -> str:
+    return f"ohlcv-{flow_run_id or 'local'}"
+
+
+def interruptible(
+    spark: SparkSession, tag: str, timeout_s: float | None, work: Callable[[], T]
+) -> T:
+    """Run ``work`` with every Spark operation tagged ``tag``; interrupt them if we stop waiting.
+
+    The work runs in a helper thread (Spark Connect tags are per thread) while this thread
+    waits in short slices, so Prefect's timeout or a cancellation reaches it promptly. On our
+    own deadline, or any exception while waiting, the tagged operations are interrupted on
+    the server before the error propagates.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        spark.addTag(tag)
+        try:
+            outcome["value"] = work()
+        except BaseException as e:  # handed to the waiting thread
+            outcome["error"] = e
+        finally:
+            spark.removeTag(tag)
+
+    worker = threading.Thread(target=target, name=f"spark-{tag}", daemon=True)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    worker.start()
+    try:
+        while worker.is_alive():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise OperationTimeout(
+                    f"Spark work exceeded {timeout_s:.0f} s: interrupted the server-side "
+                    f"operations tagged {tag}"
+                )
+            worker.join(0.2)
+    except BaseException:
+        spark.interruptTag(tag)
+        worker.join(30)  # let the interrupted call unwind, so nothing commits behind us
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
+
+
+def _not_a_validation_failure(task: Any, task_run: Any, state: State[Any]) -> bool:
+    """Retry transient errors, never a validation failure (the data would fail again)."""
+    try:
+        state.result(raise_on_failure=True)
+    except ValidationFailed:
+        return False
+    except BaseException:
+        return True
+    return True
+
+
+@task(name="generate_candles", cache_policy=NO_CACHE)
+def generate_candles(
+    spark: SparkSession,
+    settings: Settings,
+    tf: Timeframe,
+    tag: str,
+    now: datetime | None,
+    lookback: timedelta | None,
+    window_range: jobs.Range | None,
+) -> jobs.RunResult:
+    """Recompute the affected windows into the audit branch."""
+    run = interruptible(
+        spark,
+        tag,
+        settings.generate_timeout_s,
+        lambda: pipeline.generate(
+            spark, settings, tf, now=now, lookback=lookback, window_range=window_range
+        ),
+    )
+    get_run_logger().info(
+        "%s: %d trades read (%d new, %d before the lookback), %d windows: %d inserted, "
+        "%d updated, %d unchanged",
+        tf,
+        run.trades_read,
+        run.new_trades,
+        run.late_trades,
+        run.windows_recomputed,
+        run.inserted,
+        run.updated,
+        run.unchanged,
+    )
+    return run
+
+
+@task(name="validate_candles", cache_policy=NO_CACHE, retry_condition_fn=_not_a_validation_failure)
+def validate_candles(
+    spark: SparkSession, settings: Settings, tf: Timeframe, tag: str, run: jobs.RunResult
+) -> pipeline.Validation:
+    """Validate exactly the windows written, on the audit branch; raise if they fail."""
+    validation = interruptible(
+        spark, tag, None, lambda: pipeline.validate(spark, settings, tf, run)
+    )
+    logger = get_run_logger()
+    for report in validation.reports:
+        logger.info(
+            "%s: %d/%d expectations passed on %d rows (%s)",
+            report.checkpoint,
+            report.evaluated - len(report.failures),
+            report.evaluated,
+            report.rows,
+            report.engine,
+        )
+    for note in validation.notes:
+        logger.info(note)
+    for warning in validation.warnings:
+        logger.warning(warning)
+    _validation_artifact(tf, validation)
+    if not validation.passed:
+        table = Tables(settings.catalog_name, settings.namespace).candles(tf)
+        tag_name = interruptible(spark, tag, None, lambda: wap.keep_rejected(spark, table))
+        logger.error("%s: rejected candles kept as tag %s; main unchanged", tf, tag_name)
+    pipeline.require_valid(validation)
+    return validation
+
+
+@task(name="publish_candles", cache_policy=NO_CACHE)
+def publish_candles(spark: SparkSession, settings: Settings, tf: Timeframe, tag: str) -> int | None:
+    """Fast-forward main to the validated audit branch."""
+    snapshot = interruptible(spark, tag, None, lambda: pipeline.publish(spark, settings, tf))
+    get_run_logger().info("%s: main is at snapshot %s", tf, snapshot)
+    return snapshot
+
+
+def _validation_artifact(tf: Timeframe, validation: pipeline.Validation) -> None:
+    lines = [f"# {tf} validation", ""]
+    if not validation.reports:
+        lines.append("Nothing was written, so nothing needed validating.")
+    for report in validation.reports:
+        verdict = "passed" if report.success else "FAILED"
+        lines.append(
+            f"- **{report.checkpoint}** {verdict}: {report.evaluated - len(report.failures)}"
+            f"/{report.evaluated} expectations on {report.rows} rows ({report.engine})"
+        )
+        lines += [f"  - {failure.describe()}" for failure in report.failures]
+    lines += [f"- note: {note}" for note in validation.notes]
+    lines += [f"- **warning**: {warning}" for warning in validation.warnings]
+    docs = next((r.data_docs for r in validation.reports if r.data_docs), None)
+    if docs:
+        lines += ["", f"Data docs: `{docs}`"]
+    create_markdown_artifact(
+        key=f"ohlcv-{tf.name}-validation", markdown="\n".join(lines), description=f"{tf}"
+    )
+
+
+def _superseded(tf: Timeframe) -> str | None:
+    """Why this scheduled run should not run: a later one is already due and will cover it.
+
+    After an outage the scheduler has a backlog of late runs; replaying each would recompute
+    the same windows N times. The newest due run alone covers the gap, because the late-trade
+    watermark makes it recompute every window touched since the last published run.
+    """
+    deployment_id = runtime.deployment.id
+    expected = runtime.flow_run.scheduled_start_time
+    if not deployment_id or expected is None:
+        return None
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        later = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(not_any_=[runtime.flow_run.id]),
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
+                ),
+                expected_start_time=FlowRunFilterExpectedStartTime(
+                    after_=expected + timedelta(microseconds=1),
+                    before_=datetime.now(UTC),  # type: ignore[arg-type]
+                ),
+            ),
+            limit=1,
+        )
+    if later:
+        return f"{tf}: a later run due at {later[0].expected_start_time} covers this one"
+    return None
+
+
+def run_candle_pipeline(
+    tf: Timeframe,
+    at: datetime | None = None,
+    lookback_minutes: float | None = None,
+    window_start: datetime | None = None,
+    window_end: datetime | None = None,
+) -> dict[str, Any]:
+    """The body of every timeframe's flow (see the module docstring)."""
+    logger = get_run_logger()
+    reason = _superseded(tf)
+    if reason:
+        logger.info("skipped: %s", reason)
+        return {"timeframe": tf.name, "skipped": reason}
+    settings = Settings()
+    tag = run_tag(runtime.flow_run.id)
+    lookback = None if lookback_minutes is None else timedelta(minutes=lookback_minutes)
+    window_range = None
+    if window_start is not None or window_end is not None:
+        if window_start is None or window_end is None:
+            raise ValueError("pass both window_start and window_end for a backfill chunk")
+        window_range = jobs.Range(_utc(window_start), _utc(window_end))
+    durations: dict[str, float] = {}
+    spark = connect(settings)
+    try:
+        table = Tables(settings.catalog_name, settings.namespace).candles(tf)
+        main_before = jobs.main_snapshot_id(spark, table)
+        started = time.monotonic()
+        generate = generate_candles.with_options(
+            retries=settings.generate_retries,
+            retry_delay_seconds=settings.generate_retry_delay_s,
+            # Prefect's own timeout is a backstop: interruptible() fires first, interrupts the
+            # server-side operations and raises OperationTimeout.
+            timeout_seconds=settings.generate_timeout_s + 30,
+        )
+        run = generate(spark, settings, tf, tag, _utc(at) if at else None, lookback, window_range)
+        durations["generate_candles"] = time.monotonic() - started
+        started = time.monotonic()
+        validate = validate_candles.with_options(
+            retries=settings.validate_retries,
+            retry_delay_seconds=settings.validate_retry_delay_s,
+        )
+        validation = validate(spark, settings, tf, tag, run)
+        durations["validate_candles"] = time.monotonic() - started
+        started = time.monotonic()
+        main_after = publish_candles(spark, settings, tf, tag)
+        durations["publish_candles"] = time.monotonic() - started
+    finally:
+        spark.stop()
+    metrics = {
+        "timeframe": tf.name,
+        "trades_read": run.trades_read,
+        "new_trades": run.new_trades,
+        "late_trades": run.late_trades,
+        "windows_recomputed": run.windows_recomputed,
+        "inserted": run.inserted,
+        "updated": run.updated,
+        "unchanged": run.unchanged,
+        "expectations_passed": sum(r.evaluated - len(r.failures) for r in validation.reports),
+        "expectations_evaluated": sum(r.evaluated for r in validation.reports),
+        "published": main_after != main_before,
+        "main_snapshot_id": main_after,
+        "trades_snapshot_id": run.trades_snapshot_id,
+        **{f"{name}_s": round(seconds, 2) for name, seconds in durations.items()},
+    }
+    create_table_artifact(
+        key=f"ohlcv-{tf.name}-metrics",
+        table=[{"metric": k, "value": str(v)} for k, v in metrics.items()],
+        description=f"{tf} run metrics",
+    )
+    return metrics
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _make_flow(spec: TimeframeFlow) -> Flow[..., dict[str, Any]]:
+    tf = TIMEFRAMES[spec.timeframe]
+
+    def body(
+        at: datetime | None = None,
+        lookback_minutes: float | None = None,
+        window_start: datetime | None = None,
+        window_end: datetime | None = None,
+    ) -> dict[str, Any]:
+        return run_candle_pipeline(tf, at, lookback_minutes, window_start, window_end)
+
+    # Deployments load flows by module attribute: give each the name it is exported under.
+    body.__name__ = body.__qualname__ = f"ohlcv_{spec.timeframe}_flow"
+    body.__doc__ = f"Recompute, validate and publish {tf} candles."
+    return flow(name=spec.flow_name, log_prints=False)(body)
+
+
+FLOWS: dict[str, Flow[..., dict[str, Any]]] = {s.timeframe: _make_flow(s) for s in TIMEFRAME_FLOWS}
+ohlcv_1m_flow = FLOWS["1m"]
+ohlcv_5m_flow = FLOWS["5m"]
+ohlcv_30m_flow = FLOWS["30m"]
+ohlcv_1h_flow = FLOWS["1h"]
+ohlcv_1d_flow = FLOWS["1d"]
+
+
+def deployments() -> list[Any]:
+    """The five scheduled deployments `ohlcv serve` runs: one writer per candle table."""
+    return [
+        FLOWS[spec.timeframe].to_deployment(
+            name=f"ohlcv-{spec.timeframe}",
+            schedule=Cron(spec.cron, timezone="UTC"),
+            parameters={},
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+            ),
+            tags=["ohlcv", spec.timeframe],
+            description=f"{spec.flow_name}: {TIMEFRAMES[spec.timeframe]} candles, cron "
+            f"'{spec.cron}' UTC",
+        )
+        for spec in TIMEFRAME_FLOWS
+    ]

@@ -1,0 +1,289 @@
+"""The Prefect flows end to end, under prefect_test_harness, on the real Spark Connect server."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any, cast
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.states import State
+from prefect.testing.utilities import prefect_test_harness
+from pyiceberg.catalog import Catalog
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from typer.testing import CliRunner
+
+from flows import candle_flows, pipeline
+from flows.candle_flows import FLOWS, TIMEFRAME_FLOWS, deployments
+from flows.cli import app
+from settings import Settings
+from spark_jobs import jobs, wap
+from spark_jobs.tables import Tables
+from spark_jobs.timeframes import TIMEFRAMES
+from tests.oracle import diff, expected_candles, stored_candles
+from tests.test_candles import START, deliver, random_trades
+
+pytestmark = pytest.mark.spark
+
+ONE_MINUTE = TIMEFRAMES["1m"]
+
+
+@pytest.fixture(scope="session")
+def prefect() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def flow_env(prefect: None, run_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Point the flows' own Settings() at this test's server, namespace and GX project."""
+    values = {
+        "OHLCV_DATA_DIR": str(run_settings.data_dir),
+        "OHLCV_CONNECT_PORT": str(run_settings.connect_port),
+        "OHLCV_UI_PORT": str(run_settings.ui_port),
+        "OHLCV_NAMESPACE": run_settings.namespace,
+        "OHLCV_GX_DIR": str(run_settings.gx_dir),
+        "OHLCV_GENERATE_RETRY_DELAY_S": "0",
+        "OHLCV_VALIDATE_RETRY_DELAY_S": "0",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    return Settings()
+
+
+def test_every_flow_publishes_candles_equal_to_the_oracle_with_artifacts(
+    spark: SparkSession, catalog: Catalog, tables: Tables, flow_env: Settings
+) -> None:
+    rng = random.Random(51)
+    now = START + timedelta(hours=3)
+    trades = random_trades(rng, START, now, 900, first_id=1)
+    deliver(catalog, tables, trades, now=now)
+
+    for spec in TIMEFRAME_FLOWS:
+        metrics = FLOWS[spec.timeframe](at=now)
+        assert metrics["published"], spec.timeframe
+        assert metrics["expectations_passed"] == metrics["expectations_evaluated"] > 0
+
+    for spec in TIMEFRAME_FLOWS:
+        tf = TIMEFRAMES[spec.timeframe]
+        problems = diff(expected_candles(trades, tf), stored_candles(spark, tables.candles(tf)))
+        assert not problems, f"{tf}: {problems[:5]}"
+    with get_client(sync_client=True) as client:
+        keys = ["ohlcv-1d-metrics", "ohlcv-1d-validation"]
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
+        )
+    by_key = {a.key: a for a in artifacts}
+    assert set(by_key) == set(keys)
+    metrics_rows = {row["metric"]: row["value"] for row in json.loads(str(by_key[keys[0]].data))}
+    assert metrics_rows["windows_recomputed"] != "0" and "generate_candles_s" in metrics_rows
+    assert "ohlcv_1d_invariants" in str(by_key[keys[1]].data)
+    assert "Data docs" in str(by_key[keys[1]].data)
+
+
+def test_generate_is_retried_and_a_step_that_keeps_failing_leaves_main_unchanged(
+    spark: SparkSession,
+    catalog: Catalog,
+    tables: Tables,
+    flow_env: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(52)
+    now = START + timedelta(minutes=30)
+    trades = random_trades(rng, START, now, 300, first_id=1)
+    deliver(catalog, tables, trades, now=now)
+    generate = pipeline.generate
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> jobs.RunResult:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ConnectionError(f"transient failure {calls['n']}")
+        return generate(*args, **kwargs)
+
+    # Given: a generate step that fails twice; When: the flow runs; Then: the third try publishes
+    monkeypatch.setattr(pipeline, "generate", flaky)
+    metrics = FLOWS["1m"](at=now)
+    assert calls["n"] == 3 and metrics["published"]
+    table = tables.candles(ONE_MINUTE)
+    assert not diff(expected_candles(trades, ONE_MINUTE), stored_candles(spark, table))
+
+    # Given: new trades and a generate step that always fails after writing to the branch
+    later = now + timedelta(minutes=5)
+    deliver(catalog, tables, random_trades(rng, now, later, 50, first_id=9_000), now=later)
+    before = (jobs.main_snapshot_id(spark, table), jobs.watermark(spark, table))
+    calls["n"] = 0
+
+    def broken(*args: Any, **kwargs: Any) -> jobs.RunResult:
+        calls["n"] += 1
+        generate(*args, **kwargs)
+        raise ConnectionError("lost the server after writing")
+
+    monkeypatch.setattr(pipeline, "generate", broken)
+    state = cast(State[Any], FLOWS["1m"](at=later, return_state=True))
+    # Then: Failed after 3 tries, and main (snapshot and watermark) is where it was
+    assert state.is_failed()
+    assert calls["n"] == 3
+    assert (jobs.main_snapshot_id(spark, table), jobs.watermark(spark, table)) == before
+
+
+def _running_jobs(ui_port: int) -> list[Any]:
+    base = f"http://127.0.0.1:{ui_port}/api/v1/applications"
+    with urllib.request.urlopen(base, timeout=10) as response:
+        app_id = json.load(response)[0]["id"]
+    with urllib.request.urlopen(f"{base}/{app_id}/jobs?status=running", timeout=10) as response:
+        return list(json.load(response))
+
+
+def test_a_timed_out_generate_is_interrupted_on_the_server(
+    spark: SparkSession,
+    catalog: Catalog,
+    tables: Tables,
+    flow_env: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(53)
+    now = START + timedelta(minutes=20)
+    deliver(catalog, tables, random_trades(rng, START, now, 200, first_id=1), now=now)
+    FLOWS["1m"](at=now)
+    table = tables.candles(ONE_MINUTE)
+    snapshots_before = spark.read.table(f"{table}.snapshots").count()
+    monkeypatch.setenv("OHLCV_GENERATE_TIMEOUT_S", "5")
+    monkeypatch.setenv("OHLCV_GENERATE_RETRIES", "0")
+    started = threading.Event()
+
+    def slow(spark_: SparkSession, settings: Settings, *args: Any, **kwargs: Any) -> Any:
+        # A write that takes minutes: it would commit a snapshot if it were not interrupted.
+        wap.start_audit(spark_, table)
+        started.set()
+        spark_.sql(
+            f"INSERT INTO {table}.branch_{wap.AUDIT_BRANCH} "
+            f"SELECT t.* FROM {table} t CROSS JOIN (SELECT max(id) AS m FROM range(200000000000)) "
+            "WHERE m >= 0"
+        )
+        raise AssertionError("the slow write finished instead of being interrupted")
+
+    monkeypatch.setattr(pipeline, "generate", slow)
+    clock = time.monotonic()
+    state = cast(State[Any], FLOWS["1m"](at=now, return_state=True))
+    elapsed = time.monotonic() - clock
+
+    assert started.is_set()
+    assert state.is_failed() and elapsed < 60
+    assert "interrupted the server-side operations tagged ohlcv-" in str(
+        state.result(raise_on_failure=False)
+    )
+    deadline = time.monotonic() + 30
+    while _running_jobs(flow_env.ui_port) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _running_jobs(flow_env.ui_port) == []
+    time.sleep(5)  # a MERGE that survived would commit about now or never
+    assert spark.read.table(f"{table}.snapshots").count() == snapshots_before
+
+
+def _minutes(cron: str) -> set[tuple[int, int]]:
+    """(hour, minute) pairs a 5-field cron fires at in one day (the forms used here)."""
+
+    def expand(field: str, size: int) -> set[int]:
+        out: set[int] = set()
+        for part in field.split(","):
+            step = 1
+            if "/" in part:
+                part, step_text = part.split("/")
+                step = int(step_text)
+            if part == "*":
+                lo, hi = 0, size - 1
+            elif "-" in part:
+                lo, hi = (int(x) for x in part.split("-"))
+            else:
+                lo = hi = int(part)
+            out.update(range(lo, hi + 1, step))
+        return out
+
+    minute, hour, *_ = cron.split()
+    return {(h, m) for h in expand(hour, 24) for m in expand(minute, 60)}
+
+
+def test_served_deployments_have_names_schedules_parameters_and_one_writer() -> None:
+    built = {d.name: d for d in deployments()}
+    assert set(built) == {f"ohlcv-{tf}" for tf in TIMEFRAMES}
+    expected_counts = {"1m": 288, "5m": 96, "30m": 48, "1h": 24, "1d": 1}
+    fired: dict[tuple[int, int], str] = {}
+    for spec in TIMEFRAME_FLOWS:
+        deployment = built[f"ohlcv-{spec.timeframe}"]
+        assert deployment.flow_name == spec.flow_name
+        assert deployment.parameters == {}
+        assert deployment.concurrency_limit == 1
+        assert deployment.concurrency_options is not None
+        assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE"
+        (schedule,) = deployment.schedules
+        assert schedule.schedule.cron == spec.cron
+        assert schedule.schedule.timezone == "UTC"
+        minutes = _minutes(spec.cron)
+        assert len(minutes) == expected_counts[spec.timeframe]
+        for minute in minutes:
+            assert minute not in fired, f"{spec.timeframe} and {fired[minute]} share {minute}"
+            fired[minute] = spec.timeframe
+    assert [d.entrypoint.split(":")[-1] for d in deployments()] == [
+        f"ohlcv_{tf}_flow" for tf in TIMEFRAMES
+    ]
+    for tf in TIMEFRAMES:
+        assert getattr(candle_flows, f"ohlcv_{tf}_flow") is FLOWS[tf]
+
+
+def test_cli_run_backfill_with_resume_and_status(
+    spark: SparkSession,
+    catalog: Catalog,
+    tables: Tables,
+    flow_env: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(54)
+    now = START + timedelta(hours=3)
+    trades = random_trades(rng, START, now, 600, first_id=1)
+    deliver(catalog, tables, trades, now=now)
+    runner = CliRunner()
+
+    result = runner.invoke(app, ["run", "1m", "--at", now.isoformat(), "--lookback", "15m"])
+    assert result.exit_code == 0, result.output
+    assert "1m: read" in result.output and "published snapshot" in result.output
+
+    # Given: a backfill of three 1h chunks whose second chunk is interrupted
+    five = FLOWS["5m"]
+    chunks = {"n": 0}
+
+    def interrupted(**kwargs: Any) -> Any:
+        chunks["n"] += 1
+        if chunks["n"] == 2:
+            raise RuntimeError("the machine went away")
+        return five(**kwargs)
+
+    monkeypatch.setitem(FLOWS, "5m", interrupted)
+    args = ["backfill", "5m", "--start", START.isoformat(), "--end", now.isoformat()]
+    result = runner.invoke(app, [*args, "--chunk", "1h"])
+    assert result.exit_code != 0
+    # When: the same command runs again
+    monkeypatch.setitem(FLOWS, "5m", five)
+    result = runner.invoke(app, [*args, "--chunk", "1h"])
+    # Then: it resumes after the finished chunk and the table equals the oracle
+    assert result.exit_code == 0, result.output
+    assert "resuming: 1 of 3 chunks already done" in result.output
+    five_minutes = TIMEFRAMES["5m"]
+    stored = stored_candles(spark, tables.candles(five_minutes))
+    assert not diff(expected_candles(trades, five_minutes), stored)
+
+    result = runner.invoke(app, ["status"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    newest = spark.read.table(tables.candles(five_minutes)).agg(F.max("window_start")).first()
+    assert newest is not None
+    assert f"{newest[0]:%Y-%m-%d %H:%M}" in result.output
+    assert "Completed" in result.output
