@@ -8,7 +8,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
@@ -287,3 +287,35 @@ def test_cli_run_backfill_with_resume_and_status(
     assert newest is not None
     assert f"{newest[0]:%Y-%m-%d %H:%M}" in result.output
     assert "Completed" in result.output
+
+
+def test_after_an_outage_one_catch_up_run_covers_the_backlog(
+    spark: SparkSession, catalog: Catalog, tables: Tables, flow_env: Settings
+) -> None:
+    from prefect.flow_engine import run_flow
+    from prefect.states import Scheduled
+
+    rng = random.Random(55)
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=30)
+    now = start + timedelta(minutes=29)
+    trades = random_trades(rng, start, now, 300, first_id=1)
+    deliver(catalog, tables, trades, now=now)
+    (deployment,) = [d for d in deployments() if d.name == "ohlcv-1m"]
+    deployment_id = deployment.apply()
+    # Given: three scheduled runs of the 1m deployment that fell due while nothing ran
+    with get_client(sync_client=True) as client:
+        backlog = [
+            client.create_flow_run_from_deployment(
+                deployment_id, state=Scheduled(scheduled_time=now - timedelta(minutes=m))
+            )
+            for m in (15, 10, 5)
+        ]
+    # When: the runner gets to them, oldest first
+    results = [
+        cast(dict[str, Any], run_flow(FLOWS["1m"], flow_run=run, parameters={})) for run in backlog
+    ]
+    # Then: the two older ones skip, and the newest one alone publishes everything
+    assert [("skipped" in r) for r in results] == [True, True, False], results
+    assert results[2]["published"]
+    table = tables.candles(ONE_MINUTE)
+    assert not diff(expected_candles(trades, ONE_MINUTE), stored_candles(spark, table))
