@@ -30,7 +30,7 @@ from pyspark.sql import SparkSession
 
 from expectations.validation import ValidationFailed
 from flows import pipeline
-from infra.session import connect
+from infra.session import close, connect
 from settings import Settings
 from spark_jobs import jobs, wap
 from spark_jobs.tables import Tables
@@ -301,7 +301,7 @@ def run_candle_pipeline(
         main_after = publish_candles(spark, settings, tf, tag)
         durations["publish_candles"] = time.monotonic() - started
     finally:
-        spark.stop()
+        close(spark)
     metrics = {
         "timeframe": tf.name,
         "trades_read": run.trades_read,

@@ -26,7 +26,7 @@ from expectations.validation import ValidationFailed, build_data_docs, data_docs
 from infra import stack
 from infra.artifacts import ArtifactError, ensure_artifacts
 from infra.catalog import open_catalog
-from infra.session import ConnectError, connect
+from infra.session import ConnectError, close, connect
 from settings import Settings
 from spark_jobs import jobs
 from spark_jobs.demo_data import DEFAULT_SYMBOLS, demo_trades, feed_position
@@ -99,7 +99,7 @@ def _session(settings: Settings) -> Iterator[SparkSession]:
     try:
         yield spark
     finally:
-        spark.stop()
+        close(spark)
 
 
 # stack ---------------------------------------------------------------------------------------

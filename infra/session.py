@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from pyspark.sql import SparkSession
+from pyspark.sql.connect.client.reattach import ExecutePlanResponseReattachableIterator
 
 from infra.stack import port_open
 from settings import Settings
@@ -48,3 +49,13 @@ def connect(settings: Settings, *, tags: tuple[str, ...] = ()) -> SparkSession:
     for tag in tags:
         spark.addTag(tag)
     return spark
+
+
+def close(spark: SparkSession) -> None:
+    """Stop a session after its pending ReleaseExecute calls are done.
+
+    The Connect client releases finished executions from a background pool; stopping the
+    session first makes each late release fail with a logged SESSION_CLOSED warning.
+    """
+    ExecutePlanResponseReattachableIterator.shutdown()  # waits; the pool is recreated lazily
+    spark.stop()

@@ -206,11 +206,11 @@ def demo_trades(
     n = len(ts)
 
     capacity = (end_us - start_us) // 1_000_000 * _IDS_PER_SECOND
-    if n + bad_rows > capacity:
+    if first_trade_id is None and n + bad_rows > capacity:
         raise ValueError(
             f"{n + bad_rows} trades do not fit the {capacity} trade ids of a "
             f"{(end_us - start_us) / 1e6:.0f} s window ({_IDS_PER_SECOND} per second): "
-            "lower trades_per_minute or widen the window"
+            "lower trades_per_minute, widen the window or pass first_trade_id"
         )
     if first_trade_id is None:
         first_id = (start_us - _us(_ID_EPOCH)) // 1_000_000 * _IDS_PER_SECOND
