@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import re
 
+from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 from pyspark.sql.connect.client.reattach import ExecutePlanResponseReattachableIterator
 
 from infra.stack import port_open
-from settings import Settings
+from settings import Settings, redact
+
+__all__ = ["ConnectError", "close", "connect", "redact"]
 
 _HOST_PORT = re.compile(r"^sc://(?P<host>[^:/;]+)(?::(?P<port>\d+))?")
 
 
 class ConnectError(RuntimeError):
     """No Spark Connect server answers at the configured address."""
-
-
-def redact(remote: str) -> str:
-    """A Spark Connect URL without its parameters (the token never reaches logs)."""
-    return remote.split(";", 1)[0].rstrip("/")
 
 
 def connect(settings: Settings, *, tags: tuple[str, ...] = ()) -> SparkSession:
@@ -45,7 +43,17 @@ def connect(settings: Settings, *, tags: tuple[str, ...] = ()) -> SparkSession:
             "(or set SPARK_REMOTE to a running server)"
         )
     spark = SparkSession.builder.remote(remote).create()
-    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    try:
+        spark.conf.set("spark.sql.session.timeZone", "UTC")  # the first call to the server
+    except PySparkException as e:
+        if "UNAUTHENTICATED" not in str(e) and "authenticat" not in str(e).lower():
+            raise
+        spark.stop()
+        where = "set OHLCV_CONNECT_TOKEN" if settings.is_local else "fix ;token=… in SPARK_REMOTE"
+        raise ConnectError(
+            f"the Spark Connect server at {redact(remote)} refused the session: missing or "
+            f"wrong token ({where})"
+        ) from None
     for tag in tags:
         spark.addTag(tag)
     return spark

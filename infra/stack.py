@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from infra.artifacts import ensure_artifacts, spark_env, spark_home
 from infra.catalog import open_catalog
-from settings import CatalogType, Settings
+from settings import CatalogType, Settings, redact
 from spark_jobs.tables import ensure_tables
 
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
@@ -38,6 +39,9 @@ class StackStatus:
     pid: int | None
     remote: str
     log_file: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "remote", redact(self.remote))  # never show a token
 
     def describe(self) -> str:
         if self.running:
@@ -114,7 +118,7 @@ def up(settings: Settings) -> StackStatus:
     """Start the local Spark Connect server (or reuse a running one) and prepare the tables."""
     if not settings.is_local:
         raise StackError(
-            f"SPARK_REMOTE is set ({settings.remote.split(';')[0]}): the stack commands manage "
+            f"SPARK_REMOTE is set ({redact(settings.remote)}): the stack commands manage "
             "only the local server; unset SPARK_REMOTE to use it"
         )
     current = status(settings)
@@ -135,6 +139,7 @@ def up(settings: Settings) -> StackStatus:
         catalog.engine.dispose()  # type: ignore[attr-defined]
 
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
+    token = _ensure_token(settings)
     cores = settings.local_cores or "*"
     cmd = [
         str(spark_home() / "bin" / "spark-submit"),
@@ -164,7 +169,8 @@ def up(settings: Settings) -> StackStatus:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=spark_env(),
+            # The token travels in the environment: a --conf value would show in `ps`.
+            env={**spark_env(), "SPARK_CONNECT_AUTHENTICATE_TOKEN": token},
             cwd=settings.stack_dir,
             start_new_session=True,
         )
@@ -177,6 +183,18 @@ def up(settings: Settings) -> StackStatus:
         _pid_file(settings).unlink(missing_ok=True)
         raise
     return status(settings)
+
+
+def _ensure_token(settings: Settings) -> str:
+    """The token the server will require: the setting, or the data directory's own (mode 600)."""
+    token = settings.local_token()
+    if token:
+        return token
+    token = secrets.token_urlsafe(32)
+    fd = os.open(settings.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token)
+    return token
 
 
 def _log_tail(settings: Settings, lines: int = 25) -> str:

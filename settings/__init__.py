@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SPARK_REMOTE", "OHLCV_SPARK_REMOTE"),
         description="sc://host:port/;token=...;use_ssl=true. Unset: the local embedded server.",
     )
+    connect_token: SecretStr | None = Field(
+        default=None,
+        description="Token the local server requires. Unset: one is generated per data "
+        "directory (<data_dir>/stack/token, mode 600).",
+    )
     connect_host: str = "127.0.0.1"
     connect_port: int = Field(default=15002, ge=1, le=65535)
     driver_memory: str = "4g"
@@ -107,12 +112,27 @@ class Settings(BaseSettings):
         return (self.gx_dir or self.data_dir).resolve()
 
     @property
+    def token_file(self) -> Path:
+        return self.stack_dir / "token"
+
+    def local_token(self) -> str | None:
+        """The token of the local server: the setting, else the data directory's token file."""
+        if self.connect_token:
+            return self.connect_token.get_secret_value()
+        try:
+            return self.token_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    @property
     def remote(self) -> str:
-        """The Spark Connect URL the client uses."""
+        """The Spark Connect URL the client uses (it may hold a token: see ``redact``)."""
         if self.spark_remote:
             return self.spark_remote
-        # The Python client sends plaintext only to the literal host "localhost".
-        return f"sc://localhost:{self.connect_port}"
+        # The Python client sends a token over plaintext only to the literal host "localhost".
+        token = self.local_token()
+        suffix = f"/;token={token}" if token else ""
+        return f"sc://localhost:{self.connect_port}{suffix}"
 
     @property
     def is_local(self) -> bool:
@@ -195,3 +215,8 @@ class Settings(BaseSettings):
                 "(the catalog's JDBC or REST URL)"
             )
         return self.catalog_uri
+
+
+def redact(remote: str) -> str:
+    """A Spark Connect URL without its parameters, so a token never reaches logs or errors."""
+    return remote.split(";", 1)[0].rstrip("/")

@@ -66,3 +66,28 @@ def test_an_artifact_that_cannot_be_fetched_is_named(tmp_path: Path) -> None:
     missing = Artifact("org.example.ohlcv", "no-such-artifact", "0.0.1", "0" * 64)
     with pytest.raises(ArtifactError, match=re.escape("org.example.ohlcv:no-such-artifact:0.0.1")):
         ensure_artifacts(tmp_path, (missing,))
+
+
+@pytest.mark.parametrize("suffix", ["", "/;token=not-the-token"])
+def test_a_client_without_the_right_token_is_refused(
+    server: stack.StackStatus, settings: Settings, suffix: str
+) -> None:
+    token = settings.local_token()
+    assert token, "the local server always requires a token"
+    intruder = Settings(spark_remote=f"sc://localhost:{settings.connect_port}{suffix}")
+    with pytest.raises(ConnectError, match="refused the session: missing or wrong token") as e:
+        connect(intruder)
+    assert token not in str(e.value)
+
+
+def test_the_token_stays_out_of_logs_process_lists_and_status(
+    server: stack.StackStatus, settings: Settings
+) -> None:
+    token = settings.local_token()
+    assert token and token in settings.remote  # the client sends it ...
+    assert settings.token_file.stat().st_mode & 0o077 == 0  # ... from a private file
+    assert token not in server.describe()
+    assert token not in settings.stack_dir.joinpath("server.log").read_text(errors="replace")
+    assert server.pid is not None
+    cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode(errors="replace")
+    assert token not in cmdline

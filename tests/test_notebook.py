@@ -1,0 +1,62 @@
+"""The example notebook runs top to bottom against the real server, like a user would run it."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from pyiceberg.catalog import Catalog
+from pyspark.sql import SparkSession
+
+from flows import pipeline
+from settings import Settings
+from spark_jobs.tables import Tables
+from spark_jobs.timeframes import TIMEFRAMES
+from tests.test_candles import START, deliver, random_trades
+
+pytestmark = pytest.mark.spark
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "explore_candles.ipynb"
+
+
+def test_the_example_notebook_runs_and_agrees_with_the_published_table(
+    spark: SparkSession,
+    catalog: Catalog,
+    tables: Tables,
+    run_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = START + timedelta(hours=4)
+    deliver(catalog, tables, random_trades(random.Random(61), START, now, 800, 1), now=now)
+    pipeline.run_timeframe(spark, run_settings, TIMEFRAMES["5m"], now=now)
+    for key, value in {
+        "OHLCV_DATA_DIR": str(run_settings.data_dir),
+        "OHLCV_CONNECT_PORT": str(run_settings.connect_port),
+        "OHLCV_NAMESPACE": run_settings.namespace,
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    # A failing cell raises CellExecutionError naming the cell and its traceback.
+    NotebookClient(notebook, timeout=300, kernel_name="python3").execute(
+        cwd=str(NOTEBOOK.parent.parent)
+    )
+    printed = "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    )
+    assert "only ad hoc: 0; only published: 0" in printed
+    images = [
+        output
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if "image/png" in output.get("data", {})
+    ]
+    assert images, "the candlestick chart was not drawn"
