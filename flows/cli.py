@@ -107,11 +107,26 @@ def _session(settings: Settings) -> Iterator[SparkSession]:
 
 @stack_app.command("up")
 @_friendly_errors
-def stack_up() -> None:
+def stack_up(
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Also start a standalone master and N workers on loopback for the server "
+            "(default: OHLCV_WORKERS, 0 = local mode)"
+        ),
+    ] = None,
+) -> None:
     """Start the local Spark Connect server (reuses a running one)."""
     started = time.monotonic()
-    status = stack.up(Settings())
+    settings = Settings() if workers is None else Settings(workers=workers)
+    status = stack.up(settings)
     console.print(f"Spark Connect {status.describe()} ({time.monotonic() - started:.1f} s)")
+    cluster = stack.cluster_pids(settings)
+    if cluster["workers"]:
+        console.print(
+            f"standalone cluster: master spark://127.0.0.1:{settings.master_port} "
+            f"(UI http://127.0.0.1:{settings.master_ui_port}), {len(cluster['workers'])} workers"
+        )
 
 
 @stack_app.command("down")

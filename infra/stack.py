@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from settings import CatalogType, Settings, redact
 from spark_jobs.tables import ensure_tables
 
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 
 # Servers started by this process. Holding the Popen objects lets `down` reap them, and keeps
 # Python from warning that a still-running child was garbage-collected.
@@ -141,6 +144,9 @@ def up(settings: Settings) -> StackStatus:
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
     token = _ensure_token(settings)
     cores = settings.local_cores or "*"
+    master = f"local[{cores}]"
+    if settings.workers:
+        master = _start_cluster(settings)
     cmd = [
         str(spark_home() / "bin" / "spark-submit"),
         "--class",
@@ -148,7 +154,7 @@ def up(settings: Settings) -> StackStatus:
         "--name",
         "ohlcv-connect",
         "--master",
-        f"local[{cores}]",
+        master,
         "--driver-memory",
         settings.driver_memory,
         "--jars",
@@ -181,8 +187,126 @@ def up(settings: Settings) -> StackStatus:
     except StackError:
         _stop_pid(proc.pid)
         _pid_file(settings).unlink(missing_ok=True)
+        _stop_cluster(settings)
         raise
     return status(settings)
+
+
+# Standalone cluster -------------------------------------------------------------------------
+
+
+def _cluster_file(settings: Settings) -> Path:
+    return settings.stack_dir / "cluster.json"
+
+
+def cluster_pids(settings: Settings) -> dict[str, list[int]]:
+    """Pids of the standalone master and workers this data directory started (may be dead)."""
+    try:
+        data = json.loads(_cluster_file(settings).read_text())
+    except (FileNotFoundError, ValueError):
+        return {"master": [], "workers": []}
+    return {"master": list(data.get("master", [])), "workers": list(data.get("workers", []))}
+
+
+def _spawn(settings: Settings, name: str, args: list[str]) -> int:
+    cmd = [str(spark_home() / "bin" / "spark-class"), *args]
+    with (settings.stack_dir / f"{name}.log").open("ab") as out:
+        out.write(f"\n=== starting: {' '.join(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=spark_env(),
+            cwd=settings.stack_dir,
+            start_new_session=True,  # a worker's executors die with its process group
+        )
+    _STARTED[proc.pid] = proc
+    return proc.pid
+
+
+def alive_workers(settings: Settings) -> int:
+    """Workers the standalone master counts as alive (-1 when its UI does not answer)."""
+    url = f"http://127.0.0.1:{settings.master_ui_port}/json/"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(json.load(response).get("aliveworkers", 0))
+    except (OSError, ValueError):
+        return -1
+
+
+def _start_cluster(settings: Settings) -> str:
+    """Start a standalone master and ``settings.workers`` workers on loopback; return its URL."""
+    for port in (settings.master_port, settings.master_ui_port):
+        if port_open("127.0.0.1", port):
+            raise StackError(
+                f"port {port} on 127.0.0.1 is used by another process: stop it or choose "
+                "others with OHLCV_MASTER_PORT / OHLCV_MASTER_UI_PORT"
+            )
+    url = f"spark://127.0.0.1:{settings.master_port}"
+    pids: dict[str, list[int]] = {"master": [], "workers": []}
+    pids["master"].append(
+        _spawn(
+            settings,
+            "master",
+            [
+                MASTER_CLASS,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(settings.master_port),
+                "--webui-port",
+                str(settings.master_ui_port),
+            ],
+        )
+    )
+    _cluster_file(settings).write_text(json.dumps(pids))
+    for i in range(settings.workers):
+        work_dir = settings.stack_dir / f"worker-{i}"
+        work_dir.mkdir(exist_ok=True)
+        pids["workers"].append(
+            _spawn(
+                settings,
+                f"worker-{i}",
+                [
+                    WORKER_CLASS,
+                    "--host",
+                    "127.0.0.1",
+                    "--cores",
+                    str(settings.worker_cores),
+                    "--memory",
+                    settings.worker_memory,
+                    "--webui-port",
+                    "0",
+                    "--work-dir",
+                    str(work_dir),
+                    url,
+                ],
+            )
+        )
+        _cluster_file(settings).write_text(json.dumps(pids))
+    deadline = time.monotonic() + settings.server_start_timeout_s
+    while alive_workers(settings) < settings.workers:
+        if time.monotonic() > deadline:
+            _stop_cluster(settings)
+            raise StackError(
+                f"the standalone cluster did not register {settings.workers} workers within "
+                f"{settings.server_start_timeout_s:.0f} s; see {settings.stack_dir}/master.log "
+                "and worker-*.log"
+            )
+        time.sleep(0.5)
+    return url
+
+
+def _stop_cluster(settings: Settings) -> None:
+    pids = cluster_pids(settings)
+    for pid in [*pids["workers"], *pids["master"]]:
+        if _alive(pid):
+            _stop_pid(pid)
+        elif (proc := _STARTED.pop(pid, None)) is not None:
+            proc.wait(timeout=10)  # reap a worker that was killed
+    _cluster_file(settings).unlink(missing_ok=True)
 
 
 def _ensure_token(settings: Settings) -> str:
@@ -250,9 +374,10 @@ def _stop_pid(pid: int, timeout_s: float = 30.0) -> None:
 
 
 def down(settings: Settings) -> StackStatus:
-    """Stop the local server if it runs; a no-op otherwise."""
+    """Stop the local server (and its standalone cluster, if any); a no-op otherwise."""
     pid = _read_pid(settings)
     if pid is not None and _alive(pid):
         _stop_pid(pid)
     _pid_file(settings).unlink(missing_ok=True)
+    _stop_cluster(settings)
     return status(settings)

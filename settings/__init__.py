@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     shuffle_partitions: int = Field(default=4, ge=1)
     server_start_timeout_s: float = Field(default=180.0, gt=0)
     ui_port: int = Field(default=4040, ge=1, le=65535, description="Spark UI of the local server")
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description="0: the server runs Spark in local mode. N: `stack up` also starts a "
+        "standalone master and N worker processes on loopback, and the server uses them.",
+    )
+    worker_cores: int = Field(default=1, ge=1)
+    worker_memory: str = "2g"
+    master_port: int = Field(default=7077, ge=1, le=65535)
+    master_ui_port: int = Field(default=8080, ge=1, le=65535)
 
     # Iceberg catalog
     catalog_type: CatalogType = CatalogType.SQLITE

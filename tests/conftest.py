@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,16 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(
         data_dir=data_dir, connect_port=TEST_PORT, ui_port=TEST_UI_PORT, spark_remote=None
     )
+
+
+@pytest.fixture(scope="session")
+def prefect() -> Iterator[None]:
+    """One Prefect test server for the whole session (it takes ~9 s to start)."""
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture(scope="session")

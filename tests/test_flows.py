@@ -7,7 +7,6 @@ import random
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -15,7 +14,6 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.states import State
-from prefect.testing.utilities import prefect_test_harness
 from pyiceberg.catalog import Catalog
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -34,12 +32,6 @@ from tests.test_candles import START, deliver, random_trades
 pytestmark = pytest.mark.spark
 
 ONE_MINUTE = TIMEFRAMES["1m"]
-
-
-@pytest.fixture(scope="session")
-def prefect() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture
