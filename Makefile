@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser demo test lint bench docs stack-up stack-down clean
+.PHONY: setup test-deps demo test lint bench docs stack-up stack-down clean
 
 # Python 3.11 and Java 17 are the only prerequisites; uv, the environment and the pinned jars
 # are installed here.
@@ -16,12 +16,15 @@ setup:
 demo: setup
 	$(UV) run ohlcv demo
 
-# The data docs test opens the site in a real headless Chromium (Debian's package).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the data docs test"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+# Test-only system packages from Debian: Chromium opens the data docs in a real headless
+# browser; PostgreSQL hosts the JDBC catalog for the PostgreSQL catalog tests.
+test-deps:
+	@missing=""; command -v chromium >/dev/null 2>&1 || missing="chromium"; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
-test: setup browser
+test: setup test-deps
 	$(UV) run pytest
 
 lint: setup
