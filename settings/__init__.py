@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     warehouse: str | None = Field(
         default=None, description="Warehouse location. Unset: file:<data_dir>/warehouse."
     )
+    # S3-compatible object storage for an s3:// warehouse (Iceberg's S3FileIO on both sides)
+    s3_endpoint: str | None = Field(default=None, description="e.g. http://minio:9000")
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    s3_path_style_access: bool = True
 
     # Great Expectations
     gx_dir: Path | None = Field(
@@ -172,6 +178,7 @@ class Settings(BaseSettings):
             # PyIceberg appends behind Spark's back: a cached table would serve a stale snapshot.
             f"{prefix}.cache-enabled": "false",
         }
+        conf.update({f"{prefix}.{k}": v for k, v in self._s3_properties(spark=True).items()})
         if self.catalog_type is CatalogType.REST:
             conf[f"{prefix}.type"] = "rest"
             conf[f"{prefix}.uri"] = self._require_uri()
@@ -194,7 +201,7 @@ class Settings(BaseSettings):
 
     def pyiceberg_catalog_properties(self) -> dict[str, str]:
         """Properties for ``pyiceberg.catalog.load_catalog`` that open the same catalog."""
-        props = {"warehouse": self.warehouse_location}
+        props = {"warehouse": self.warehouse_location, **self._s3_properties(spark=False)}
         if self.catalog_type is CatalogType.REST:
             props.update(type="rest", uri=self._require_uri())
             return props
@@ -216,6 +223,25 @@ class Settings(BaseSettings):
         )
         auth = f"{user}:{password}@" if user else ""
         props["uri"] = f"postgresql+psycopg2://{auth}{jdbc.removeprefix('jdbc:postgresql://')}"
+        return props
+
+    def _s3_properties(self, *, spark: bool) -> dict[str, str]:
+        """Iceberg FileIO properties for S3-compatible storage (empty without an endpoint)."""
+        if not self.s3_endpoint:
+            return {}
+        props = {
+            "s3.endpoint": self.s3_endpoint,
+            "s3.path-style-access": str(self.s3_path_style_access).lower(),
+        }
+        if spark:
+            props["io-impl"] = "org.apache.iceberg.aws.s3.S3FileIO"
+            props["client.region"] = self.s3_region
+        else:
+            props["s3.region"] = self.s3_region
+        if self.s3_access_key_id:
+            props["s3.access-key-id"] = self.s3_access_key_id
+        if self.s3_secret_access_key:
+            props["s3.secret-access-key"] = self.s3_secret_access_key.get_secret_value()
         return props
 
     def _require_uri(self) -> str:
