@@ -62,22 +62,13 @@ def rollup(candles: DataFrame, tf: Timeframe) -> DataFrame:
         F.min("open_ts").alias("open_ts"),
         F.max("close_ts").alias("close_ts"),
     )
-    return grouped.select(
-        "exchange",
-        "symbol",
-        F.timestamp_micros(F.col("_w")).alias("window_start"),
-        F.timestamp_micros(F.col("_w") + F.lit(tf.width_us)).alias("window_end"),
-        "open",
-        "high",
-        "low",
-        "close",
-        "volume",
-        "quote_volume",
-        "trade_count",
-        (F.col("quote_volume") / F.col("volume")).cast(PRICE_SQL).alias("vwap"),
-        "open_ts",
-        "close_ts",
-    )
+    return grouped.withColumns(
+        {
+            "window_start": F.timestamp_micros(F.col("_w")),
+            "window_end": F.timestamp_micros(F.col("_w") + F.lit(tf.width_us)),
+            "vwap": (F.col("quote_volume") / F.col("volume")).cast(PRICE_SQL),
+        }
+    ).select(*CANDLE_COLUMNS)
 
 
 def reconciliation_frame(

@@ -13,25 +13,11 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 from great_expectations.expectations.expectation import Expectation
 
+from spark_jobs.candles import CANDLE_COLUMNS
 from spark_jobs.timeframes import TIMEFRAMES, Timeframe
 
-# Columns that must never be null in a published candle.
-NOT_NULL = (
-    "exchange",
-    "symbol",
-    "window_start",
-    "window_end",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "trade_count",
-    "vwap",
-    "open_ts",
-    "close_ts",
-)
+# Every column of a published candle must be present (computed_at is the writer's stamp).
+NOT_NULL = CANDLE_COLUMNS
 
 # (greater, lesser, or_equal, invariant) pairs: column_A > column_B (or >=).
 ORDERED_PAIRS = (
@@ -52,19 +38,7 @@ POSITIVE = ("volume", "quote_volume")
 KEY = ("exchange", "symbol", "window_start")
 
 # Columns compared between a timeframe's candles and the rollup of the next smaller one.
-RECONCILED = (
-    "window_end",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "trade_count",
-    "vwap",
-    "open_ts",
-    "close_ts",
-)
+RECONCILED = tuple(c for c in CANDLE_COLUMNS if c not in KEY)
 
 # Which published timeframe each timeframe's candles are reconciled against.
 ROLLUP_SOURCE = {"5m": "1m", "30m": "5m", "1h": "30m", "1d": "1h"}

@@ -12,7 +12,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from expectations.frames import with_window_columns
-from expectations.suites import invariant_suite
+from expectations.suites import NOT_NULL, invariant_suite
 from expectations.validation import ValidationReport, run_checkpoint
 from spark_jobs.tables import Tables
 from spark_jobs.timeframes import TIMEFRAMES
@@ -64,25 +64,7 @@ S = timedelta(seconds=1)
 # own invariant, except high >= low: it follows from low <= open <= high, so no candle can
 # break it without also breaking low <= open, low <= close and low <= vwap.
 CASES: dict[str, tuple[Callable[[dict[str, Any]], list[dict[str, Any]]], set[str]]] = {
-    **{
-        f"{c} is not null": (_set(**{c: None}), {f"{c} is not null"})
-        for c in (
-            "exchange",
-            "symbol",
-            "window_start",
-            "window_end",
-            "open",
-            "high",
-            "low",
-            "close",
-            "volume",
-            "quote_volume",
-            "trade_count",
-            "vwap",
-            "open_ts",
-            "close_ts",
-        )
-    },
+    **{f"{c} is not null": (_set(**{c: None}), {f"{c} is not null"}) for c in NOT_NULL},
     "high >= open": (_set(open=Decimal("12.5")), {"high >= open"}),
     "high >= close": (_set(close=Decimal("12.5")), {"high >= close"}),
     "high >= low": (

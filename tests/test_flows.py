@@ -80,6 +80,13 @@ def test_every_flow_publishes_candles_equal_to_the_oracle_with_artifacts(
     assert metrics_rows["windows_recomputed"] != "0" and "generate_candles_s" in metrics_rows
     assert "ohlcv_1d_invariants" in str(by_key[keys[1]].data)
     assert "Data docs" in str(by_key[keys[1]].data)
+    # The Connect token never reaches Prefect: not in artifacts, not in the run logs
+    token = flow_env.local_token()
+    assert token
+    assert all(token not in str(a.data) for a in artifacts)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(limit=200)
+    assert logs and all(token not in log.message for log in logs)
 
 
 def test_generate_is_retried_and_a_step_that_keeps_failing_leaves_main_unchanged(
