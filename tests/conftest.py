@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from enum import Enum
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from pyiceberg.catalog import Catalog
 from pyspark.sql import SparkSession
 
@@ -71,3 +73,18 @@ def tables(catalog: Catalog, settings: Settings, server: stack.StackStatus) -> T
 def run_settings(settings: Settings, tables: Tables, tmp_path: Path) -> Settings:
     """Settings of this test's namespace, with a GX project (results, data docs) of its own."""
     return settings.model_copy(update={"namespace": tables.namespace, "gx_dir": tmp_path / "gx"})
+
+
+def export_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings, **overrides: str) -> None:
+    """Make the code's own ``Settings()`` (flows, notebooks) read ``settings``, via OHLCV_*."""
+    for name, value in settings.model_dump().items():
+        key = f"OHLCV_{name.upper()}"
+        if name == "spark_remote" or value is None:
+            monkeypatch.delenv(key, raising=False)
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        monkeypatch.setenv(key, str(value.value if isinstance(value, Enum) else value))
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    for name, value in overrides.items():
+        monkeypatch.setenv(f"OHLCV_{name.upper()}", value)

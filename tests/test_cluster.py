@@ -22,6 +22,7 @@ from infra.session import close, connect
 from settings import Settings
 from spark_jobs.tables import Tables, ensure_tables
 from spark_jobs.timeframes import TIMEFRAMES
+from tests.conftest import export_settings
 from tests.oracle import diff, expected_candles, stored_candles
 from tests.test_candles import START, deliver, random_trades
 
@@ -54,14 +55,7 @@ def on_cluster(
     settings = cluster.model_copy(update={"namespace": namespace, "gx_dir": tmp_path / "gx"})
     catalog = open_catalog(settings)
     ensure_tables(catalog, namespace)
-    for key, value in {
-        "OHLCV_DATA_DIR": str(settings.data_dir),
-        "OHLCV_CONNECT_PORT": str(settings.connect_port),
-        "OHLCV_NAMESPACE": namespace,
-        "OHLCV_GX_DIR": str(settings.gx_dir),
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    export_settings(monkeypatch, settings)
     spark = connect(settings)
     yield settings, spark, catalog, Tables(settings.catalog_name, namespace)
     close(spark)

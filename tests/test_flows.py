@@ -26,6 +26,7 @@ from settings import Settings
 from spark_jobs import jobs, wap
 from spark_jobs.tables import Tables
 from spark_jobs.timeframes import TIMEFRAMES
+from tests.conftest import export_settings
 from tests.oracle import diff, expected_candles, stored_candles
 from tests.test_candles import START, deliver, random_trades
 
@@ -37,18 +38,9 @@ ONE_MINUTE = TIMEFRAMES["1m"]
 @pytest.fixture
 def flow_env(prefect: None, run_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Point the flows' own Settings() at this test's server, namespace and GX project."""
-    values = {
-        "OHLCV_DATA_DIR": str(run_settings.data_dir),
-        "OHLCV_CONNECT_PORT": str(run_settings.connect_port),
-        "OHLCV_UI_PORT": str(run_settings.ui_port),
-        "OHLCV_NAMESPACE": run_settings.namespace,
-        "OHLCV_GX_DIR": str(run_settings.gx_dir),
-        "OHLCV_GENERATE_RETRY_DELAY_S": "0",
-        "OHLCV_VALIDATE_RETRY_DELAY_S": "0",
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    export_settings(
+        monkeypatch, run_settings, generate_retry_delay_s="0", validate_retry_delay_s="0"
+    )
     return Settings()
 
 

@@ -16,6 +16,7 @@ from flows import pipeline
 from settings import Settings
 from spark_jobs.tables import Tables
 from spark_jobs.timeframes import TIMEFRAMES
+from tests.conftest import export_settings
 from tests.test_candles import START, deliver, random_trades
 
 pytestmark = pytest.mark.spark
@@ -33,13 +34,7 @@ def test_the_example_notebook_runs_and_agrees_with_the_published_table(
     now = START + timedelta(hours=4)
     deliver(catalog, tables, random_trades(random.Random(61), START, now, 800, 1), now=now)
     pipeline.run_timeframe(spark, run_settings, TIMEFRAMES["5m"], now=now)
-    for key, value in {
-        "OHLCV_DATA_DIR": str(run_settings.data_dir),
-        "OHLCV_CONNECT_PORT": str(run_settings.connect_port),
-        "OHLCV_NAMESPACE": run_settings.namespace,
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    export_settings(monkeypatch, run_settings)
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     # A failing cell raises CellExecutionError naming the cell and its traceback.

@@ -21,6 +21,7 @@ from settings import CatalogType, Settings
 from spark_jobs.tables import Tables, ensure_tables
 from spark_jobs.timeframes import TIMEFRAMES
 from tests import test_candles
+from tests.conftest import export_settings
 from tests.oracle import diff, expected_candles, stored_candles
 from tests.postgres import running_postgres
 from tests.test_candles import START, deliver, random_trades
@@ -103,18 +104,7 @@ def test_a_flow_runs_on_the_postgresql_catalog(
     trades = random_trades(random.Random(81), START, now, 400, first_id=1)
     deliver(catalog, tables, trades, now=now)
     assert settings.catalog_password is not None and settings.catalog_uri is not None
-    for key, value in {
-        "OHLCV_DATA_DIR": str(settings.data_dir),
-        "OHLCV_CONNECT_PORT": str(settings.connect_port),
-        "OHLCV_NAMESPACE": settings.namespace,
-        "OHLCV_GX_DIR": str(tmp_path / "gx"),
-        "OHLCV_CATALOG_TYPE": "postgres",
-        "OHLCV_CATALOG_URI": settings.catalog_uri,
-        "OHLCV_CATALOG_USER": settings.catalog_user or "",
-        "OHLCV_CATALOG_PASSWORD": settings.catalog_password.get_secret_value(),
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    export_settings(monkeypatch, settings, gx_dir=str(tmp_path / "gx"))
 
     assert FLOWS["5m"](at=now)["published"]
     tf = TIMEFRAMES["5m"]
