@@ -353,7 +353,7 @@ def _run(
     )
     existing = spark.read.table(target).where(in_ranges(F.col("window_start"), ranges))
     # Cached, not localCheckpoint(): with several Connect sessions in one process, pyspark
-    # 4.1 binds the checkpointed DataFrame to the default session, which does not know it.
+    # 4.1 binds the checkpointed DataFrame to SparkSession.active(), which may be another one.
     compared = _compare(fresh, existing).cache()
     try:
         counts = {
