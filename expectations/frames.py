@@ -4,29 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from expectations.suites import KEY, RECONCILED, rollup_source
-from spark_jobs.candles import CANDLE_COLUMNS, PRICE_SQL, QUOTE_VOLUME_SQL, VOLUME_SQL
-from spark_jobs.jobs import Range
+from spark_jobs.candles import CANDLE_COLUMNS, QUOTE_VOLUME_SQL, VOLUME_SQL, vwap
+from spark_jobs.jobs import Range, in_ranges, on_branch
 from spark_jobs.tables import Tables
 from spark_jobs.timeframes import Timeframe
-
-
-def in_ranges(column: Column, ranges: Sequence[Range]) -> Column:
-    condition = F.lit(False)
-    for r in ranges:
-        condition = condition | ((column >= F.lit(r.start)) & (column < F.lit(r.end)))
-    return condition
 
 
 def read_candles(
     spark: SparkSession, table: str, ranges: Sequence[Range], branch: str | None = None
 ) -> DataFrame:
     """Candles of ``table`` (on ``branch``, default main) whose window starts in ``ranges``."""
-    source = f"{table}.branch_{branch}" if branch else table
-    return spark.read.table(source).where(in_ranges(F.col("window_start"), ranges))
+    candles = spark.read.table(on_branch(table, branch))
+    return candles.where(in_ranges(F.col("window_start"), ranges))
 
 
 def with_window_columns(candles: DataFrame, tf: Timeframe) -> DataFrame:
@@ -66,7 +59,7 @@ def rollup(candles: DataFrame, tf: Timeframe) -> DataFrame:
         {
             "window_start": F.timestamp_micros(F.col("_w")),
             "window_end": F.timestamp_micros(F.col("_w") + F.lit(tf.width_us)),
-            "vwap": (F.col("quote_volume") / F.col("volume")).cast(PRICE_SQL),
+            "vwap": vwap(F.col("quote_volume"), F.col("volume")),
         }
     ).select(*CANDLE_COLUMNS)
 

@@ -81,6 +81,10 @@ class ValidationReport:
     def evaluated(self) -> int:
         return len(self.outcomes)
 
+    @property
+    def passed_count(self) -> int:
+        return self.evaluated - len(self.failures)
+
     def describe_failures(self) -> str:
         lines = [
             f"validation {self.checkpoint} failed: {len(self.failures)} of {self.evaluated} "

@@ -32,8 +32,7 @@ from expectations.validation import ValidationFailed
 from flows import pipeline
 from infra.session import close, connect
 from settings import Settings
-from spark_jobs import jobs, wap
-from spark_jobs.tables import Tables
+from spark_jobs import jobs
 from spark_jobs.timeframes import TIMEFRAMES, Timeframe
 
 T = TypeVar("T")
@@ -164,7 +163,7 @@ def validate_candles(
         logger.info(
             "%s: %d/%d expectations passed on %d rows (%s)",
             report.checkpoint,
-            report.evaluated - len(report.failures),
+            report.passed_count,
             report.evaluated,
             report.rows,
             report.engine,
@@ -174,11 +173,12 @@ def validate_candles(
     for warning in validation.warnings:
         logger.warning(warning)
     _validation_artifact(tf, validation)
-    if not validation.passed:
-        table = Tables(settings.catalog_name, settings.namespace).candles(tf)
-        tag_name = interruptible(spark, tag, None, lambda: wap.keep_rejected(spark, table))
-        logger.error("%s: rejected candles kept as tag %s; main unchanged", tf, tag_name)
-    pipeline.require_valid(validation)
+    interruptible(
+        spark,
+        tag,
+        None,
+        lambda: pipeline.reject_if_invalid(spark, settings, tf, validation, logger),
+    )
     return validation
 
 
@@ -197,7 +197,7 @@ def _validation_artifact(tf: Timeframe, validation: pipeline.Validation) -> None
     for report in validation.reports:
         verdict = "passed" if report.success else "FAILED"
         lines.append(
-            f"- **{report.checkpoint}** {verdict}: {report.evaluated - len(report.failures)}"
+            f"- **{report.checkpoint}** {verdict}: {report.passed_count}"
             f"/{report.evaluated} expectations on {report.rows} rows ({report.engine})"
         )
         lines += [f"  - {failure.describe()}" for failure in report.failures]
@@ -278,7 +278,7 @@ def run_candle_pipeline(
     durations: dict[str, float] = {}
     spark = connect(settings)
     try:
-        table = Tables(settings.catalog_name, settings.namespace).candles(tf)
+        table = pipeline.tables_for(settings).candles(tf)
         main_before = jobs.main_snapshot_id(spark, table)
         started = time.monotonic()
         generate = generate_candles.with_options(
@@ -311,7 +311,7 @@ def run_candle_pipeline(
         "inserted": run.inserted,
         "updated": run.updated,
         "unchanged": run.unchanged,
-        "expectations_passed": sum(r.evaluated - len(r.failures) for r in validation.reports),
+        "expectations_passed": sum(r.passed_count for r in validation.reports),
         "expectations_evaluated": sum(r.evaluated for r in validation.reports),
         "published": main_after != main_before,
         "main_snapshot_id": main_after,

@@ -23,6 +23,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from expectations.validation import ValidationFailed, build_data_docs, data_docs_index
+from flows import pipeline
 from infra import stack
 from infra.artifacts import ArtifactError, ensure_artifacts
 from infra.catalog import open_catalog
@@ -87,10 +88,6 @@ def parse_time(text: str) -> datetime:
     except ValueError:
         raise ValueError(f"time {text!r} is not ISO-8601: use e.g. 2026-11-26T14:05:00Z") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _tables(settings: Settings) -> Tables:
-    return Tables(settings.catalog_name, settings.namespace)
 
 
 @contextmanager
@@ -348,7 +345,7 @@ def serve_command() -> None:
 def status_command() -> None:
     """Newest published candle and last flow run of every timeframe."""
     settings = Settings()
-    tables = _tables(settings)
+    tables = pipeline.tables_for(settings)
     rows: dict[str, list[str]] = {}
     with _session(settings) as spark:
         for tf in TIMEFRAMES.values():
@@ -448,7 +445,7 @@ def demo_command(
     status = stack.up(settings)
     console.print(f"Spark Connect {status.describe()} ({time.monotonic() - started:.1f} s)")
     _print_ingest(_ingest_demo(settings, hours, 6, 20, 7))
-    tables = _tables(settings)
+    tables = pipeline.tables_for(settings)
     flows = _candle_flows()
     for spec in flows.TIMEFRAME_FLOWS:  # shortest first: each reconciles with the one before
         _print_metrics(flows.FLOWS[spec.timeframe]())

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from pyspark.sql import SparkSession
 
@@ -43,14 +44,21 @@ class Validation:
     warnings: list[str] = field(default_factory=list)  # a non-gating check failed
 
     @property
-    def passed(self) -> bool:
+    def blocking(self) -> ValidationReport | None:
+        """The failed report that must keep these candles from ``main`` (None: publish)."""
         if self.invariants is not None and not self.invariants.success:
-            return False
-        return not (
+            return self.invariants
+        if (
             self.reconciliation is not None
             and not self.reconciliation.success
             and self.reconciliation_gating
-        )
+        ):
+            return self.reconciliation
+        return None
+
+    @property
+    def passed(self) -> bool:
+        return self.blocking is None
 
     @property
     def reports(self) -> list[ValidationReport]:
@@ -63,14 +71,14 @@ class PipelineResult:
     validation: Validation
     main_before: int | None
     main_after: int | None
-    rejected_tag: str | None = None
 
     @property
     def published(self) -> bool:
         return self.main_after != self.main_before
 
 
-def _tables(settings: Settings) -> Tables:
+def tables_for(settings: Settings) -> Tables:
+    """Spark names of the tables in the configured catalog and namespace."""
     return Tables(settings.catalog_name, settings.namespace)
 
 
@@ -84,7 +92,7 @@ def generate(
     window_range: jobs.Range | None = None,
 ) -> jobs.RunResult:
     """Recompute into the audit branch: the lookback run, or one backfill chunk if given."""
-    tables = _tables(settings)
+    tables = tables_for(settings)
     wap.start_audit(spark, tables.candles(tf))
     if window_range is not None:
         return jobs.recompute(spark, tables, tf, window_range, branch=wap.AUDIT_BRANCH)
@@ -107,7 +115,7 @@ def validate(
     if not run.written:
         validation.notes.append("nothing written: main already holds these candles")
         return validation
-    tables = _tables(settings)
+    tables = tables_for(settings)
     engine = settings.validation_engine
     first, last = run.ranges[0].start, run.ranges[-1].end
     run_name = (
@@ -152,19 +160,28 @@ def validate(
 
 def require_valid(validation: Validation) -> None:
     """Raise :class:`ValidationFailed` for the first gating report that failed."""
-    if validation.invariants is not None and not validation.invariants.success:
-        raise ValidationFailed(validation.invariants)
-    if (
-        validation.reconciliation is not None
-        and not validation.reconciliation.success
-        and validation.reconciliation_gating
-    ):
-        raise ValidationFailed(validation.reconciliation)
+    if validation.blocking is not None:
+        raise ValidationFailed(validation.blocking)
+
+
+def reject_if_invalid(
+    spark: SparkSession,
+    settings: Settings,
+    tf: Timeframe,
+    validation: Validation,
+    logger: logging.Logger | logging.LoggerAdapter[Any] = log,
+) -> None:
+    """Keep failed candles under a ``rejected-*`` tag and raise; ``main`` stays untouched."""
+    if validation.passed:
+        return
+    tag = wap.keep_rejected(spark, tables_for(settings).candles(tf))
+    logger.error("%s: candles rejected, main unchanged; kept as tag %s", tf, tag)
+    require_valid(validation)
 
 
 def publish(spark: SparkSession, settings: Settings, tf: Timeframe) -> int | None:
     """Fast-forward ``main`` of the timeframe's table to the audit branch."""
-    return wap.publish(spark, _tables(settings).candles(tf))
+    return wap.publish(spark, tables_for(settings).candles(tf))
 
 
 def run_timeframe(
@@ -177,14 +194,11 @@ def run_timeframe(
     window_range: jobs.Range | None = None,
 ) -> PipelineResult:
     """generate -> validate -> publish; raises ValidationFailed with ``main`` untouched."""
-    table = _tables(settings).candles(tf)
+    table = tables_for(settings).candles(tf)
     main_before = jobs.main_snapshot_id(spark, table)
     run = generate(spark, settings, tf, now=now, lookback=lookback, window_range=window_range)
     validation = validate(spark, settings, tf, run)
-    if not validation.passed:
-        tag = wap.keep_rejected(spark, table)
-        log.error("%s: candles rejected, main unchanged; kept as tag %s", tf, tag)
-        require_valid(validation)
+    reject_if_invalid(spark, settings, tf, validation)
     main_after = publish(spark, settings, tf)
     return PipelineResult(run, validation, main_before, main_after)
 

@@ -164,28 +164,14 @@ def up(settings: Settings) -> StackStatus:
         cmd += ["--conf", f"{key}={value}"]
     cmd.append("spark-internal")
 
-    log = _log_file(settings)
-    with log.open("ab") as out:
-        out.write(f"\n=== starting: {_redacted(cmd)}\n".encode())
-        out.flush()
-        # spark-submit execs into the JVM, so this pid is the server's; a new session lets
-        # `down` signal the whole process group.
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            # The token travels in the environment: a --conf value would show in `ps`.
-            env={**spark_env(), "SPARK_CONNECT_AUTHENTICATE_TOKEN": token},
-            cwd=settings.stack_dir,
-            start_new_session=True,
-        )
-    _STARTED[proc.pid] = proc
-    _pid_file(settings).write_text(json.dumps({"pid": proc.pid, "port": settings.connect_port}))
+    # spark-submit execs into the JVM, so this pid is the server's. The token travels in the
+    # environment: a --conf value would show in `ps`.
+    pid = _spawn(settings, _log_file(settings), cmd, {"SPARK_CONNECT_AUTHENTICATE_TOKEN": token})
+    _pid_file(settings).write_text(json.dumps({"pid": pid, "port": settings.connect_port}))
     try:
-        _wait_ready(settings, proc.pid)
+        _wait_ready(settings, pid)
     except StackError:
-        _stop_pid(proc.pid)
+        _stop_pid(pid)
         _pid_file(settings).unlink(missing_ok=True)
         _stop_cluster(settings)
         raise
@@ -208,22 +194,29 @@ def cluster_pids(settings: Settings) -> dict[str, list[int]]:
     return {"master": list(data.get("master", [])), "workers": list(data.get("workers", []))}
 
 
-def _spawn(settings: Settings, name: str, args: list[str]) -> int:
-    cmd = [str(spark_home() / "bin" / "spark-class"), *args]
-    with (settings.stack_dir / f"{name}.log").open("ab") as out:
-        out.write(f"\n=== starting: {' '.join(cmd)}\n".encode())
+def _spawn(
+    settings: Settings, log: Path, cmd: list[str], extra_env: dict[str, str] | None = None
+) -> int:
+    """Start ``cmd`` in a process group of its own (so `down` stops its children too)."""
+    with log.open("ab") as out:
+        out.write(f"\n=== starting: {_redacted(cmd)}\n".encode())
         out.flush()
         proc = subprocess.Popen(
             cmd,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=spark_env(),
+            env={**spark_env(), **(extra_env or {})},
             cwd=settings.stack_dir,
             start_new_session=True,  # a worker's executors die with its process group
         )
     _STARTED[proc.pid] = proc
     return proc.pid
+
+
+def _spark_class(settings: Settings, name: str, args: list[str]) -> int:
+    cmd = [str(spark_home() / "bin" / "spark-class"), *args]
+    return _spawn(settings, settings.stack_dir / f"{name}.log", cmd)
 
 
 def alive_workers(settings: Settings) -> int:
@@ -247,7 +240,7 @@ def _start_cluster(settings: Settings) -> str:
     url = f"spark://127.0.0.1:{settings.master_port}"
     pids: dict[str, list[int]] = {"master": [], "workers": []}
     pids["master"].append(
-        _spawn(
+        _spark_class(
             settings,
             "master",
             [
@@ -266,7 +259,7 @@ def _start_cluster(settings: Settings) -> str:
         work_dir = settings.stack_dir / f"worker-{i}"
         work_dir.mkdir(exist_ok=True)
         pids["workers"].append(
-            _spawn(
+            _spark_class(
                 settings,
                 f"worker-{i}",
                 [

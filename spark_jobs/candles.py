@@ -54,6 +54,11 @@ def window_start_us(ts: Column, tf: Timeframe) -> Column:
     return micros - F.pmod(micros, F.lit(tf.width_us))
 
 
+def vwap(quote_volume: Column, volume: Column) -> Column:
+    """DECIMAL(38,16) / DECIMAL(28,8) is typed DECIMAL(38,8): cast half-up to the price scale."""
+    return (quote_volume / volume).cast(PRICE_SQL)
+
+
 def packed_key_bits(tf: Timeframe) -> int:
     """Bits left for (trade_id - low) once a window's microsecond offset is stored above them."""
     return 63 - (tf.width_us - 1).bit_length()
@@ -120,8 +125,7 @@ def candles(trades: DataFrame, tf: Timeframe, trade_ids: TradeIdRange | None = N
         "volume",
         "quote_volume",
         "trade_count",
-        # DECIMAL(38,16) / DECIMAL(28,8) is typed DECIMAL(38,8): half-up to the price scale.
-        (F.col("quote_volume") / F.col("volume")).cast(PRICE_SQL).alias("vwap"),
+        vwap(F.col("quote_volume"), F.col("volume")).alias("vwap"),
         "open_ts",
         "close_ts",
     )

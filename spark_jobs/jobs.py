@@ -124,6 +124,11 @@ def coalesce_ranges(ranges: Sequence[Range], max_ranges: int = MAX_RANGES) -> li
     return merged
 
 
+def on_branch(table: str, branch: str | None) -> str:
+    """The identifier that reads or writes ``branch`` of ``table`` (``main`` when None)."""
+    return f"{table}.branch_{branch}" if branch else table
+
+
 def in_ranges(column: Column, ranges: Sequence[Range]) -> Column:
     """True where ``column`` falls in one of the half-open ranges."""
     condition = F.lit(False)
@@ -312,7 +317,7 @@ def _run(
     branch: str | None = None,
 ) -> RunResult:
     table = tables.candles(tf)
-    target = f"{table}.branch_{branch}" if branch else table
+    target = on_branch(table, branch)
     trades_snapshot = main_snapshot_id(spark, tables.trades)
     previous = watermark(spark, table)
     result = RunResult(tf.name, ranges, trades_snapshot, previous, previous)
@@ -356,10 +361,18 @@ def _run(
     # 4.1 binds the checkpointed DataFrame to SparkSession.active(), which may be another one.
     compared = _compare(fresh, existing).cache()
     try:
-        counts = {
-            r["_change"]: int(r["n"])
-            for r in compared.groupBy("_change").count().withColumnRenamed("count", "n").collect()
+        # One pass gives the counts and the window bounds the MERGE condition prunes by.
+        groups = {
+            r["_change"]: r
+            for r in compared.groupBy("_change")
+            .agg(
+                F.count(F.lit(1)).alias("n"),
+                F.min("window_start").alias("lo"),
+                F.max("window_start").alias("hi"),
+            )
+            .collect()
         }
+        counts = {change: int(r["n"]) for change, r in groups.items()}
         result.inserted = counts.get("insert", 0)
         result.updated = counts.get("update", 0)
         result.unchanged = counts.get("unchanged", 0)
@@ -371,8 +384,10 @@ def _run(
         changed = compared.where(F.col("_change") != "unchanged").select(
             *CANDLE_COLUMNS, "computed_at"
         )
+        written = [groups[c] for c in ("insert", "update") if c in groups]
+        bounds = (min(r["lo"] for r in written), max(r["hi"] for r in written))
         properties = {WATERMARK_PROPERTY: str(new_watermark)} if new_watermark is not None else {}
-        _merge(spark, target, changed, properties)
+        _merge(spark, target, changed, bounds, properties)
     finally:
         compared.unpersist()
     result.candle_snapshot_id = branch_snapshot_id(spark, table, branch or "main")
@@ -400,15 +415,16 @@ def _compare(fresh: DataFrame, existing: DataFrame) -> DataFrame:
 
 
 def _merge(
-    spark: SparkSession, target: str, changed: DataFrame, properties: dict[str, str]
+    spark: SparkSession,
+    target: str,
+    changed: DataFrame,
+    bounds: tuple[datetime, datetime],
+    properties: dict[str, str],
 ) -> None:
-    """MERGE changed candles into ``target`` (replace matched, insert new)."""
+    """MERGE changed candles (window starts within ``bounds``) into ``target``: replace, insert."""
     view = f"ohlcv_changed_{uuid.uuid4().hex}"
     changed.createOrReplaceTempView(view)
-    bounds = changed.agg(
-        F.min("window_start").alias("lo"), F.max("window_start").alias("hi")
-    ).collect()[0]
-    args: dict[str, Any] = {"target": target, "lo": bounds["lo"], "hi": bounds["hi"]}
+    args: dict[str, Any] = {"target": target, "lo": bounds[0], "hi": bounds[1]}
     # The view name is generated here, never user input; values travel as parameters.
     query = f"""
         MERGE INTO IDENTIFIER(:target) AS t
