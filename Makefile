@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test-deps demo test lint bench docs stack-up stack-down clean
+.PHONY: setup test-deps demo test test-fast lint bench docs stack-up stack-down clean
 
 # Python 3.11 and Java 17 are the only prerequisites; uv, the environment and the pinned jars
 # are installed here.
@@ -27,10 +27,14 @@ test-deps:
 test: setup test-deps
 	$(UV) run pytest
 
+# The tests that need no JVM (no Spark Connect server, no spark-submit): seconds, not minutes.
+test-fast: setup
+	$(UV) run pytest -m "not spark and not jvm"
+
 lint: setup
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
-	$(UV) run mypy flows spark_jobs expectations infra settings tests bench
+	$(UV) run mypy core flows ingest spark_jobs expectations infra settings tests bench
 
 docs: setup
 	$(UV) run ohlcv docs

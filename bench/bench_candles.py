@@ -30,16 +30,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.tables import Tables, ensure_tables
+from core.timeframes import TIMEFRAMES
 from infra import stack
 from infra.catalog import open_catalog
 from infra.session import connect
+from ingest import ingest
+from ingest.demo import demo_trades
 from settings import Settings
 from spark_jobs import jobs
 from spark_jobs.candles import TradeIdRange, candles
-from spark_jobs.demo_data import demo_trades
-from spark_jobs.ingest import ingest
-from spark_jobs.tables import Tables, ensure_tables
-from spark_jobs.timeframes import TIMEFRAMES
 
 ONE_MINUTE = TIMEFRAMES["1m"]
 BENCH_PORT = 15022

@@ -21,7 +21,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE = Path.home() / ".cache" / "ohlcv" / "web"
 _MARKER = ".ohlcv-localized"
 
 
@@ -111,7 +110,7 @@ class AssetError(RuntimeError):
     """A pinned front-end package could not be fetched."""
 
 
-def fetch_assets(cache: Path = DEFAULT_CACHE) -> dict[Asset, Path]:
+def fetch_assets(cache: Path) -> dict[Asset, Path]:
     """Every asset as a cached file, fetching missing packages with ``npm pack``."""
     cache.mkdir(parents=True, exist_ok=True)
     missing = sorted({a.package for a in ASSETS if not (cache / a.filename).is_file()})
@@ -153,7 +152,7 @@ def fetch_assets(cache: Path = DEFAULT_CACHE) -> dict[Asset, Path]:
     return {a: cache / a.filename for a in ASSETS}
 
 
-def localize(site: Path, cache: Path = DEFAULT_CACHE) -> bool:
+def localize(site: Path, cache: Path) -> bool:
     """Point the site's pages at local copies of the CDN assets; False if they are unavailable.
 
     Only pages written since the previous call are rewritten (the site keeps every result).

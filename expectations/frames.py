@@ -7,19 +7,18 @@ from collections.abc import Sequence
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from expectations.suites import KEY, RECONCILED, rollup_source
-from spark_jobs.candles import CANDLE_COLUMNS, QUOTE_VOLUME_SQL, VOLUME_SQL, vwap
-from spark_jobs.jobs import Range, in_ranges, on_branch
-from spark_jobs.tables import Tables
-from spark_jobs.timeframes import Timeframe
-
-
-def read_candles(
-    spark: SparkSession, table: str, ranges: Sequence[Range], branch: str | None = None
-) -> DataFrame:
-    """Candles of ``table`` (on ``branch``, default main) whose window starts in ``ranges``."""
-    candles = spark.read.table(on_branch(table, branch))
-    return candles.where(in_ranges(F.col("window_start"), ranges))
+from core.ranges import Range
+from core.tables import CANDLE_KEY, Tables
+from core.timeframes import Timeframe, rollup_source
+from expectations.suites import RECONCILED
+from spark_jobs.candles import (
+    CANDLE_COLUMNS,
+    QUOTE_VOLUME_SQL,
+    VOLUME_SQL,
+    vwap,
+    window_start_us,
+)
+from spark_jobs.reads import read_candles
 
 
 def with_window_columns(candles: DataFrame, tf: Timeframe) -> DataFrame:
@@ -42,8 +41,7 @@ def invariant_frame(
 
 def rollup(candles: DataFrame, tf: Timeframe) -> DataFrame:
     """Roll smaller candles up into ``tf`` windows, the way the candles themselves are defined."""
-    start_us = F.unix_micros(F.col("window_start"))
-    window_us = start_us - F.pmod(start_us, F.lit(tf.width_us))
+    window_us = window_start_us(F.col("window_start"), tf)
     grouped = candles.groupBy("exchange", "symbol", window_us.alias("_w")).agg(
         F.min_by("open", "window_start").alias("open"),
         F.max("high").alias("high"),
@@ -78,7 +76,11 @@ def reconciliation_frame(
     written = read_candles(spark, tables.candles(tf), ranges, branch).select(*CANDLE_COLUMNS)
     smaller = read_candles(spark, tables.candles(source), ranges)
     rolled = rollup(smaller, tf).select(
-        *KEY, *[F.col(c).alias(f"rollup_{c}") for c in RECONCILED], F.lit(True).alias("in_rollup")
+        *CANDLE_KEY,
+        *[F.col(c).alias(f"rollup_{c}") for c in RECONCILED],
+        F.lit(True).alias("in_rollup"),
     )
-    joined = written.withColumn("in_candles", F.lit(True)).join(rolled, list(KEY), "full_outer")
+    joined = written.withColumn("in_candles", F.lit(True)).join(
+        rolled, list(CANDLE_KEY), "full_outer"
+    )
     return joined.fillna(False, subset=["in_candles", "in_rollup"])

@@ -13,8 +13,9 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 from great_expectations.expectations.expectation import Expectation
 
+from core.tables import CANDLE_KEY
+from core.timeframes import Timeframe, rollup_source
 from spark_jobs.candles import CANDLE_COLUMNS
-from spark_jobs.timeframes import TIMEFRAMES, Timeframe
 
 # Every column of a published candle must be present (computed_at is the writer's stamp).
 NOT_NULL = CANDLE_COLUMNS
@@ -35,13 +36,8 @@ ORDERED_PAIRS = (
 
 POSITIVE = ("volume", "quote_volume")
 
-KEY = ("exchange", "symbol", "window_start")
-
 # Columns compared between a timeframe's candles and the rollup of the next smaller one.
-RECONCILED = tuple(c for c in CANDLE_COLUMNS if c not in KEY)
-
-# Which published timeframe each timeframe's candles are reconciled against.
-ROLLUP_SOURCE = {"5m": "1m", "30m": "5m", "1h": "30m", "1d": "1h"}
+RECONCILED = tuple(c for c in CANDLE_COLUMNS if c not in CANDLE_KEY)
 
 
 def suite_name(tf: Timeframe) -> str:
@@ -50,12 +46,6 @@ def suite_name(tf: Timeframe) -> str:
 
 def reconciliation_suite_name(tf: Timeframe) -> str:
     return f"ohlcv_{tf.name}_reconciliation"
-
-
-def rollup_source(tf: Timeframe) -> Timeframe | None:
-    """The smaller timeframe whose published candles roll up into ``tf`` (None for 1m)."""
-    name = ROLLUP_SOURCE.get(tf.name)
-    return TIMEFRAMES[name] if name else None
 
 
 def _noted(expectation: Expectation, invariant: str) -> Expectation:
@@ -93,7 +83,7 @@ def shared_invariants() -> list[Expectation]:
     )
     expectations.append(
         _noted(
-            gxe.ExpectCompoundColumnsToBeUnique(column_list=list(KEY)),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=list(CANDLE_KEY)),
             "(exchange, symbol, window_start) is unique",
         )
     )

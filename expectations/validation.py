@@ -12,15 +12,11 @@ larger ones are validated as Spark Connect DataFrames, where they live.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-
-# GX reads this when it is imported; keep it from phoning home before anything else runs.
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 import great_expectations as gx
 from great_expectations.checkpoint import UpdateDataDocsAction
@@ -29,12 +25,12 @@ from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context import FileDataContext
 from pyspark.sql import DataFrame
 
+from core.tables import CANDLE_KEY
 from expectations.docs_assets import localize
 
 CONFIG_TEMPLATE = Path(__file__).with_name("great_expectations.yml")
 DATA_DOCS_SITE = "local_site"
 Engine = Literal["auto", "spark", "pandas"]
-_KEY_COLUMNS = ["exchange", "symbol", "window_start"]
 
 
 class ValidationFailed(RuntimeError):
@@ -113,11 +109,14 @@ def data_docs_index(root: Path) -> Path:
     return root.resolve() / "gx" / "uncommitted" / "data_docs" / DATA_DOCS_SITE / "index.html"
 
 
-def build_data_docs(root: Path) -> Path:
-    """Rebuild the data docs site from the stored suites and results; return its index."""
+def build_data_docs(root: Path, web_cache: Path) -> Path:
+    """Rebuild the data docs site from the stored suites and results; return its index.
+
+    ``web_cache`` is where the pinned front-end packages the pages use are cached.
+    """
     gx_context(root).build_data_docs(site_names=[DATA_DOCS_SITE])
     index = data_docs_index(root)
-    localize(index.parent)
+    localize(index.parent, web_cache)
     return index
 
 
@@ -145,6 +144,7 @@ def run_checkpoint(
     suite: gx.ExpectationSuite,
     frame: DataFrame,
     *,
+    web_cache: Path,
     engine: Engine = "auto",
     pandas_max_rows: int = 200_000,
     examples: int = 5,
@@ -153,6 +153,7 @@ def run_checkpoint(
     """Validate ``frame`` against ``suite`` through a checkpoint that updates the data docs.
 
     Returns the report whether or not it passed; callers decide what a failure blocks.
+    ``web_cache`` is where the data docs' pinned front-end packages are cached.
     """
     context = gx_context(root)
     rows = frame.count() if engine != "spark" else -1
@@ -168,7 +169,7 @@ def run_checkpoint(
     definition = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=f"{name}_{chosen}", data=batch, suite=stored_suite)
     )
-    key_columns = [c for c in _KEY_COLUMNS if c in frame.columns]
+    key_columns = [c for c in CANDLE_KEY if c in frame.columns]
     checkpoint = context.checkpoints.add_or_update(
         gx.Checkpoint(
             name=name,
@@ -185,7 +186,7 @@ def run_checkpoint(
         batch_parameters={"dataframe": data},
         run_id=RunIdentifier(run_name=run_name, run_time=datetime.now(UTC)),
     )
-    localize(data_docs_index(root).parent)
+    localize(data_docs_index(root).parent, web_cache)
     outcomes: list[ExpectationOutcome] = []
     for suite_result in result.run_results.values():
         for r in suite_result.results:

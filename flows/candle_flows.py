@@ -3,8 +3,9 @@
 Each flow run opens one Spark Connect session tagged ``ohlcv-<flow run id>``, runs
 generate -> validate -> publish as Prefect tasks, records its metrics and validation summary as
 artifacts, and closes the session in all cases. The five flows users know by name
-(``ohlcv_1m_flow`` ... ``ohlcv_1d_flow``) and their schedules are data (:data:`TIMEFRAME_FLOWS`),
-not copies.
+(``ohlcv_1m_flow`` ... ``ohlcv_1d_flow``) and their schedules come from the one table of
+timeframes (:data:`core.timeframes.TIMEFRAMES`), not copies. The sequence of steps is
+:func:`flows.pipeline.run_pipeline`; this module only supplies the tasks that run each step.
 
 Prefect's task timeout stops only the client. Every Spark call of a task therefore runs under
 :func:`interruptible`, which on timeout, cancellation or any other interruption calls
@@ -16,7 +17,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -28,32 +28,17 @@ from prefect.schedules import Cron
 from prefect.states import State
 from pyspark.sql import SparkSession
 
+from core.ranges import Range
+from core.time import assume_utc
+from core.timeframes import TIMEFRAMES, Timeframe
 from expectations.validation import ValidationFailed
 from flows import pipeline
+from flows.pipeline import RunMetrics, RunRequest
 from infra.session import close, connect
 from settings import Settings
 from spark_jobs import jobs
-from spark_jobs.timeframes import TIMEFRAMES, Timeframe
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class TimeframeFlow:
-    """How one timeframe is orchestrated."""
-
-    timeframe: str
-    flow_name: str
-    cron: str  # UTC; staggered so no two timeframes start in the same minute
-
-
-TIMEFRAME_FLOWS = (
-    TimeframeFlow("1m", "OHLCV 1-Minute Pipeline", "1-59/5 * * * *"),
-    TimeframeFlow("5m", "OHLCV 5-Minute Pipeline", "3-59/15 * * * *"),
-    TimeframeFlow("30m", "OHLCV 30-Minute Pipeline", "8,38 * * * *"),
-    TimeframeFlow("1h", "OHLCV 1-Hour Pipeline", "24 * * * *"),
-    TimeframeFlow("1d", "OHLCV 1-Day Pipeline", "42 0 * * *"),
-)
 
 
 class OperationTimeout(TimeoutError):
@@ -118,22 +103,14 @@ def _not_a_validation_failure(task: Any, task_run: Any, state: State[Any]) -> bo
 
 @task(name="generate_candles", cache_policy=NO_CACHE)
 def generate_candles(
-    spark: SparkSession,
-    settings: Settings,
-    tf: Timeframe,
-    tag: str,
-    now: datetime | None,
-    lookback: timedelta | None,
-    window_range: jobs.Range | None,
+    spark: SparkSession, settings: Settings, tf: Timeframe, tag: str, request: RunRequest
 ) -> jobs.RunResult:
     """Recompute the affected windows into the audit branch."""
     run = interruptible(
         spark,
         tag,
         settings.generate_timeout_s,
-        lambda: pipeline.generate(
-            spark, settings, tf, now=now, lookback=lookback, window_range=window_range
-        ),
+        lambda: pipeline.generate(spark, settings, tf, request),
     )
     get_run_logger().info(
         "%s: %d trades read (%d new, %d before the lookback), %d windows: %d inserted, "
@@ -188,6 +165,37 @@ def publish_candles(spark: SparkSession, settings: Settings, tf: Timeframe, tag:
     snapshot = interruptible(spark, tag, None, lambda: pipeline.publish(spark, settings, tf))
     get_run_logger().info("%s: main is at snapshot %s", tf, snapshot)
     return snapshot
+
+
+class TaskSteps(pipeline.Steps):
+    """The pipeline's steps as this flow run's Prefect tasks, all tagged ``tag``."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def generate(
+        self, spark: SparkSession, settings: Settings, tf: Timeframe, request: RunRequest
+    ) -> jobs.RunResult:
+        task_ = generate_candles.with_options(
+            retries=settings.generate_retries,
+            retry_delay_seconds=settings.generate_retry_delay_s,
+            # Prefect's own timeout is a backstop: interruptible() fires first, interrupts the
+            # server-side operations and raises OperationTimeout.
+            timeout_seconds=settings.generate_timeout_s + 30,
+        )
+        return task_(spark, settings, tf, self.tag, request)
+
+    def validate(
+        self, spark: SparkSession, settings: Settings, tf: Timeframe, run: jobs.RunResult
+    ) -> pipeline.Validation:
+        task_ = validate_candles.with_options(
+            retries=settings.validate_retries,
+            retry_delay_seconds=settings.validate_retry_delay_s,
+        )
+        return task_(spark, settings, tf, self.tag, run)
+
+    def publish(self, spark: SparkSession, settings: Settings, tf: Timeframe) -> int | None:
+        return publish_candles(spark, settings, tf, self.tag)
 
 
 def _validation_artifact(tf: Timeframe, validation: pipeline.Validation) -> None:
@@ -260,94 +268,82 @@ def run_candle_pipeline(
     lookback_minutes: float | None = None,
     window_start: datetime | None = None,
     window_end: datetime | None = None,
-) -> dict[str, Any]:
+    trades_snapshot_id: int | None = None,
+    backfill_start: datetime | None = None,
+) -> RunMetrics:
     """The body of every timeframe's flow (see the module docstring)."""
     logger = get_run_logger()
     reason = _superseded(tf)
     if reason:
         logger.info("skipped: %s", reason)
-        return {"timeframe": tf.name, "skipped": reason}
+        return RunMetrics(tf.name, skipped=reason)
     settings = Settings()
-    tag = run_tag(runtime.flow_run.id)
-    lookback = None if lookback_minutes is None else timedelta(minutes=lookback_minutes)
-    window_range = None
-    if window_start is not None or window_end is not None:
-        if window_start is None or window_end is None:
-            raise ValueError("pass both window_start and window_end for a backfill chunk")
-        window_range = jobs.Range(_utc(window_start), _utc(window_end))
-    durations: dict[str, float] = {}
+    request = _request(
+        at, lookback_minutes, window_start, window_end, trades_snapshot_id, backfill_start
+    )
     spark = connect(settings)
     try:
-        table = pipeline.tables_for(settings).candles(tf)
-        main_before = jobs.main_snapshot_id(spark, table)
-        started = time.monotonic()
-        generate = generate_candles.with_options(
-            retries=settings.generate_retries,
-            retry_delay_seconds=settings.generate_retry_delay_s,
-            # Prefect's own timeout is a backstop: interruptible() fires first, interrupts the
-            # server-side operations and raises OperationTimeout.
-            timeout_seconds=settings.generate_timeout_s + 30,
+        result = pipeline.run_pipeline(
+            spark, settings, tf, request, TaskSteps(run_tag(runtime.flow_run.id))
         )
-        run = generate(spark, settings, tf, tag, _utc(at) if at else None, lookback, window_range)
-        durations["generate_candles"] = time.monotonic() - started
-        started = time.monotonic()
-        validate = validate_candles.with_options(
-            retries=settings.validate_retries,
-            retry_delay_seconds=settings.validate_retry_delay_s,
-        )
-        validation = validate(spark, settings, tf, tag, run)
-        durations["validate_candles"] = time.monotonic() - started
-        started = time.monotonic()
-        main_after = publish_candles(spark, settings, tf, tag)
-        durations["publish_candles"] = time.monotonic() - started
     finally:
         close(spark)
-    metrics = {
-        "timeframe": tf.name,
-        "trades_read": run.trades_read,
-        "new_trades": run.new_trades,
-        "late_trades": run.late_trades,
-        "windows_recomputed": run.windows_recomputed,
-        "inserted": run.inserted,
-        "updated": run.updated,
-        "unchanged": run.unchanged,
-        "expectations_passed": sum(r.passed_count for r in validation.reports),
-        "expectations_evaluated": sum(r.evaluated for r in validation.reports),
-        "published": main_after != main_before,
-        "main_snapshot_id": main_after,
-        "trades_snapshot_id": run.trades_snapshot_id,
-        **{f"{name}_s": round(seconds, 2) for name, seconds in durations.items()},
-    }
+    metrics = RunMetrics.of(tf, result)
     create_table_artifact(
-        key=f"ohlcv-{tf.name}-metrics",
-        table=[{"metric": k, "value": str(v)} for k, v in metrics.items()],
-        description=f"{tf} run metrics",
+        key=f"ohlcv-{tf.name}-metrics", table=metrics.rows(), description=f"{tf} run metrics"
     )
     return metrics
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+def _request(
+    at: datetime | None,
+    lookback_minutes: float | None,
+    window_start: datetime | None,
+    window_end: datetime | None,
+    trades_snapshot_id: int | None,
+    backfill_start: datetime | None,
+) -> RunRequest:
+    """The run's parameters as a request; times typed without an offset are UTC (edge rule).
+
+    A backfill chunk is ``window_start``..``window_end``; ``backfill_start`` marks the last
+    chunk of a backfill that began there (so it may record the watermark).
+    """
+    window_range = completes = None
+    if window_start is not None or window_end is not None:
+        if window_start is None or window_end is None:
+            raise ValueError("pass both window_start and window_end for a backfill chunk")
+        window_range = Range(assume_utc(window_start), assume_utc(window_end))
+        if backfill_start is not None:
+            completes = Range(assume_utc(backfill_start), window_range.end)
+    return RunRequest(
+        now=assume_utc(at) if at else None,
+        lookback=None if lookback_minutes is None else timedelta(minutes=lookback_minutes),
+        window_range=window_range,
+        trades_snapshot_id=trades_snapshot_id,
+        completes=completes,
+    )
 
 
-def _make_flow(spec: TimeframeFlow) -> Flow[..., dict[str, Any]]:
-    tf = TIMEFRAMES[spec.timeframe]
-
+def _make_flow(tf: Timeframe) -> Flow[..., RunMetrics]:
     def body(
         at: datetime | None = None,
         lookback_minutes: float | None = None,
         window_start: datetime | None = None,
         window_end: datetime | None = None,
-    ) -> dict[str, Any]:
-        return run_candle_pipeline(tf, at, lookback_minutes, window_start, window_end)
+        trades_snapshot_id: int | None = None,
+        backfill_start: datetime | None = None,
+    ) -> RunMetrics:
+        return run_candle_pipeline(
+            tf, at, lookback_minutes, window_start, window_end, trades_snapshot_id, backfill_start
+        )
 
     # Deployments load flows by module attribute: give each the name it is exported under.
-    body.__name__ = body.__qualname__ = f"ohlcv_{spec.timeframe}_flow"
+    body.__name__ = body.__qualname__ = f"ohlcv_{tf.name}_flow"
     body.__doc__ = f"Recompute, validate and publish {tf} candles."
-    return flow(name=spec.flow_name, log_prints=False)(body)
+    return flow(name=tf.flow_name, log_prints=False)(body)
 
 
-FLOWS: dict[str, Flow[..., dict[str, Any]]] = {s.timeframe: _make_flow(s) for s in TIMEFRAME_FLOWS}
+FLOWS: dict[str, Flow[..., RunMetrics]] = {name: _make_flow(tf) for name, tf in TIMEFRAMES.items()}
 ohlcv_1m_flow = FLOWS["1m"]
 ohlcv_5m_flow = FLOWS["5m"]
 ohlcv_30m_flow = FLOWS["30m"]
@@ -358,16 +354,15 @@ ohlcv_1d_flow = FLOWS["1d"]
 def deployments() -> list[Any]:
     """The five scheduled deployments `ohlcv serve` runs: one writer per candle table."""
     return [
-        FLOWS[spec.timeframe].to_deployment(
-            name=f"ohlcv-{spec.timeframe}",
-            schedule=Cron(spec.cron, timezone="UTC"),
+        FLOWS[tf.name].to_deployment(
+            name=f"ohlcv-{tf.name}",
+            schedule=Cron(tf.cron, timezone="UTC"),
             parameters={},
             concurrency_limit=ConcurrencyLimitConfig(
                 limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
             ),
-            tags=["ohlcv", spec.timeframe],
-            description=f"{spec.flow_name}: {TIMEFRAMES[spec.timeframe]} candles, cron "
-            f"'{spec.cron}' UTC",
+            tags=["ohlcv", tf.name],
+            description=f"{tf.flow_name}: {tf} candles, cron '{tf.cron}' UTC",
         )
-        for spec in TIMEFRAME_FLOWS
+        for tf in TIMEFRAMES.values()
     ]

@@ -8,29 +8,52 @@
 
 A failed validation raises :class:`ValidationFailed`, leaves ``main`` exactly as it was (its
 snapshot, so also its watermark: the next run recomputes the same trades) and tags the
-rejected snapshot ``rejected-<time>`` for inspection. The steps are separate functions so that
-orchestration (the Prefect tasks of :mod:`flows`) can retry and time them individually.
+rejected snapshot ``rejected-<time>`` for inspection.
+
+:func:`run_pipeline` is the one implementation of that sequence. The Prefect flows run it with
+:class:`Steps` whose methods are their tasks (retries, timeouts, logs, artifacts); a notebook or
+a test runs it with the plain :class:`Steps`, which call the step functions directly.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from pyspark.sql import SparkSession
 
+from core.ranges import Range, backfill_ranges
+from core.tables import Tables
+from core.timeframes import Timeframe, rollup_source
 from expectations.frames import invariant_frame, reconciliation_frame
-from expectations.suites import invariant_suite, reconciliation_suite, rollup_source
+from expectations.suites import invariant_suite, reconciliation_suite
 from expectations.validation import ValidationFailed, ValidationReport, run_checkpoint
 from settings import Settings
 from spark_jobs import jobs, wap
-from spark_jobs.tables import Tables
-from spark_jobs.timeframes import Timeframe
+from spark_jobs.snapshots import main_snapshot_id, only_compacted_since, watermark
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What one run recomputes: the lookback ending at ``now``, or one backfill chunk.
+
+    A backfill chunk may pin the ``trades`` snapshot it reads (``trades_snapshot_id``); the
+    last chunk of a backfill says which range the whole backfill ``completes`` (see
+    :func:`spark_jobs.jobs.recompute`).
+    """
+
+    now: datetime | None = None
+    lookback: timedelta | None = None
+    window_range: Range | None = None
+    trades_snapshot_id: int | None = None
+    completes: Range | None = None
 
 
 @dataclass
@@ -71,10 +94,70 @@ class PipelineResult:
     validation: Validation
     main_before: int | None
     main_after: int | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of each step, by task name."""
 
     @property
     def published(self) -> bool:
         return self.main_after != self.main_before
+
+
+# What a run reports from its candle job (RunResult's fields that are counts and snapshot ids).
+_RUN_FIGURES = (
+    "trades_read",
+    "new_trades",
+    "late_trades",
+    "pending_trades",
+    "windows_recomputed",
+    "inserted",
+    "updated",
+    "unchanged",
+    "trades_snapshot_id",
+)
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """What a flow run reports: its artifact's rows, and what the CLI prints."""
+
+    timeframe: str
+    run: jobs.RunResult | None = None
+    """The candle job's result; None when the run was skipped."""
+    skipped: str | None = None
+    """Why the run did nothing (a later scheduled run covers it)."""
+    expectations_passed: int = 0
+    expectations_evaluated: int = 0
+    published: bool = False
+    main_snapshot_id: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of each step, by task name."""
+
+    @classmethod
+    def of(cls, tf: Timeframe, result: PipelineResult) -> RunMetrics:
+        reports = result.validation.reports
+        return cls(
+            timeframe=tf.name,
+            run=result.run,
+            expectations_passed=sum(r.passed_count for r in reports),
+            expectations_evaluated=sum(r.evaluated for r in reports),
+            published=result.published,
+            main_snapshot_id=result.main_after,
+            seconds=dict(result.seconds),
+        )
+
+    def rows(self) -> list[dict[str, str]]:
+        """(metric, value) rows for a table artifact; step times as ``<task>_s``."""
+        values: dict[str, Any] = {"timeframe": self.timeframe}
+        if self.run is not None:
+            values.update({name: getattr(self.run, name) for name in _RUN_FIGURES})
+        values.update(
+            expectations_passed=self.expectations_passed,
+            expectations_evaluated=self.expectations_evaluated,
+            published=self.published,
+            main_snapshot_id=self.main_snapshot_id,
+        )
+        values.update({f"{step}_s": s for step, s in self.seconds.items()})
+        return [{"metric": k, "value": str(v)} for k, v in values.items()]
 
 
 def tables_for(settings: Settings) -> Tables:
@@ -83,21 +166,29 @@ def tables_for(settings: Settings) -> Tables:
 
 
 def generate(
-    spark: SparkSession,
-    settings: Settings,
-    tf: Timeframe,
-    *,
-    now: datetime | None = None,
-    lookback: timedelta | None = None,
-    window_range: jobs.Range | None = None,
+    spark: SparkSession, settings: Settings, tf: Timeframe, request: RunRequest
 ) -> jobs.RunResult:
     """Recompute into the audit branch: the lookback run, or one backfill chunk if given."""
     tables = tables_for(settings)
     wap.start_audit(spark, tables.candles(tf))
-    if window_range is not None:
-        return jobs.recompute(spark, tables, tf, window_range, branch=wap.AUDIT_BRANCH)
+    if request.window_range is not None:
+        return jobs.recompute(
+            spark,
+            tables,
+            tf,
+            request.window_range,
+            branch=wap.AUDIT_BRANCH,
+            trades_snapshot=request.trades_snapshot_id,
+            completes=request.completes,
+        )
     return jobs.refresh_candles(
-        spark, tables, tf, now=now, lookback=lookback, branch=wap.AUDIT_BRANCH
+        spark,
+        tables,
+        tf,
+        now=request.now,
+        lookback=request.lookback,
+        branch=wap.AUDIT_BRANCH,
+        max_new_trades=settings.max_new_trades_per_run,
     )
 
 
@@ -106,48 +197,43 @@ def validate(
 ) -> Validation:
     """Run the checkpoints on the windows ``run`` wrote (on the audit branch).
 
-    Returns the outcome without raising; :func:`require_valid` turns a failure into an error.
-    Reconciliation gates publication only when the smaller timeframe has processed the very
-    same trades (equal watermarks); otherwise its candles may legitimately lag, and a mismatch
-    is reported in the data docs and the notes but does not block.
+    Returns the outcome without raising; :func:`reject_if_invalid` turns a failure into an
+    error. Reconciliation gates publication only when the smaller timeframe has processed the
+    very same trades (equal watermarks); otherwise its candles may legitimately lag, and a
+    mismatch is reported in the data docs and the notes but does not block.
     """
     validation = Validation()
     if not run.written:
         validation.notes.append("nothing written: main already holds these candles")
         return validation
     tables = tables_for(settings)
-    engine = settings.validation_engine
     first, last = run.ranges[0].start, run.ranges[-1].end
     run_name = (
         f"{tf} {first:%Y-%m-%d %H:%M}..{last:%Y-%m-%d %H:%M} UTC, "
         f"{run.windows_recomputed} windows, trades snapshot {run.trades_snapshot_id}"
     )
-    max_rows = settings.validation_pandas_max_rows
-    frame = invariant_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
-    suite = invariant_suite(tf)
-    validation.invariants = run_checkpoint(
-        settings.gx_root,
-        suite.name,
-        suite,
-        frame,
-        engine=engine,
-        pandas_max_rows=max_rows,
-        run_name=run_name,
+
+    def check(suite: Any, frame: Any) -> ValidationReport:
+        return run_checkpoint(
+            settings.gx_root,
+            suite.name,
+            suite,
+            frame,
+            web_cache=settings.web_cache_dir,
+            engine=settings.validation_engine,
+            pandas_max_rows=settings.validation_pandas_max_rows,
+            run_name=run_name,
+        )
+
+    validation.invariants = check(
+        invariant_suite(tf), invariant_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
     )
     source = rollup_source(tf)
     rollup_suite = reconciliation_suite(tf)
     rolled = reconciliation_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
     if source is not None and rollup_suite is not None and rolled is not None:
-        validation.reconciliation = run_checkpoint(
-            settings.gx_root,
-            rollup_suite.name,
-            rollup_suite,
-            rolled,
-            engine=engine,
-            pandas_max_rows=max_rows,
-            run_name=run_name,
-        )
-        source_watermark = jobs.watermark(spark, tables.candles(source))
+        validation.reconciliation = check(rollup_suite, rolled)
+        source_watermark = watermark(spark, tables.candles(source))
         validation.reconciliation_gating = source_watermark == run.watermark
         if not validation.reconciliation.success and not validation.reconciliation_gating:
             validation.warnings.append(
@@ -184,23 +270,68 @@ def publish(spark: SparkSession, settings: Settings, tf: Timeframe) -> int | Non
     return wap.publish(spark, tables_for(settings).candles(tf))
 
 
-def run_timeframe(
+class Steps:
+    """How the three steps execute. This one calls the step functions directly.
+
+    The methods look the step functions up when called, so replacing one (a test's fault
+    injection) affects every way of running the pipeline alike.
+    """
+
+    def generate(
+        self, spark: SparkSession, settings: Settings, tf: Timeframe, request: RunRequest
+    ) -> jobs.RunResult:
+        return generate(spark, settings, tf, request)
+
+    def validate(
+        self, spark: SparkSession, settings: Settings, tf: Timeframe, run: jobs.RunResult
+    ) -> Validation:
+        """Validate, and reject (tag and raise) when a gating check failed."""
+        validation = validate(spark, settings, tf, run)
+        reject_if_invalid(spark, settings, tf, validation)
+        return validation
+
+    def publish(self, spark: SparkSession, settings: Settings, tf: Timeframe) -> int | None:
+        return publish(spark, settings, tf)
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        seconds[step] = round(time.monotonic() - started, 2)
+
+
+def run_pipeline(
     spark: SparkSession,
     settings: Settings,
     tf: Timeframe,
-    *,
-    now: datetime | None = None,
-    lookback: timedelta | None = None,
-    window_range: jobs.Range | None = None,
+    request: RunRequest | None = None,
+    steps: Steps | None = None,
 ) -> PipelineResult:
     """generate -> validate -> publish; raises ValidationFailed with ``main`` untouched."""
+    request = request or RunRequest()
+    steps = steps or Steps()
+    seconds: dict[str, float] = {}
     table = tables_for(settings).candles(tf)
-    main_before = jobs.main_snapshot_id(spark, table)
-    run = generate(spark, settings, tf, now=now, lookback=lookback, window_range=window_range)
-    validation = validate(spark, settings, tf, run)
-    reject_if_invalid(spark, settings, tf, validation)
-    main_after = publish(spark, settings, tf)
-    return PipelineResult(run, validation, main_before, main_after)
+    main_before = base = main_snapshot_id(spark, table)
+    while True:
+        with _timed(seconds, "generate_candles"):
+            run = steps.generate(spark, settings, tf, request)
+        with _timed(seconds, "validate_candles"):
+            validation = steps.validate(spark, settings, tf, run)
+        try:
+            with _timed(seconds, "publish_candles"):
+                main_after = steps.publish(spark, settings, tf)
+            return PipelineResult(run, validation, base, main_after, seconds)
+        except Exception:
+            # Maintenance compacted main under this run, so the audit branch can no longer
+            # be fast-forwarded: redo the run once on top of the compacted main.
+            if base != main_before or not only_compacted_since(spark, table, base):
+                raise
+            log.info("%s: main was compacted during the run; running again on top of it", tf)
+            base = main_snapshot_id(spark, table)
 
 
 def backfill_timeframe(
@@ -212,6 +343,25 @@ def backfill_timeframe(
     *,
     chunk: timedelta = timedelta(days=1),
 ) -> Iterator[PipelineResult]:
-    """Backfill [start, end) chunk by chunk, each chunk audited and published on its own."""
-    for window_range in jobs.backfill_ranges(tf, start, end, chunk):
-        yield run_timeframe(spark, settings, tf, window_range=window_range)
+    """Backfill [start, end) chunk by chunk, each chunk audited and published on its own.
+
+    Every chunk reads the trades snapshot current at the start; the last one records it as the
+    watermark of a table that has none, when the backfill covered every trade.
+    """
+    chunks = backfill_ranges(tf, start, end, chunk)
+    pinned = main_snapshot_id(spark, tables_for(settings).trades)
+    for request in backfill_requests(chunks, pinned):
+        yield run_pipeline(spark, settings, tf, request)
+
+
+def backfill_requests(chunks: list[Range], trades_snapshot_id: int | None) -> list[RunRequest]:
+    """One request per chunk, all pinned to one trades snapshot; the last completes the range."""
+    covered = Range(chunks[0].start, chunks[-1].end)
+    return [
+        RunRequest(
+            window_range=chunk,
+            trades_snapshot_id=trades_snapshot_id,
+            completes=covered if i == len(chunks) - 1 else None,
+        )
+        for i, chunk in enumerate(chunks)
+    ]

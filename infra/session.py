@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 from pyspark.sql.connect.client.reattach import ExecutePlanResponseReattachableIterator
 
-from infra.stack import port_open
+from infra.net import port_open
 from settings import Settings, redact
 
-__all__ = ["ConnectError", "close", "connect", "redact"]
+__all__ = ["ConnectError", "close", "connect", "redact", "session"]
 
 _HOST_PORT = re.compile(r"^sc://(?P<host>[^:/;]+)(?::(?P<port>\d+))?")
 
@@ -67,3 +69,13 @@ def close(spark: SparkSession) -> None:
     """
     ExecutePlanResponseReattachableIterator.shutdown()  # waits; the pool is recreated lazily
     spark.stop()
+
+
+@contextmanager
+def session(settings: Settings) -> Iterator[SparkSession]:
+    """A session for the block, closed after it (see :func:`connect` and :func:`close`)."""
+    spark = connect(settings)
+    try:
+        yield spark
+    finally:
+        close(spark)

@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -20,8 +19,9 @@ from pathlib import Path
 
 from infra.artifacts import ensure_artifacts, spark_env, spark_home
 from infra.catalog import open_catalog
+from infra.net import port_open
+from infra.session import connect
 from settings import CatalogType, Settings, redact
-from spark_jobs.tables import ensure_tables
 
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
@@ -74,13 +74,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True when something accepts TCP connections on host:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        return sock.connect_ex((host, port)) == 0
-
-
 def _read_pid(settings: Settings) -> int | None:
     try:
         return int(json.loads(_pid_file(settings).read_text())["pid"])
@@ -118,7 +111,10 @@ def _redacted(cmd: list[str]) -> str:
 
 
 def up(settings: Settings) -> StackStatus:
-    """Start the local Spark Connect server (or reuse a running one) and prepare the tables."""
+    """Start the local Spark Connect server (or reuse a running one) on a prepared catalog.
+
+    Creating the project's tables is not infra's business: callers do it (``ensure_tables``).
+    """
     if not settings.is_local:
         raise StackError(
             f"SPARK_REMOTE is set ({redact(settings.remote)}): the stack commands manage "
@@ -135,8 +131,7 @@ def up(settings: Settings) -> StackStatus:
         )
 
     jars = ensure_artifacts(settings.jar_cache_dir)
-    catalog = open_catalog(settings)
-    ensure_tables(catalog, settings.namespace)
+    catalog = open_catalog(settings)  # creates the catalog's own tables the server expects
     if settings.catalog_type is CatalogType.SQLITE:
         # The JDBC catalog opens SQLite through the driver's own connection; close ours first.
         catalog.engine.dispose()  # type: ignore[attr-defined]
@@ -341,8 +336,6 @@ def _wait_ready(settings: Settings, pid: int | None) -> None:
 
 
 def _check_session(settings: Settings) -> None:
-    from infra.session import connect  # imports this module for port_open
-
     spark = connect(settings)
     try:
         spark.sql("SELECT 1").collect()

@@ -6,6 +6,7 @@ the same code at a cluster means setting ``SPARK_REMOTE`` and the ``OHLCV_CATALO
 
 from __future__ import annotations
 
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -38,6 +39,10 @@ class Settings(BaseSettings):
     jar_cache_dir: Path = Field(
         default=Path.home() / ".cache" / "ohlcv" / "jars",
         description="Where pinned JVM artifacts are cached, outside the repository.",
+    )
+    web_cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "ohlcv" / "web",
+        description="Where the pinned front-end packages of the data docs are cached.",
     )
 
     # Spark Connect
@@ -100,6 +105,26 @@ class Settings(BaseSettings):
         description="auto: pandas up to validation_pandas_max_rows candles, Spark above.",
     )
     validation_pandas_max_rows: int = Field(default=200_000, ge=0)
+
+    # Long life: bounded runs and table maintenance
+    max_new_trades_per_run: int = Field(
+        default=20_000_000,
+        ge=1,
+        description="A run processes at most this many newly appended trades; a larger "
+        "catch-up proceeds in bounded steps over the next runs.",
+    )
+    snapshot_retention_h: float = Field(
+        default=48.0, gt=0, description="Maintenance expires snapshots older than this."
+    )
+    snapshots_retain_last: int = Field(
+        default=20, ge=1, description="Maintenance always keeps this many newest snapshots."
+    )
+    orphan_file_age_h: float = Field(
+        default=72.0,
+        ge=24,
+        description="Maintenance removes unreferenced files older than this (>= 24 h: a "
+        "running writer's files look orphaned until it commits).",
+    )
 
     # Orchestration (Prefect task defaults; tests shorten them)
     generate_retries: int = Field(default=2, ge=0)
@@ -164,10 +189,6 @@ class Settings(BaseSettings):
         if self.warehouse:
             return self.warehouse
         return (self.data_dir.resolve() / "warehouse").as_uri()
-
-    def table(self, name: str) -> str:
-        """Fully qualified Spark name of a table in the configured catalog and namespace."""
-        return f"{self.catalog_name}.{self.namespace}.{name}"
 
     def spark_catalog_conf(self) -> dict[str, str]:
         """Spark session settings that register the Iceberg catalog."""
@@ -256,3 +277,16 @@ class Settings(BaseSettings):
 def redact(remote: str) -> str:
     """A Spark Connect URL without its parameters, so a token never reaches logs or errors."""
     return remote.split(";", 1)[0].rstrip("/")
+
+
+# Third-party libraries read these when they are imported; this is the one place that sets them.
+_QUIET_THIRD_PARTIES = {
+    "GX_ANALYTICS_ENABLED": "False",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def quiet_third_parties() -> None:
+    """Keep GX and Prefect from phoning home (a user's own value wins); call before importing."""
+    for key, value in _QUIET_THIRD_PARTIES.items():
+        os.environ.setdefault(key, value)

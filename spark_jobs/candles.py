@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from spark_jobs.tables import PRICE, QUOTE_VOLUME, VOLUME
-from spark_jobs.timeframes import Timeframe
+from core.tables import PRICE, QUOTE_VOLUME, VOLUME
+from core.timeframes import Timeframe
 
 PRICE_SQL = str(PRICE)
 VOLUME_SQL = str(VOLUME)

@@ -2,48 +2,47 @@
 
 Every job takes a SparkSession and parameters; none creates a session or reads settings.
 
-Correctness rules (see DESIGN.md):
+Correctness rules (see the README's "How candles stay exact"):
 - Replace, never add: a window is always recomputed from all of its trades.
 - Late trades are never lost: each candle commit records in its snapshot summary the ``trades``
   snapshot it has processed (``WATERMARK_PROPERTY``); the next run also recomputes every window
   touched by trades appended since then, however old.
 - A MERGE that matches nothing still commits, so unchanged candles are filtered out first and
-  no snapshot is written when nothing changed.
+  only changed candles are written. A run that read new trades but changed no candle records
+  its new watermark in an empty commit, so the next run does not read those trades again.
+- Bounded catch-up: a run processes at most ``max_new_trades`` newly appended trades (windows
+  are still recomputed whole); the rest is left for the next runs, which continue where it
+  stopped (see :class:`spark_jobs.snapshots.Progress`).
+
+A run has three steps: plan (which windows, from the lookback and the watermark), diff (fresh
+candles against stored ones) and write (MERGE the changed candles with the new watermark).
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
+from core.ranges import Range, backfill_ranges, coalesce_ranges, lookback_range, window_of
+from core.tables import CANDLE_KEY, CANDLE_VALUE_COLUMNS, Tables
+from core.time import from_us
+from core.timeframes import Timeframe
 from spark_jobs.candles import CANDLE_COLUMNS, TradeIdRange, candles, window_start_us
-from spark_jobs.tables import CANDLE_KEY, CANDLE_VALUE_COLUMNS, Tables
-from spark_jobs.timeframes import Timeframe
-
-log = logging.getLogger(__name__)
-
-WATERMARK_PROPERTY = "ohlcv.trades-snapshot-id"
-_SNAPSHOT_PROPERTY_CONF = "spark.sql.iceberg.snapshot-property."
-# A filter with more time ranges than this is coarsened: recomputing a few extra windows is
-# harmless (unchanged candles are not rewritten), a huge OR-expression is not.
-MAX_RANGES = 64
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Range:
-    """A half-open time range [start, end)."""
-
-    start: datetime
-    end: datetime
+from spark_jobs.reads import in_ranges, on_branch
+from spark_jobs.snapshots import (
+    Progress,
+    branch_snapshot_id,
+    main_snapshot_id,
+    progress,
+    snapshot_exists,
+    snapshot_properties,
+)
 
 
 @dataclass
@@ -58,6 +57,8 @@ class RunResult:
     trades_read: int = 0
     new_trades: int = 0
     late_trades: int = 0
+    pending_trades: int = 0
+    """Trades appended since the watermark that are left for the next runs (bounded catch-up)."""
     windows_recomputed: int = 0
     inserted: int = 0
     updated: int = 0
@@ -70,141 +71,6 @@ class RunResult:
         return self.inserted + self.updated > 0
 
 
-# Time helpers ---------------------------------------------------------------------------------
-
-
-def _us(ts: datetime) -> int:
-    if ts.tzinfo is None:
-        raise ValueError(f"{ts.isoformat()} has no time zone: pass an aware datetime (UTC)")
-    return (ts - _EPOCH) // timedelta(microseconds=1)
-
-
-def _from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def align_down(ts: datetime, tf: Timeframe) -> datetime:
-    """Start of the window holding ``ts``."""
-    us = _us(ts)
-    return _from_us(us - us % tf.width_us)
-
-
-def align_up(ts: datetime, tf: Timeframe) -> datetime:
-    """Smallest window boundary at or after ``ts``."""
-    down = align_down(ts, tf)
-    return down if down == ts else down + tf.width
-
-
-def lookback_range(tf: Timeframe, now: datetime, lookback: timedelta | None = None) -> Range:
-    """Whole windows from the boundary at or before ``now - lookback`` to the one holding now."""
-    lookback = tf.lookback if lookback is None else lookback
-    if lookback < timedelta(0):
-        raise ValueError(f"lookback {lookback} is negative: pass a duration >= 0")
-    return Range(align_down(now - lookback, tf), align_down(now, tf) + tf.width)
-
-
-def coalesce_ranges(ranges: Sequence[Range], max_ranges: int = MAX_RANGES) -> list[Range]:
-    """Sort and merge overlapping/adjacent ranges; close the smallest gaps beyond max_ranges."""
-    merged: list[Range] = []
-    for r in sorted(ranges, key=lambda r: r.start):
-        if merged and r.start <= merged[-1].end:
-            merged[-1] = Range(merged[-1].start, max(merged[-1].end, r.end))
-        else:
-            merged.append(r)
-    while len(merged) > max_ranges:
-        gaps = [merged[i + 1].start - merged[i].end for i in range(len(merged) - 1)]
-        threshold = sorted(gaps)[len(merged) - max_ranges - 1]
-        out = [merged[0]]
-        for r, gap in zip(merged[1:], gaps, strict=True):
-            if gap <= threshold:
-                out[-1] = Range(out[-1].start, r.end)
-            else:
-                out.append(r)
-        merged = out
-    return merged
-
-
-def on_branch(table: str, branch: str | None) -> str:
-    """The identifier that reads or writes ``branch`` of ``table`` (``main`` when None)."""
-    return f"{table}.branch_{branch}" if branch else table
-
-
-def in_ranges(column: Column, ranges: Sequence[Range]) -> Column:
-    """True where ``column`` falls in one of the half-open ranges."""
-    condition = F.lit(False)
-    for r in ranges:
-        condition = condition | ((column >= F.lit(r.start)) & (column < F.lit(r.end)))
-    return condition
-
-
-# Iceberg metadata -----------------------------------------------------------------------------
-
-
-def main_snapshot_id(spark: SparkSession, table: str) -> int | None:
-    """Snapshot id of the table's ``main`` branch (None for a table never written)."""
-    return branch_snapshot_id(spark, table, "main")
-
-
-def branch_snapshot_id(spark: SparkSession, table: str, branch: str) -> int | None:
-    """Snapshot id a branch (or tag) of the table points at (None if it does not exist)."""
-    rows = spark.read.table(f"{table}.refs").where(F.col("name") == F.lit(branch)).collect()
-    return int(rows[0]["snapshot_id"]) if rows else None
-
-
-def snapshot_summary(spark: SparkSession, table: str, snapshot_id: int) -> dict[str, str]:
-    rows = (
-        spark.read.table(f"{table}.snapshots")
-        .where(F.col("snapshot_id") == F.lit(snapshot_id))
-        .select("summary")
-        .collect()
-    )
-    return dict(rows[0]["summary"]) if rows else {}
-
-
-def watermark(spark: SparkSession, table: str) -> int | None:
-    """The ``trades`` snapshot whose trades the candle table's ``main`` fully reflects."""
-    snapshot = main_snapshot_id(spark, table)
-    if snapshot is None:
-        return None
-    value = snapshot_summary(spark, table, snapshot).get(WATERMARK_PROPERTY)
-    return int(value) if value is not None else None
-
-
-@contextmanager
-def snapshot_properties(spark: SparkSession, properties: dict[str, str]) -> Iterator[None]:
-    """Attach properties to the snapshot of every Iceberg write inside the block."""
-    keys = [_SNAPSHOT_PROPERTY_CONF + k for k in properties]
-    for key, value in zip(keys, properties.values(), strict=True):
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key in keys:
-            spark.conf.unset(key)
-
-
-# The run -------------------------------------------------------------------------------------
-
-
-def _touched_windows(
-    spark: SparkSession, tables: Tables, tf: Timeframe, since: int | None, until: int
-) -> list[tuple[datetime, int]]:
-    """(window start, trade count) of trades appended after snapshot ``since`` up to ``until``."""
-    reader = spark.read
-    if since is None:
-        reader = reader.option("versionAsOf", until)
-    else:
-        # Incremental reads skip non-append snapshots; trades is append-only by contract.
-        reader = reader.option("start-snapshot-id", since).option("end-snapshot-id", until)
-    rows = (
-        reader.table(tables.trades)
-        .groupBy(window_start_us(F.col("ts"), tf).alias("w"))
-        .agg(F.count(F.lit(1)).alias("n"))
-        .collect()
-    )
-    return [(_from_us(int(r["w"])), int(r["n"])) for r in rows]
-
-
 def refresh_candles(
     spark: SparkSession,
     tables: Tables,
@@ -214,12 +80,17 @@ def refresh_candles(
     lookback: timedelta | None = None,
     computed_at: datetime | None = None,
     branch: str | None = None,
+    max_new_trades: int | None = None,
 ) -> RunResult:
     """Incremental (1m, 5m) or batch (30m, 1h, 1d) run: recompute and MERGE affected windows.
 
     The recomputed windows are those of the lookback (``lookback_range``) plus every window
     touched by trades appended since the candle table's watermark. The new watermark commits in
     the same snapshot as the candles.
+
+    If a snapshot the watermark refers to was expired (by anything but this project's
+    maintenance, which keeps them), the trades appended since cannot be told apart: the run
+    says so in its notes and recomputes every window of the trades' history, in bounded steps.
 
     Args:
         spark: an open session (Spark Connect or classic).
@@ -231,6 +102,8 @@ def refresh_candles(
         branch: write to this branch of the candle table instead of ``main`` (write-audit-
             publish: see :mod:`spark_jobs.wap`). The watermark is still read from ``main``,
             which is what has been published; the new one travels with the branch snapshot.
+        max_new_trades: process at most this many newly appended trades (None: all); the
+            rest is caught up by the next runs.
     """
     now = now or datetime.now(UTC)
     lookback_window = lookback_range(tf, now, lookback)
@@ -243,25 +116,8 @@ def refresh_candles(
         computed_at=computed_at,
         late_before=lookback_window.start,
         branch=branch,
+        max_new_trades=max_new_trades,
     )
-
-
-def backfill_ranges(tf: Timeframe, start: datetime, end: datetime, chunk: timedelta) -> list[Range]:
-    """The bounded chunks, whole windows each, that cover every window overlapping [start, end)."""
-    if end <= start:
-        raise ValueError(f"backfill end {end.isoformat()} is not after start {start.isoformat()}")
-    if chunk < tf.width:
-        raise ValueError(
-            f"backfill chunk {chunk} is shorter than one {tf} window: use >= {tf.width}"
-        )
-    chunks = []
-    cursor = align_down(start, tf)
-    stop = align_up(end, tf)
-    while cursor < stop:
-        chunk_end = min(align_up(cursor + chunk, tf), stop)
-        chunks.append(Range(cursor, chunk_end))
-        cursor = chunk_end
-    return chunks
 
 
 def recompute(
@@ -272,8 +128,19 @@ def recompute(
     *,
     computed_at: datetime | None = None,
     branch: str | None = None,
+    trades_snapshot: int | None = None,
+    completes: Range | None = None,
 ) -> RunResult:
-    """Recompute every window of ``window_range`` (one backfill chunk); keep the watermark."""
+    """Recompute every window of ``window_range`` (one backfill chunk); keep the watermark.
+
+    Args:
+        trades_snapshot: read the trades of this snapshot (default: the current one). A
+            backfill pins all its chunks to one snapshot.
+        completes: this chunk is the last of a backfill of ``completes`` at
+            ``trades_snapshot``. On a table that has never recorded a watermark, when every
+            trade of that snapshot lies in ``completes``, the chunk records the snapshot as the
+            watermark: the next incremental run then reads only trades appended after it.
+    """
     return _run(
         spark,
         tables,
@@ -282,6 +149,8 @@ def recompute(
         advance_watermark=False,
         computed_at=computed_at,
         branch=branch,
+        trades_snapshot=trades_snapshot,
+        completes=completes,
     )
 
 
@@ -298,11 +167,25 @@ def backfill(
 ) -> Iterator[RunResult]:
     """Recompute every window overlapping [start, end), one bounded chunk at a time.
 
-    Yields one RunResult per chunk, oldest first. The watermark is carried over unchanged, so
-    trades appended since the last refresh are still picked up by the next refresh.
+    Yields one RunResult per chunk, oldest first, all read from the trades snapshot current at
+    the start. A watermark is carried over unchanged, so trades appended since the last refresh
+    are still picked up by the next refresh; a table without one gets the backfill's snapshot
+    when the backfill covered every trade (see :func:`recompute`).
     """
-    for window_range in backfill_ranges(tf, start, end, chunk):
-        yield recompute(spark, tables, tf, window_range, computed_at=computed_at, branch=branch)
+    chunks = backfill_ranges(tf, start, end, chunk)
+    pinned = main_snapshot_id(spark, tables.trades)
+    covered = Range(chunks[0].start, chunks[-1].end)
+    for i, window_range in enumerate(chunks):
+        yield recompute(
+            spark,
+            tables,
+            tf,
+            window_range,
+            computed_at=computed_at,
+            branch=branch,
+            trades_snapshot=pinned,
+            completes=covered if i == len(chunks) - 1 else None,
+        )
 
 
 def _run(
@@ -315,32 +198,33 @@ def _run(
     computed_at: datetime | None,
     late_before: datetime | None = None,
     branch: str | None = None,
+    max_new_trades: int | None = None,
+    trades_snapshot: int | None = None,
+    completes: Range | None = None,
 ) -> RunResult:
     table = tables.candles(tf)
     target = on_branch(table, branch)
-    trades_snapshot = main_snapshot_id(spark, tables.trades)
-    previous = watermark(spark, table)
-    result = RunResult(tf.name, ranges, trades_snapshot, previous, previous)
-    if trades_snapshot is None:
+    before = progress(spark, table)
+    current = trades_snapshot or main_snapshot_id(spark, tables.trades)
+    result = RunResult(tf.name, ranges, current, before.watermark, before.watermark)
+    if current is None:
         result.notes.append("trades is empty")
         return result
 
-    windows = list(ranges)
-    if advance_watermark and previous != trades_snapshot:
-        touched = _touched_windows(spark, tables, tf, previous, trades_snapshot)
-        result.new_trades = sum(n for _, n in touched)
-        if late_before is not None:
-            result.late_trades = sum(n for w, n in touched if w < late_before)
-        windows += [Range(w, w + tf.width) for w, _ in touched]
-    ranges = coalesce_ranges(windows)
-    result.ranges = ranges
+    after = before
+    if advance_watermark:
+        late, after = _plan(spark, tables, tf, before, current, result, late_before, max_new_trades)
+        ranges = ranges + late
+    elif completes is not None and before == Progress():
+        after = _sealed(spark, tables, current, completes, result)
+    result.ranges = coalesce_ranges(ranges)
 
     # Pin the read to one snapshot: an append landing mid-run must not slip in under a
     # watermark that does not cover it.
     trades = (
-        spark.read.option("versionAsOf", trades_snapshot)
+        spark.read.option("versionAsOf", current)
         .table(tables.trades)
-        .where(in_ranges(F.col("ts"), ranges))
+        .where(in_ranges(F.col("ts"), result.ranges))
     )
     stats = trades.agg(
         F.count(F.lit(1)).alias("n"),
@@ -348,51 +232,140 @@ def _run(
         F.max("trade_id").alias("high"),
     ).collect()[0]
     result.trades_read = int(stats["n"])
-    new_watermark = trades_snapshot if advance_watermark else previous
     if result.trades_read == 0:
+        _record_progress(spark, table, branch, before, after, result)
         return result
 
     stamp = computed_at or datetime.now(UTC)
     fresh = candles(trades, tf, TradeIdRange(int(stats["low"]), int(stats["high"]))).withColumn(
         "computed_at", F.lit(stamp)
     )
-    existing = spark.read.table(target).where(in_ranges(F.col("window_start"), ranges))
+    existing = spark.read.table(target).where(in_ranges(F.col("window_start"), result.ranges))
     # Cached, not localCheckpoint(): with several Connect sessions in one process, pyspark
     # 4.1 binds the checkpointed DataFrame to SparkSession.active(), which may be another one.
     compared = _compare(fresh, existing).cache()
     try:
-        # One pass gives the counts and the window bounds the MERGE condition prunes by.
-        groups = {
-            r["_change"]: r
-            for r in compared.groupBy("_change")
-            .agg(
-                F.count(F.lit(1)).alias("n"),
-                F.min("window_start").alias("lo"),
-                F.max("window_start").alias("hi"),
-            )
-            .collect()
-        }
-        counts = {change: int(r["n"]) for change, r in groups.items()}
-        result.inserted = counts.get("insert", 0)
-        result.updated = counts.get("update", 0)
-        result.unchanged = counts.get("unchanged", 0)
-        result.windows_recomputed = result.inserted + result.updated + result.unchanged
-
+        groups = _count_changes(compared, result)
         if not result.written:
-            # Nothing to commit; the watermark stays where it is and the next run rereads.
+            _record_progress(spark, table, branch, before, after, result)
             return result
-        changed = compared.where(F.col("_change") != "unchanged").select(
-            *CANDLE_COLUMNS, "computed_at"
-        )
-        written = [groups[c] for c in ("insert", "update") if c in groups]
-        bounds = (min(r["lo"] for r in written), max(r["hi"] for r in written))
-        properties = {WATERMARK_PROPERTY: str(new_watermark)} if new_watermark is not None else {}
-        _merge(spark, target, changed, bounds, properties)
+        _write_changes(spark, target, compared, groups, after)
     finally:
         compared.unpersist()
     result.candle_snapshot_id = branch_snapshot_id(spark, table, branch or "main")
-    result.watermark = new_watermark
+    result.watermark = after.watermark
     return result
+
+
+# Plan ----------------------------------------------------------------------------------------
+
+
+def _plan(
+    spark: SparkSession,
+    tables: Tables,
+    tf: Timeframe,
+    before: Progress,
+    current: int,
+    result: RunResult,
+    late_before: datetime | None,
+    max_new_trades: int | None,
+) -> tuple[list[Range], Progress]:
+    """Windows touched by trades appended since the watermark (within the budget), and the
+    progress the run records; counts them into ``result``."""
+    if before.watermark == current and not before.catching_up:
+        return [], before
+    start = before
+    gone = sorted(s for s in before.snapshots() if not snapshot_exists(spark, tables.trades, s))
+    if gone:
+        result.notes.append(
+            f"trades snapshot(s) {', '.join(map(str, gone))} that {tf} last read from no longer "
+            "exist (expired outside this pipeline's maintenance): the trades appended since "
+            "cannot be told apart, so every window of the trades' history is recomputed, in "
+            "bounded steps"
+        )
+        start = Progress()
+    upto = start.catch_up_target if start.catch_up_target is not None else current
+    touched = _touched_windows(spark, tables, tf, start.watermark, upto, start.catch_up_through)
+    chosen, rest = _within_budget(touched, max_new_trades)
+    result.new_trades = sum(n for _, n in chosen)
+    result.pending_trades = sum(n for _, n in rest)
+    if late_before is not None:
+        result.late_trades = sum(n for w, n in chosen if w < late_before)
+    if not rest:
+        return [window_of(w, tf) for w, _ in chosen], Progress(watermark=upto)
+    result.notes.append(
+        f"catching up in bounded steps: {result.pending_trades} newer trades are left for the "
+        f"next runs (at most {max_new_trades} per run)"
+    )
+    return [window_of(w, tf) for w, _ in chosen], Progress(start.watermark, upto, rest[0][0])
+
+
+def _touched_windows(
+    spark: SparkSession,
+    tables: Tables,
+    tf: Timeframe,
+    since: int | None,
+    until: int,
+    from_: datetime | None = None,
+) -> list[tuple[datetime, int]]:
+    """(window start, trade count) of trades appended after snapshot ``since`` up to ``until``,
+    oldest window first; only windows from ``from_`` on when given."""
+    reader = spark.read
+    if since is None:
+        reader = reader.option("versionAsOf", until)
+    else:
+        # Incremental reads skip non-append snapshots; trades is append-only by contract.
+        reader = reader.option("start-snapshot-id", since).option("end-snapshot-id", until)
+    appended = reader.table(tables.trades)
+    if from_ is not None:
+        appended = appended.where(F.col("ts") >= F.lit(from_))
+    rows = (
+        appended.groupBy(window_start_us(F.col("ts"), tf).alias("w"))
+        .agg(F.count(F.lit(1)).alias("n"))
+        .orderBy("w")
+        .collect()
+    )
+    return [(from_us(int(r["w"])), int(r["n"])) for r in rows]
+
+
+def _within_budget(
+    touched: list[tuple[datetime, int]], budget: int | None
+) -> tuple[list[tuple[datetime, int]], list[tuple[datetime, int]]]:
+    """The oldest windows whose trades fit the budget (at least one), and the rest."""
+    if budget is None:
+        return touched, []
+    total = 0
+    for i, (_, n) in enumerate(touched):
+        total += n
+        if total > budget and i > 0:
+            return touched[:i], touched[i:]
+    return touched, []
+
+
+def _sealed(
+    spark: SparkSession, tables: Tables, snapshot: int, covered: Range, result: RunResult
+) -> Progress:
+    """The watermark a completed backfill may record: ``snapshot``, if all its trades were in
+    the backfilled range (min/max come from file statistics, not a scan)."""
+    bounds = (
+        spark.read.option("versionAsOf", snapshot)
+        .table(tables.trades)
+        .agg(F.min("ts").alias("lo"), F.max("ts").alias("hi"))
+        .select(F.unix_micros("lo").alias("lo"), F.unix_micros("hi").alias("hi"))
+        .collect()[0]
+    )
+    lo, hi = bounds["lo"], bounds["hi"]
+    if lo is None or from_us(lo) < covered.start or from_us(hi) >= covered.end:
+        result.notes.append(
+            "the backfill did not cover every trade, so no watermark is recorded: the next "
+            "incremental run catches up on the whole history, in bounded steps"
+        )
+        return Progress()
+    result.notes.append(f"the backfill covered every trade of trades snapshot {snapshot}")
+    return Progress(watermark=snapshot)
+
+
+# Diff ----------------------------------------------------------------------------------------
 
 
 def _compare(fresh: DataFrame, existing: DataFrame) -> DataFrame:
@@ -412,6 +385,61 @@ def _compare(fresh: DataFrame, existing: DataFrame) -> DataFrame:
     return fresh.join(stored, on, "left").select(
         *CANDLE_COLUMNS, "computed_at", change.alias("_change")
     )
+
+
+def _count_changes(compared: DataFrame, result: RunResult) -> dict[str, Row]:
+    """Counts per change into ``result``, in one pass that also gives each change's bounds."""
+    groups = {
+        r["_change"]: r
+        for r in compared.groupBy("_change")
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.min("window_start").alias("lo"),
+            F.max("window_start").alias("hi"),
+        )
+        .collect()
+    }
+    counts = {change: int(r["n"]) for change, r in groups.items()}
+    result.inserted = counts.get("insert", 0)
+    result.updated = counts.get("update", 0)
+    result.unchanged = counts.get("unchanged", 0)
+    result.windows_recomputed = result.inserted + result.updated + result.unchanged
+    return groups
+
+
+# Write ---------------------------------------------------------------------------------------
+
+
+def _write_changes(
+    spark: SparkSession,
+    target: str,
+    compared: DataFrame,
+    groups: dict[str, Row],
+    after: Progress,
+) -> None:
+    """MERGE the inserted and updated candles, with the progress in the snapshot summary."""
+    changed = compared.where(F.col("_change") != "unchanged").select(*CANDLE_COLUMNS, "computed_at")
+    written = [groups[c] for c in ("insert", "update") if c in groups]
+    bounds = (min(r["lo"] for r in written), max(r["hi"] for r in written))
+    _merge(spark, target, changed, bounds, after.properties())
+
+
+def _record_progress(
+    spark: SparkSession,
+    table: str,
+    branch: str | None,
+    before: Progress,
+    after: Progress,
+    result: RunResult,
+) -> None:
+    """Commit ``after`` without touching a candle (an empty append), if it moved."""
+    if after == before:
+        return
+    target = on_branch(table, branch)
+    options = {f"snapshot-property.{k}": v for k, v in after.properties().items()}
+    spark.read.table(target).limit(0).writeTo(target).options(**options).append()
+    result.candle_snapshot_id = branch_snapshot_id(spark, table, branch or "main")
+    result.watermark = after.watermark
 
 
 def _merge(

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from pyspark.sql import SparkSession
 
-from spark_jobs.jobs import branch_snapshot_id, main_snapshot_id
+from spark_jobs.snapshots import branch_snapshot_id, main_snapshot_id
 
 AUDIT_BRANCH = "audit"
 REJECTED_TAG_PREFIX = "rejected-"

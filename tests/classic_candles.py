@@ -12,8 +12,8 @@ import sys
 
 from pyspark.sql import SparkSession
 
+from core.timeframes import TIMEFRAMES
 from spark_jobs.candles import TradeIdRange, candles
-from spark_jobs.timeframes import TIMEFRAMES
 
 
 def main(trades_path: str, out_dir: str, ids: TradeIdRange) -> None:

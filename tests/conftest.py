@@ -1,4 +1,9 @@
-"""Fixtures: one real Spark Connect server per test session, started through infra/ code."""
+"""Fixtures: one real Spark Connect server per test session, started through infra/ code.
+
+A test that needs a Spark Connect server (the session's, or one of its own) is marked
+``spark`` automatically from the fixtures it uses, so ``-m "not spark"`` runs exactly the
+tests that need none; tests that start a JVM without a Connect server are marked ``jvm``.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +18,43 @@ from pydantic import SecretStr
 from pyiceberg.catalog import Catalog
 from pyspark.sql import SparkSession
 
+from core.tables import Tables, ensure_tables
 from infra import stack
 from infra.catalog import open_catalog
 from infra.session import connect
-from settings import Settings
-from spark_jobs.tables import Tables, ensure_tables
+from settings import Settings, quiet_third_parties
 
 # A port of its own, so a developer's `make demo` server (15002) is never touched.
 TEST_PORT = 15012
 TEST_UI_PORT = 14052
+# Fixtures that start (or are) a Spark Connect server; using one makes a test `spark`.
+SERVER_FIXTURES = {"server", "cluster", "pg_settings"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.spark)
+
+
+def _environment_keys() -> list[str]:
+    return [k for k in os.environ if k.startswith("OHLCV_") or k == "SPARK_REMOTE"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_session_environment() -> Iterator[None]:
+    """No exported OHLCV_* or SPARK_REMOTE may change what a test sees (session fixtures too)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key in _environment_keys():
+            patch.delenv(key)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for each test: what one test exports does not leak into the next."""
+    for key in _environment_keys():
+        monkeypatch.delenv(key)
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +68,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="session")
 def prefect() -> Iterator[None]:
     """One Prefect test server for the whole session (it takes ~9 s to start)."""
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    quiet_third_parties()
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
@@ -88,3 +121,12 @@ def export_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings, **overr
     monkeypatch.delenv("SPARK_REMOTE", raising=False)
     for name, value in overrides.items():
         monkeypatch.setenv(f"OHLCV_{name.upper()}", value)
+
+
+@pytest.fixture
+def flow_env(prefect: None, run_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Point the flows' own Settings() at this test's server, namespace and GX project."""
+    export_settings(
+        monkeypatch, run_settings, generate_retry_delay_s="0", validate_retry_delay_s="0"
+    )
+    return Settings()

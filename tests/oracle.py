@@ -11,7 +11,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_jobs.timeframes import Timeframe
+from core.timeframes import Timeframe
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _WIDE = Context(prec=100)

@@ -3,114 +3,32 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
-import pyarrow as pa
 import pytest
 from pyiceberg.catalog import Catalog
 from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
-from spark_jobs import jobs
+from core.ranges import Range, lookback_range
+from core.tables import Tables
+from core.timeframes import TIMEFRAMES
+from spark_jobs import jobs, snapshots
 from spark_jobs.candles import TradeIdRange, candles
-from spark_jobs.ingest import ingest
-from spark_jobs.tables import Tables
-from spark_jobs.timeframes import TIMEFRAMES, Timeframe
+from spark_jobs.reads import in_ranges
+from tests.helpers import (
+    ALL,
+    EXCHANGE,
+    START,
+    assert_matches_oracle,
+    bad_rows,
+    deliver,
+    random_trades,
+    to_arrow,
+)
 from tests.oracle import EPOCH, Trade, candle_rows, diff, expected_candles, stored_candles
-
-pytestmark = pytest.mark.spark
-
-EXCHANGE = "test"
-SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
-# Starts two hours before midnight so every timeframe, 1d included, spans several windows.
-START = datetime(2026, 3, 1, 22, 0, tzinfo=UTC)
-ALL = list(TIMEFRAMES.values())
-
-
-def random_trades(
-    rng: random.Random, start: datetime, end: datetime, count: int, first_id: int
-) -> list[Trade]:
-    """Trades with ties on ts, trades exactly on window boundaries and shuffled trade ids."""
-    span_us = (end - start) // timedelta(microseconds=1)
-    ids = list(range(first_id, first_id + count))
-    rng.shuffle(ids)  # ids disagree with time order: the tie-break must use them, not row order
-    trades: list[Trade] = []
-    for i in range(count):
-        roll = rng.random()
-        if roll < 0.15 and trades:
-            ts = rng.choice(trades).ts  # a tie on ts with an earlier trade
-        elif roll < 0.25:
-            # exactly on a minute boundary (some are also 5m/30m/1h/1d boundaries)
-            ts = start + timedelta(minutes=rng.randrange(span_us // 60_000_000))
-        else:
-            ts = start + timedelta(microseconds=rng.randrange(span_us))
-        price = Decimal(rng.randrange(1, 10**12)) / Decimal(10**8) + Decimal(
-            rng.choice([1, 100, 60000])
-        )
-        quantity = Decimal(rng.randrange(1, 10**10)) / Decimal(10**8)
-        trades.append(
-            Trade(
-                EXCHANGE,
-                rng.choice(SYMBOLS),
-                ids[i],
-                price,
-                quantity,
-                rng.choice(["buy", "sell"]),
-                ts,
-            )
-        )
-    return trades
-
-
-def to_arrow(trades: list[Trade]) -> pa.Table:
-    return pa.table(
-        {
-            "exchange": [t.exchange for t in trades],
-            "symbol": [t.symbol for t in trades],
-            "trade_id": pa.array([t.trade_id for t in trades], pa.int64()),
-            "price": pa.array([t.price for t in trades], pa.decimal128(18, 8)),
-            "quantity": pa.array([t.quantity for t in trades], pa.decimal128(18, 8)),
-            "side": [t.side for t in trades],
-            "ts": pa.array([t.ts for t in trades], pa.timestamp("us", tz="UTC")),
-        }
-    )
-
-
-def bad_rows(first_id: int) -> pa.Table:
-    """Rows ingestion must reject; none may reach a candle."""
-    ts = START + timedelta(minutes=3)
-    return pa.table(
-        {
-            "exchange": [EXCHANGE, EXCHANGE, EXCHANGE, EXCHANGE],
-            "symbol": [None, "BTC-USD", "BTC-USD", "ETH-USD"],
-            "trade_id": pa.array(range(first_id, first_id + 4), pa.int64()),
-            "price": pa.array(
-                [Decimal(1), Decimal(-5), Decimal(7), Decimal(9)], pa.decimal128(18, 8)
-            ),
-            "quantity": pa.array(
-                [Decimal(1), Decimal(1), Decimal(0), Decimal(1)], pa.decimal128(18, 8)
-            ),
-            "side": ["buy", "buy", "sell", "sell"],
-            "ts": pa.array([ts, ts, ts, ts + timedelta(days=3650)], pa.timestamp("us", tz="UTC")),
-        }
-    )
-
-
-def deliver(
-    catalog: Catalog, tables: Tables, trades: list[Trade], *extra: pa.Table, now: datetime
-) -> None:
-    raw = pa.concat_tables([to_arrow(trades), *extra])
-    result = ingest(catalog, tables.namespace, raw, source="test", now=now)
-    assert result.rows_in == result.accepted + result.duplicates + result.rejected
-
-
-def assert_matches_oracle(
-    spark: SparkSession, tables: Tables, trades: list[Trade], tfs: list[Timeframe]
-) -> None:
-    for tf in tfs:
-        problems = diff(expected_candles(trades, tf), stored_candles(spark, tables.candles(tf)))
-        assert not problems, f"{tf}: {len(problems)} differences, first: {problems[:5]}"
 
 
 def test_every_timeframe_equals_oracle_through_late_trades_and_reruns(
@@ -136,20 +54,20 @@ def test_every_timeframe_equals_oracle_through_late_trades_and_reruns(
     # When: every timeframe runs again
     results = {tf.name: jobs.refresh_candles(spark, tables, tf, now=t2) for tf in ALL}
     # Then: the late trades were picked up and every table still equals the oracle
-    lookback_start = jobs.lookback_range(TIMEFRAMES["1m"], t2).start
+    lookback_start = lookback_range(TIMEFRAMES["1m"], t2).start
     assert results["1m"].late_trades == sum(t.ts < lookback_start for t in recent + late) > 200
     assert results["1m"].updated > 0 and results["1m"].inserted > 0
     everything = first + recent + late
     assert_matches_oracle(spark, tables, everything, ALL)
 
     # When: the same runs repeat with no new trades
-    before = {tf.name: jobs.main_snapshot_id(spark, tables.candles(tf)) for tf in ALL}
+    before = {tf.name: snapshots.main_snapshot_id(spark, tables.candles(tf)) for tf in ALL}
     reruns = {tf.name: jobs.refresh_candles(spark, tables, tf, now=t2) for tf in ALL}
     # Then: nothing is written (no snapshot) and the content is identical
     for tf in ALL:
         assert not reruns[tf.name].written
         assert reruns[tf.name].unchanged > 0
-        assert jobs.main_snapshot_id(spark, tables.candles(tf)) == before[tf.name]
+        assert snapshots.main_snapshot_id(spark, tables.candles(tf)) == before[tf.name]
     assert_matches_oracle(spark, tables, everything, ALL)
 
 
@@ -159,15 +77,15 @@ def test_watermark_commits_in_the_candle_snapshot(
     rng = random.Random(5)
     now = START + timedelta(minutes=30)
     deliver(catalog, tables, random_trades(rng, START, now, 200, first_id=1), now=now)
-    trades_snapshot = jobs.main_snapshot_id(spark, tables.trades)
+    trades_snapshot = snapshots.main_snapshot_id(spark, tables.trades)
 
     result = jobs.refresh_candles(spark, tables, TIMEFRAMES["5m"], now=now)
 
-    snapshot = jobs.main_snapshot_id(spark, tables.candles(TIMEFRAMES["5m"]))
+    snapshot = snapshots.main_snapshot_id(spark, tables.candles(TIMEFRAMES["5m"]))
     assert snapshot is not None and result.candle_snapshot_id == snapshot
-    summary = jobs.snapshot_summary(spark, tables.candles(TIMEFRAMES["5m"]), snapshot)
-    assert summary[jobs.WATERMARK_PROPERTY] == str(trades_snapshot)
-    assert jobs.watermark(spark, tables.candles(TIMEFRAMES["5m"])) == trades_snapshot
+    summary = snapshots.snapshot_summary(spark, tables.candles(TIMEFRAMES["5m"]), snapshot)
+    assert summary[snapshots.WATERMARK_PROPERTY] == str(trades_snapshot)
+    assert snapshots.watermark(spark, tables.candles(TIMEFRAMES["5m"])) == trades_snapshot
 
 
 def test_batch_run_replaces_only_its_windows(
@@ -223,7 +141,7 @@ def test_backfill_in_chunks_equals_oracle(
     assert sum(r.inserted for r in results) == len(expected_candles(trades, tf))
     assert_matches_oracle(spark, tables, trades, [tf])
     # A backfill does not claim to have processed the trades: the next refresh still checks them.
-    assert jobs.watermark(spark, tables.candles(tf)) is None
+    assert snapshots.watermark(spark, tables.candles(tf)) is None
 
 
 def test_packed_and_struct_ordering_keys_agree(spark: SparkSession) -> None:
@@ -259,3 +177,14 @@ def test_struct_key_is_used_when_trade_ids_do_not_fit(spark: SparkSession) -> No
     for tf in ALL:
         result = candles(df, tf, TradeIdRange(min(ids), max(ids)))
         assert not diff(expected_candles(trades, tf), candle_rows(result))
+
+
+def test_a_filter_of_many_time_ranges_reaches_the_server(spark: SparkSession) -> None:
+    # 64 disjoint ranges (the most a run keeps) as one filter: as a chain of ORs it nested
+    # deeper than Spark Connect decodes; the first run after a sparse backfill hit that.
+    minutes = spark.range(0, 1000).select(F.timestamp_micros(F.col("id") * 60_000_000).alias("ts"))
+    ranges = [
+        Range(EPOCH + timedelta(minutes=10 * i), EPOCH + timedelta(minutes=10 * i + 3))
+        for i in range(64)
+    ]
+    assert minutes.where(in_ranges(F.col("ts"), ranges)).count() == 64 * 3

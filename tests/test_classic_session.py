@@ -11,16 +11,13 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from pyspark.sql import SparkSession
 
+from core.timeframes import TIMEFRAMES
 from infra.artifacts import spark_env
 from spark_jobs.candles import candles
-from spark_jobs.timeframes import TIMEFRAMES
+from tests.helpers import START, random_trades, to_arrow
 from tests.oracle import Key, candle_rows, diff, expected_candles
-from tests.test_candles import START, random_trades, to_arrow
-
-pytestmark = pytest.mark.spark
 
 ROOT = Path(__file__).resolve().parent.parent
 

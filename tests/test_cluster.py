@@ -14,19 +14,17 @@ import pytest
 from pyiceberg.catalog import Catalog
 from pyspark.sql import SparkSession
 
+from core.tables import Tables, ensure_tables
+from core.timeframes import TIMEFRAMES
 from flows import pipeline
-from flows.candle_flows import FLOWS, TIMEFRAME_FLOWS
+from flows.candle_flows import FLOWS
 from infra import stack
 from infra.catalog import open_catalog
 from infra.session import close, connect
 from settings import Settings
-from spark_jobs.tables import Tables, ensure_tables
-from spark_jobs.timeframes import TIMEFRAMES
 from tests.conftest import export_settings
+from tests.helpers import START, deliver, random_trades
 from tests.oracle import diff, expected_candles, stored_candles
-from tests.test_candles import START, deliver, random_trades
-
-pytestmark = pytest.mark.spark
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +72,9 @@ def test_the_five_flows_on_the_cluster_equal_the_oracle(
     now = START + timedelta(hours=2)
     trades = random_trades(random.Random(71), START, now, 700, first_id=1)
     deliver(catalog, tables, trades, now=now)
-    for spec in TIMEFRAME_FLOWS:
-        assert FLOWS[spec.timeframe](at=now)["published"]
-    for spec in TIMEFRAME_FLOWS:
-        tf = TIMEFRAMES[spec.timeframe]
+    for name in TIMEFRAMES:
+        assert FLOWS[name](at=now).published
+    for tf in TIMEFRAMES.values():
         problems = diff(expected_candles(trades, tf), stored_candles(spark, tables.candles(tf)))
         assert not problems, f"{tf}: {problems[:5]}"
 

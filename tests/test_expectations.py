@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
+from core.tables import Tables
+from core.timeframes import TIMEFRAMES
 from expectations.frames import with_window_columns
 from expectations.suites import NOT_NULL, invariant_suite
 from expectations.validation import ValidationReport, run_checkpoint
-from spark_jobs.tables import Tables
-from spark_jobs.timeframes import TIMEFRAMES
-
-pytestmark = pytest.mark.spark
+from settings import Settings
 
 ONE_MINUTE = TIMEFRAMES["1m"]
 START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -115,6 +114,7 @@ def validate(df: DataFrame, root: Path, engine: str) -> ValidationReport:
         "ohlcv_1m_invariants",
         invariant_suite(ONE_MINUTE),
         df,
+        web_cache=Settings.model_fields["web_cache_dir"].default,
         engine=engine,  # type: ignore[arg-type]
     )
 

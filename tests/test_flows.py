@@ -19,29 +19,19 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from typer.testing import CliRunner
 
+from core.tables import Tables
+from core.timeframes import TIMEFRAMES
 from flows import candle_flows, pipeline
-from flows.candle_flows import FLOWS, TIMEFRAME_FLOWS, deployments
+from flows import maintenance as maintenance_flow
+from flows.candle_flows import FLOWS, deployments
 from flows.cli import app
+from flows.pipeline import RunMetrics
 from settings import Settings
-from spark_jobs import jobs, wap
-from spark_jobs.tables import Tables
-from spark_jobs.timeframes import TIMEFRAMES
-from tests.conftest import export_settings
+from spark_jobs import jobs, snapshots, wap
+from tests.helpers import START, deliver, random_trades
 from tests.oracle import diff, expected_candles, stored_candles
-from tests.test_candles import START, deliver, random_trades
-
-pytestmark = pytest.mark.spark
 
 ONE_MINUTE = TIMEFRAMES["1m"]
-
-
-@pytest.fixture
-def flow_env(prefect: None, run_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Point the flows' own Settings() at this test's server, namespace and GX project."""
-    export_settings(
-        monkeypatch, run_settings, generate_retry_delay_s="0", validate_retry_delay_s="0"
-    )
-    return Settings()
 
 
 def test_every_flow_publishes_candles_equal_to_the_oracle_with_artifacts(
@@ -52,13 +42,12 @@ def test_every_flow_publishes_candles_equal_to_the_oracle_with_artifacts(
     trades = random_trades(rng, START, now, 900, first_id=1)
     deliver(catalog, tables, trades, now=now)
 
-    for spec in TIMEFRAME_FLOWS:
-        metrics = FLOWS[spec.timeframe](at=now)
-        assert metrics["published"], spec.timeframe
-        assert metrics["expectations_passed"] == metrics["expectations_evaluated"] > 0
+    for name in TIMEFRAMES:
+        metrics = FLOWS[name](at=now)
+        assert metrics.published, name
+        assert metrics.expectations_passed == metrics.expectations_evaluated > 0
 
-    for spec in TIMEFRAME_FLOWS:
-        tf = TIMEFRAMES[spec.timeframe]
+    for tf in TIMEFRAMES.values():
         problems = diff(expected_candles(trades, tf), stored_candles(spark, tables.candles(tf)))
         assert not problems, f"{tf}: {problems[:5]}"
     with get_client(sync_client=True) as client:
@@ -104,14 +93,14 @@ def test_generate_is_retried_and_a_step_that_keeps_failing_leaves_main_unchanged
     # Given: a generate step that fails twice; When: the flow runs; Then: the third try publishes
     monkeypatch.setattr(pipeline, "generate", flaky)
     metrics = FLOWS["1m"](at=now)
-    assert calls["n"] == 3 and metrics["published"]
+    assert calls["n"] == 3 and metrics.published
     table = tables.candles(ONE_MINUTE)
     assert not diff(expected_candles(trades, ONE_MINUTE), stored_candles(spark, table))
 
     # Given: new trades and a generate step that always fails after writing to the branch
     later = now + timedelta(minutes=5)
     deliver(catalog, tables, random_trades(rng, now, later, 50, first_id=9_000), now=later)
-    before = (jobs.main_snapshot_id(spark, table), jobs.watermark(spark, table))
+    before = (snapshots.main_snapshot_id(spark, table), snapshots.watermark(spark, table))
     calls["n"] = 0
 
     def broken(*args: Any, **kwargs: Any) -> jobs.RunResult:
@@ -124,7 +113,7 @@ def test_generate_is_retried_and_a_step_that_keeps_failing_leaves_main_unchanged
     # Then: Failed after 3 tries, and main (snapshot and watermark) is where it was
     assert state.is_failed()
     assert calls["n"] == 3
-    assert (jobs.main_snapshot_id(spark, table), jobs.watermark(spark, table)) == before
+    assert (snapshots.main_snapshot_id(spark, table), snapshots.watermark(spark, table)) == before
 
 
 def _running_jobs(ui_port: int) -> list[Any]:
@@ -204,31 +193,35 @@ def _minutes(cron: str) -> set[tuple[int, int]]:
     return {(h, m) for h in expand(hour, 24) for m in expand(minute, 60)}
 
 
-def test_served_deployments_have_names_schedules_parameters_and_one_writer() -> None:
+def _gaps_minutes(cron: str) -> list[int]:
+    """Minutes between consecutive firings of a cron over a day, wrapping around midnight."""
+    fired = sorted(h * 60 + m for h, m in _minutes(cron))
+    return [(b - a) % 1440 or 1440 for a, b in zip(fired, fired[1:] + fired[:1], strict=True)]
+
+
+def test_served_deployments_never_overlap_never_miss_a_window_and_allow_one_writer() -> None:
     built = {d.name: d for d in deployments()}
-    assert set(built) == {f"ohlcv-{tf}" for tf in TIMEFRAMES}
-    expected_counts = {"1m": 288, "5m": 96, "30m": 48, "1h": 24, "1d": 1}
-    fired: dict[tuple[int, int], str] = {}
-    for spec in TIMEFRAME_FLOWS:
-        deployment = built[f"ohlcv-{spec.timeframe}"]
-        assert deployment.flow_name == spec.flow_name
-        assert deployment.parameters == {}
+    # the daily maintenance starts in a minute of its own too
+    fired: dict[tuple[int, int], str] = dict.fromkeys(_minutes(maintenance_flow.CRON), "maint")
+    assert len(fired) == 1 and maintenance_flow.maintenance_deployment().concurrency_limit == 1
+    for tf in TIMEFRAMES.values():
+        deployment = built[f"ohlcv-{tf}"]
+        # one writer per candle table: a second run waits for the first
         assert deployment.concurrency_limit == 1
         assert deployment.concurrency_options is not None
         assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE"
+        assert deployment.parameters == {}  # a scheduled run uses the clock and the defaults
         (schedule,) = deployment.schedules
-        assert schedule.schedule.cron == spec.cron
         assert schedule.schedule.timezone == "UTC"
-        minutes = _minutes(spec.cron)
-        assert len(minutes) == expected_counts[spec.timeframe]
-        for minute in minutes:
-            assert minute not in fired, f"{spec.timeframe} and {fired[minute]} share {minute}"
-            fired[minute] = spec.timeframe
-    assert [d.entrypoint.split(":")[-1] for d in deployments()] == [
-        f"ohlcv_{tf}_flow" for tf in TIMEFRAMES
-    ]
-    for tf in TIMEFRAMES:
-        assert getattr(candle_flows, f"ohlcv_{tf}_flow") is FLOWS[tf]
+        # runs come at least once per lookback, so every closed window is recomputed in time
+        assert max(_gaps_minutes(schedule.schedule.cron)) <= tf.lookback / timedelta(minutes=1)
+        for minute in _minutes(schedule.schedule.cron):  # staggered: no shared start minute
+            assert minute not in fired, f"{tf} and {fired[minute]} share {minute}"
+            fired[minute] = tf.name
+        # the entrypoint a worker loads resolves to this very flow
+        module, attribute = deployment.entrypoint.split(":")
+        assert module.endswith("candle_flows.py") or module.endswith("flows.candle_flows")
+        assert getattr(candle_flows, attribute) is FLOWS[tf.name]
 
 
 def test_cli_run_backfill_with_resume_and_status(
@@ -303,10 +296,10 @@ def test_after_an_outage_one_catch_up_run_covers_the_backlog(
         ]
     # When: the runner gets to them, oldest first
     results = [
-        cast(dict[str, Any], run_flow(FLOWS["1m"], flow_run=run, parameters={})) for run in backlog
+        cast(RunMetrics, run_flow(FLOWS["1m"], flow_run=run, parameters={})) for run in backlog
     ]
     # Then: the two older ones skip, and the newest one alone publishes everything
-    assert [("skipped" in r) for r in results] == [True, True, False], results
-    assert results[2]["published"]
+    assert [r.skipped is not None for r in results] == [True, True, False], results
+    assert results[2].published
     table = tables.candles(ONE_MINUTE)
     assert not diff(expected_candles(trades, ONE_MINUTE), stored_candles(spark, table))

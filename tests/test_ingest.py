@@ -27,10 +27,9 @@ import pytest
 from pyiceberg.catalog import Catalog
 from pyiceberg.table.snapshots import Operation
 
+from core.tables import TRADES, TRADES_REJECTED, ensure_tables
 from infra.catalog import open_catalog
-from settings import CatalogType, Settings
-from spark_jobs import demo_data
-from spark_jobs.ingest import (
+from ingest import (
     REASONS,
     REQUIRED_COLUMNS,
     IngestResult,
@@ -39,7 +38,8 @@ from spark_jobs.ingest import (
     ingest_file,
     read_trades_file,
 )
-from spark_jobs.tables import TRADES, TRADES_REJECTED, ensure_tables
+from ingest import demo as demo_data
+from settings import CatalogType, Settings
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 MIN_TS = datetime(2000, 1, 1, tzinfo=UTC)

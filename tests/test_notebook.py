@@ -12,14 +12,13 @@ from nbclient import NotebookClient
 from pyiceberg.catalog import Catalog
 from pyspark.sql import SparkSession
 
+from core.tables import Tables
+from core.timeframes import TIMEFRAMES
 from flows import pipeline
+from flows.pipeline import RunRequest
 from settings import Settings
-from spark_jobs.tables import Tables
-from spark_jobs.timeframes import TIMEFRAMES
 from tests.conftest import export_settings
-from tests.test_candles import START, deliver, random_trades
-
-pytestmark = pytest.mark.spark
+from tests.helpers import START, deliver, random_trades
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "explore_candles.ipynb"
 
@@ -33,7 +32,7 @@ def test_the_example_notebook_runs_and_agrees_with_the_published_table(
 ) -> None:
     now = START + timedelta(hours=4)
     deliver(catalog, tables, random_trades(random.Random(61), START, now, 800, 1), now=now)
-    pipeline.run_timeframe(spark, run_settings, TIMEFRAMES["5m"], now=now)
+    pipeline.run_pipeline(spark, run_settings, TIMEFRAMES["5m"], RunRequest(now=now))
     export_settings(monkeypatch, run_settings)
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)

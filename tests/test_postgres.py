@@ -13,20 +13,18 @@ from pydantic import SecretStr
 from pyiceberg.catalog import Catalog
 from pyspark.sql import SparkSession
 
+from core.tables import Tables, ensure_tables
+from core.timeframes import TIMEFRAMES
 from flows.candle_flows import FLOWS
 from infra import stack
 from infra.catalog import open_catalog
 from infra.session import close, connect
 from settings import CatalogType, Settings
-from spark_jobs.tables import Tables, ensure_tables
-from spark_jobs.timeframes import TIMEFRAMES
 from tests import test_candles
 from tests.conftest import export_settings
+from tests.helpers import START, deliver, random_trades
 from tests.oracle import diff, expected_candles, stored_candles
 from tests.postgres import running_postgres
-from tests.test_candles import START, deliver, random_trades
-
-pytestmark = pytest.mark.spark
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +104,6 @@ def test_a_flow_runs_on_the_postgresql_catalog(
     assert settings.catalog_password is not None and settings.catalog_uri is not None
     export_settings(monkeypatch, settings, gx_dir=str(tmp_path / "gx"))
 
-    assert FLOWS["5m"](at=now)["published"]
+    assert FLOWS["5m"](at=now).published
     tf = TIMEFRAMES["5m"]
     assert not diff(expected_candles(trades, tf), stored_candles(pg_spark, tables.candles(tf)))

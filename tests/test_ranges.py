@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from spark_jobs.jobs import Range, align_down, align_up, coalesce_ranges, lookback_range
-from spark_jobs.timeframes import TIMEFRAMES, timeframe
+from core.ranges import Range, align_down, align_up, coalesce_ranges, lookback_range
+from core.timeframes import TIMEFRAMES, timeframe
 
 T = datetime(2026, 11, 26, 14, 7, 31, 250_000, tzinfo=UTC)
 

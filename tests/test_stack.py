@@ -12,8 +12,6 @@ from infra.artifacts import Artifact, ArtifactError, ensure_artifacts
 from infra.session import ConnectError, connect
 from settings import Settings
 
-pytestmark = pytest.mark.spark
-
 
 def test_up_reuses_the_running_server(server: stack.StackStatus, settings: Settings) -> None:
     again = stack.up(settings)
@@ -42,6 +40,7 @@ def test_token_never_appears_in_connect_errors(tmp_path: Path) -> None:
     assert "s3cret" not in str(failure.value)
 
 
+@pytest.mark.spark  # starts a server of its own
 def test_up_and_down_a_second_server(tmp_path: Path) -> None:
     # Given a stack of its own (other data dir and port)
     own = Settings(data_dir=tmp_path, connect_port=15013, spark_remote=None, driver_memory="1g")
@@ -62,6 +61,7 @@ def test_up_and_down_a_second_server(tmp_path: Path) -> None:
     assert not stack.down(own).running
 
 
+@pytest.mark.jvm  # Spark's resolver runs in a JVM
 def test_an_artifact_that_cannot_be_fetched_is_named(tmp_path: Path) -> None:
     missing = Artifact("org.example.ohlcv", "no-such-artifact", "0.0.1", "0" * 64)
     with pytest.raises(ArtifactError, match=re.escape("org.example.ohlcv:no-such-artifact:0.0.1")):

@@ -15,16 +15,15 @@ from pyiceberg.catalog import Catalog
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from core.tables import Tables
+from core.timeframes import TIMEFRAMES
 from expectations.validation import ValidationFailed, build_data_docs
 from flows import pipeline
+from flows.pipeline import RunRequest
 from settings import Settings
-from spark_jobs import jobs, wap
-from spark_jobs.tables import Tables
-from spark_jobs.timeframes import TIMEFRAMES
+from spark_jobs import jobs, snapshots, wap
+from tests.helpers import START, deliver, random_trades
 from tests.oracle import diff, expected_candles, stored_candles
-from tests.test_candles import START, deliver, random_trades
-
-pytestmark = pytest.mark.spark
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -44,15 +43,15 @@ def test_good_run_publishes_validated_candles_to_main(
     deliver(catalog, tables, trades, now=now)
     table = tables.candles(ONE_MINUTE)
 
-    result = pipeline.run_timeframe(spark, run_settings, ONE_MINUTE, now=now)
+    result = pipeline.run_pipeline(spark, run_settings, ONE_MINUTE, RunRequest(now=now))
 
     assert result.published and result.main_before is None
-    assert result.main_after == jobs.main_snapshot_id(spark, table)
+    assert result.main_after == snapshots.main_snapshot_id(spark, table)
     assert result.validation.invariants is not None and result.validation.invariants.success
     assert not diff(expected_candles(trades, ONE_MINUTE), stored_candles(spark, table))
-    assert jobs.watermark(spark, table) == jobs.main_snapshot_id(spark, tables.trades)
+    assert snapshots.watermark(spark, table) == snapshots.main_snapshot_id(spark, tables.trades)
     # A rerun with nothing new publishes nothing and leaves main where it was
-    again = pipeline.run_timeframe(spark, run_settings, ONE_MINUTE, now=now)
+    again = pipeline.run_pipeline(spark, run_settings, ONE_MINUTE, RunRequest(now=now))
     assert not again.published and again.main_after == result.main_after
 
 
@@ -68,11 +67,11 @@ def test_a_bad_candle_is_rejected_and_main_is_left_exactly_as_it_was(
     first = random_trades(rng, START, t1, 300, first_id=1)
     deliver(catalog, tables, first, now=t1)
     table = tables.candles(ONE_MINUTE)
-    pipeline.run_timeframe(spark, run_settings, ONE_MINUTE, now=t1)
+    pipeline.run_pipeline(spark, run_settings, ONE_MINUTE, RunRequest(now=t1))
     snapshot, rows, mark = (
-        jobs.main_snapshot_id(spark, table),
+        snapshots.main_snapshot_id(spark, table),
         content(spark, table),
-        jobs.watermark(spark, table),
+        snapshots.watermark(spark, table),
     )
 
     # Given: new trades, and a generate step that also corrupts one candle it wrote
@@ -92,16 +91,16 @@ def test_a_bad_candle_is_rejected_and_main_is_left_exactly_as_it_was(
     monkeypatch.setattr(pipeline, "generate", corrupting_generate)
     # When: the run validates the audit branch
     with pytest.raises(ValidationFailed) as failure:
-        pipeline.run_timeframe(spark, run_settings, ONE_MINUTE, now=t2)
+        pipeline.run_pipeline(spark, run_settings, ONE_MINUTE, RunRequest(now=t2))
 
     # Then: the error names the broken invariants and the offending row
     message = str(failure.value)
     assert "(high >= low)" in message and "(low <= open)" in message
     assert "BTC-USD" in message
     # main is exactly as it was: snapshot, content and watermark
-    assert jobs.main_snapshot_id(spark, table) == snapshot
+    assert snapshots.main_snapshot_id(spark, table) == snapshot
     assert content(spark, table) == rows
-    assert jobs.watermark(spark, table) == mark
+    assert snapshots.watermark(spark, table) == mark
     # the rejected candles stay inspectable under a tag
     tags = spark.read.table(f"{table}.refs").where(F.col("type") == "TAG").collect()
     assert len(tags) == 1 and tags[0]["name"].startswith(wap.REJECTED_TAG_PREFIX)
@@ -110,9 +109,9 @@ def test_a_bad_candle_is_rejected_and_main_is_left_exactly_as_it_was(
 
     # When: the next, honest run comes, it recomputes the same trades and publishes them
     monkeypatch.setattr(pipeline, "generate", generate)
-    result = pipeline.run_timeframe(spark, run_settings, ONE_MINUTE, now=t2)
+    result = pipeline.run_pipeline(spark, run_settings, ONE_MINUTE, RunRequest(now=t2))
     assert result.published
-    assert jobs.watermark(spark, table) == jobs.main_snapshot_id(spark, tables.trades)
+    assert snapshots.watermark(spark, table) == snapshots.main_snapshot_id(spark, tables.trades)
 
 
 def test_reconciliation_catches_a_candle_that_disagrees_with_the_rollup(
@@ -121,16 +120,16 @@ def test_reconciliation_catches_a_candle_that_disagrees_with_the_rollup(
     rng = random.Random(43)
     now = START + timedelta(minutes=30)
     deliver(catalog, tables, random_trades(rng, START, now, 300, first_id=1), now=now)
-    pipeline.run_timeframe(spark, run_settings, ONE_MINUTE, now=now)
-    five = pipeline.run_timeframe(spark, run_settings, FIVE_MINUTES, now=now)
+    pipeline.run_pipeline(spark, run_settings, ONE_MINUTE, RunRequest(now=now))
+    five = pipeline.run_pipeline(spark, run_settings, FIVE_MINUTES, RunRequest(now=now))
     assert five.validation.reconciliation is not None
     assert five.validation.reconciliation.success
     assert five.validation.reconciliation_gating  # both reflect the same trades
 
     # Given: one published 1m candle tampered with, keeping 1m's watermark
     one = tables.candles(ONE_MINUTE)
-    with jobs.snapshot_properties(
-        spark, {jobs.WATERMARK_PROPERTY: str(jobs.watermark(spark, one))}
+    with snapshots.snapshot_properties(
+        spark, {snapshots.WATERMARK_PROPERTY: str(snapshots.watermark(spark, one))}
     ):
         spark.sql(
             f"UPDATE {one} SET high = high + 1000000 WHERE symbol = 'ETH-USD' AND window_start = "
@@ -163,9 +162,9 @@ def test_data_docs_list_every_suite_and_latest_results_in_a_real_browser(
     now = START + timedelta(hours=2)
     deliver(catalog, tables, random_trades(rng, START, now, 500, first_id=1), now=now)
     for tf in TIMEFRAMES.values():
-        pipeline.run_timeframe(spark, run_settings, tf, now=now)
+        pipeline.run_pipeline(spark, run_settings, tf, RunRequest(now=now))
 
-    index = build_data_docs(run_settings.gx_root)
+    index = build_data_docs(run_settings.gx_root, run_settings.web_cache_dir)
     assert index.is_file()
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "data-docs-index.png"

@@ -13,7 +13,9 @@ The layout of a generated table, in file order:
 dense (a week of trades spans a narrow id range, as on a real exchange, which lets the candle
 step use its packed ordering key), and stable across calls: windows generated separately never
 collide (at most 1000 ids per second of window) and generating the same window twice yields
-exact duplicates (ingesting it again is a no-op).
+exact duplicates (ingesting it again is a no-op). :func:`ingest_demo_feed` instead continues a
+feed already stored: its window starts after the newest stored trade and its ids after the
+highest stored one.
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
-from spark_jobs.ingest import SCALE, decimal_from_units
+from core.tables import TRADES
+from core.time import assume_utc, to_us, utc
+from ingest.parsing import SCALE, decimal_from_units
+from ingest.run import IngestResult, ingest
 
 DEFAULT_SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "DOGE-USD", "ADA-USD")
 
@@ -90,11 +96,6 @@ def _market(symbol: str) -> tuple[float, int, int, float]:
     return price, round(float(tick) * _UNIT), round(float(lot) * _UNIT), size
 
 
-def _us(value: datetime) -> int:
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return (value - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-
-
 def _symbol_trades(
     rng: np.random.Generator,
     symbol: str,
@@ -151,7 +152,7 @@ def demo_trades(
     bad_rows: int = 10,
     first_trade_id: int | None = None,
 ) -> pa.Table:
-    """Generate trades for ``symbols`` with ts in ``[start, end)`` (naive datetimes are UTC).
+    """Generate trades for ``symbols`` with ts in ``[start, end)`` (aware datetimes).
 
     Prices follow a geometric random walk rounded to each symbol's tick; quantities are
     lognormal, rounded to a lot size; arrivals are Poisson with bursts, a daily cycle and empty
@@ -179,12 +180,13 @@ def demo_trades(
             :func:`feed_position`); by default derived from ``start`` as described above.
 
     Raises:
-        ValueError: an empty or inverted window, a window before 2000, or bad fractions.
+        ValueError: a naive start or end, an empty or inverted window, a window before 2000, or
+            bad fractions.
     """
-    start_us, end_us = _us(start), _us(end)
+    start_us, end_us = to_us(start), to_us(end)
     if end_us <= start_us:
         raise ValueError(f"end {end} is not after start {start}: pass a non-empty window")
-    if start_us < _us(_ID_EPOCH):
+    if start_us < to_us(_ID_EPOCH):
         raise ValueError(f"start {start} is before 2000-01-01: trade ids count from there")
     if not symbols or len(set(symbols)) != len(symbols):
         raise ValueError(f"symbols must be non-empty and distinct, got {list(symbols)!r}")
@@ -213,7 +215,7 @@ def demo_trades(
             "lower trades_per_minute, widen the window or pass first_trade_id"
         )
     if first_trade_id is None:
-        first_id = (start_us - _us(_ID_EPOCH)) // 1_000_000 * _IDS_PER_SECOND
+        first_id = (start_us - to_us(_ID_EPOCH)) // 1_000_000 * _IDS_PER_SECOND
     else:
         first_id = first_trade_id
     trade_id = first_id + np.arange(n, dtype=np.int64)
@@ -296,9 +298,8 @@ def feed_position(table: Table) -> tuple[datetime, int] | None:
     id_max = pc.max(metrics.field("trade_id").field("upper_bound")).as_py()
     if ts_max is None or id_max is None:
         return None
-    if ts_max.tzinfo is None:
-        ts_max = ts_max.replace(tzinfo=UTC)
-    return ts_max, int(id_max)
+    # The column is timestamptz: a bound read back without a zone is still a UTC instant.
+    return assume_utc(ts_max), int(id_max)
 
 
 def _bad_rows_appended(
@@ -348,7 +349,7 @@ def _bad_rows_appended(
             case "blank_exchange":
                 b_blank_exchange[i] = True
             case "old_ts":
-                b_ts[i] = _us(datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC))
+                b_ts[i] = to_us(datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC))
             case "missing_trade_id":
                 valid["trade_id"][i] = False
             case "missing_price":
@@ -402,3 +403,61 @@ def write_demo_file(path: Path, table: pa.Table) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, compression="zstd")
     return path
+
+
+def demo_symbols(count: int) -> list[str]:
+    """``count`` symbol names: :data:`DEFAULT_SYMBOLS` first, then ``SYM00-USD``, ``SYM01-USD``…"""
+    extra = max(0, count - len(DEFAULT_SYMBOLS))
+    return list(DEFAULT_SYMBOLS)[:count] + [f"SYM{i:02d}-USD" for i in range(extra)]
+
+
+def ingest_demo_feed(
+    catalog: Catalog,
+    namespace: str,
+    *,
+    end: datetime,
+    hours: float,
+    symbols: int,
+    trades_per_minute: float,
+    seed: int,
+) -> IngestResult | None:
+    """Generate demo trades up to ``end`` and ingest them (source ``demo-data``, ``now=end``).
+
+    The window is the ``hours`` before ``end``, but never reaches back to trades the table
+    already holds: it starts just after the newest stored ts and trade ids continue after the
+    highest stored one (see :func:`feed_position`), so repeated calls extend one feed.
+
+    Args:
+        catalog: PyIceberg catalog whose tables exist (made by ``ensure_tables``).
+        namespace: Namespace of ``trades`` and ``trades_rejected``.
+        end: End of the window (exclusive), an aware datetime.
+        hours: Length of the window when the table holds no later trades.
+        symbols: How many symbols to trade (see :func:`demo_symbols`).
+        trades_per_minute: Average trades per minute and symbol.
+        seed: Seed of the random generator.
+
+    Returns:
+        What the ingest did, or None when the table already holds trades up to ``end``.
+
+    Raises:
+        ValueError: ``end`` is naive.
+    """
+    end = utc(end)
+    start = end - timedelta(hours=hours)
+    first_id = None
+    position = feed_position(catalog.load_table((namespace, TRADES)))
+    if position is not None:
+        newest, highest_id = position
+        start = max(start, newest + timedelta(microseconds=1))
+        first_id = highest_id + 1
+    if start >= end:
+        return None
+    table = demo_trades(
+        start=start,
+        end=end,
+        symbols=demo_symbols(symbols),
+        trades_per_minute=trades_per_minute,
+        seed=seed,
+        first_trade_id=first_id,
+    )
+    return ingest(catalog, namespace, table, source="demo-data", now=end)

@@ -7,12 +7,17 @@ representation (fast aggregation) while holding e.g. 9_999_999_999.99999999.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+from pyiceberg.exceptions import (
+    NamespaceAlreadyExistsError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -32,7 +37,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from spark_jobs.timeframes import TIMEFRAMES, Timeframe
+from core.timeframes import TIMEFRAMES, Timeframe
 
 PRICE = DecimalType(18, 8)
 QUANTITY = DecimalType(18, 8)
@@ -98,9 +103,32 @@ _TRANSFORMS: dict[str, Transform[Any, Any]] = {
     "year": YearTransform(),
 }
 
-_COMMON_PROPERTIES = {
-    "format-version": "2",
+_MB = 1024 * 1024
+_FORMAT = {"format-version": "2"}  # fixed at creation; never "upgraded"
+
+# Properties for a table written every few minutes for years. Set at creation and brought up
+# to date on existing tables by ``ensure_tables`` (a commit only when one differs).
+LONG_LIFE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
+    # Each commit writes a metadata file listing every snapshot; keep only the last few.
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+    # What anyone's snapshot expiry (Spark or PyIceberg defaults) keeps; ours passes the same
+    # values from Settings and also keeps what the watermarks refer to.
+    "history.expire.max-snapshot-age-ms": str(48 * 3600 * 1000),
+    "history.expire.min-snapshots-to-keep": "20",
+    # Merge small manifests on commit, so a table written every 5 minutes keeps few of them.
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "20",
+}
+TRADES_PROPERTIES = {**LONG_LIFE_PROPERTIES, "write.target-file-size-bytes": str(256 * _MB)}
+CANDLE_PROPERTIES = {
+    **LONG_LIFE_PROPERTIES,
+    "write.target-file-size-bytes": str(64 * _MB),
+    # Candles are small; copy-on-write keeps reads free of delete files.
+    "write.merge.mode": "copy-on-write",
+    "write.update.mode": "copy-on-write",
+    "write.delete.mode": "copy-on-write",
 }
 
 
@@ -142,50 +170,63 @@ def _candle_spec(tf: Timeframe) -> PartitionSpec:
     )
 
 
-def _create(catalog: Catalog, identifier: tuple[str, str], **kwargs: object) -> Table:
+def _ensure(
+    catalog: Catalog,
+    identifier: tuple[str, str],
+    properties: Mapping[str, str],
+    **kwargs: object,
+) -> Table:
+    """Load the table and bring its properties up to date, or create it.
+
+    Loading first matters: ``create_table`` writes a metadata file before it finds out that
+    the table exists, so calling it on every run would litter the table with orphan files.
+    """
     try:
-        return catalog.create_table(identifier, **kwargs)  # type: ignore[arg-type]
-    except TableAlreadyExistsError:
-        return catalog.load_table(identifier)
+        table = catalog.load_table(identifier)
+    except NoSuchTableError:
+        try:
+            create: Any = catalog.create_table  # kwargs: schema, partition_spec, sort_order
+            return create(identifier, properties={**_FORMAT, **properties}, **kwargs)  # type: ignore[no-any-return]
+        except TableAlreadyExistsError:  # created concurrently
+            table = catalog.load_table(identifier)
+    stale = {k: v for k, v in properties.items() if table.properties.get(k) != v}
+    if stale:
+        with table.transaction() as tx:
+            tx.set_properties(stale)
+        table = catalog.load_table(identifier)
+    return table
 
 
 def ensure_tables(catalog: Catalog, namespace: str) -> dict[str, Table]:
     """Create the namespace, ``trades``, ``trades_rejected`` and the five candle tables if missing.
 
-    Idempotent: existing tables are loaded, never altered.
+    Idempotent: an existing table is only changed when its properties are older than
+    :data:`LONG_LIFE_PROPERTIES` and its own table's (one commit, once); otherwise nothing is
+    written.
     """
     with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(namespace)
     ts_id = TRADES_SCHEMA.find_field("ts").field_id
     symbol_id = TRADES_SCHEMA.find_field("symbol").field_id
     tables = {
-        TRADES: _create(
+        TRADES: _ensure(
             catalog,
             (namespace, TRADES),
+            TRADES_PROPERTIES,
             schema=TRADES_SCHEMA,
             partition_spec=PartitionSpec(PartitionField(ts_id, 1000, DayTransform(), "ts_day")),
             sort_order=SortOrder(SortField(symbol_id), SortField(ts_id)),
-            properties=_COMMON_PROPERTIES,
         ),
-        TRADES_REJECTED: _create(
-            catalog,
-            (namespace, TRADES_REJECTED),
-            schema=REJECTED_SCHEMA,
-            properties=_COMMON_PROPERTIES,
+        TRADES_REJECTED: _ensure(
+            catalog, (namespace, TRADES_REJECTED), LONG_LIFE_PROPERTIES, schema=REJECTED_SCHEMA
         ),
     }
     for tf in TIMEFRAMES.values():
-        tables[tf.table] = _create(
+        tables[tf.table] = _ensure(
             catalog,
             (namespace, tf.table),
+            CANDLE_PROPERTIES,
             schema=CANDLE_SCHEMA,
             partition_spec=_candle_spec(tf),
-            properties={
-                **_COMMON_PROPERTIES,
-                # Candles are small; copy-on-write keeps reads free of delete files.
-                "write.merge.mode": "copy-on-write",
-                "write.update.mode": "copy-on-write",
-                "write.delete.mode": "copy-on-write",
-            },
         )
     return tables

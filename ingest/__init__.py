@@ -1,0 +1,24 @@
+"""Ingestion: validate raw trades and append them to Iceberg with PyIceberg (no Spark).
+
+The package owns everything between an input file or table and the ``trades`` /
+``trades_rejected`` tables: reading files (:mod:`ingest.reading`), exact parsing of prices,
+quantities, ids and timestamps (:mod:`ingest.parsing`), the row checks and their reason codes
+(:mod:`ingest.rules`), de-duplication against stored rows (:mod:`ingest.dedup`), the ingest
+itself (:mod:`ingest.run`) and the demo trade generator (:mod:`ingest.demo`, import it
+explicitly).
+"""
+
+from ingest.reading import REQUIRED_COLUMNS, SchemaError, read_trades_file
+from ingest.rules import REASONS
+from ingest.run import IngestAccountingError, IngestResult, ingest, ingest_file
+
+__all__ = [
+    "REASONS",
+    "REQUIRED_COLUMNS",
+    "IngestAccountingError",
+    "IngestResult",
+    "SchemaError",
+    "ingest",
+    "ingest_file",
+    "read_trades_file",
+]

@@ -1,0 +1,73 @@
+"""Reading trades files and checking that an input has the required columns."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+REQUIRED_COLUMNS = ("exchange", "symbol", "trade_id", "price", "quantity", "side", "ts")
+
+
+class SchemaError(ValueError):
+    """The input as a whole has the wrong shape; nothing was written."""
+
+
+def read_trades_file(path: Path) -> pa.Table:
+    """Read a trades file: Parquet (``.parquet``/``.pq``) or CSV (``.csv``), chosen by suffix.
+
+    CSV columns are all read as text (empty = missing) and parsed by :func:`ingest.ingest`, so
+    a value like ``0.1`` stays exact instead of going through a float.
+
+    Raises:
+        SchemaError: unsupported suffix, or a required column is missing from a CSV header.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pq.read_table(path)
+    if suffix == ".csv":
+        return _read_csv(path)
+    raise SchemaError(
+        f"cannot read {str(path)!r}: unsupported suffix {path.suffix!r}; "
+        "use a .parquet, .pq or .csv file"
+    )
+
+
+def check_columns(raw: pa.Table) -> None:
+    """Raise :class:`SchemaError` unless each required column appears exactly once in ``raw``."""
+    _check_required(raw.column_names)
+    for name in REQUIRED_COLUMNS:
+        count = len(raw.schema.get_all_field_indices(name))
+        if count > 1:
+            raise SchemaError(
+                f"column {name!r} appears {count} times in the input; keep exactly one"
+            )
+
+
+def _read_csv(path: Path) -> pa.Table:
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), [])
+    _check_required(header)
+    present = [name for name in REQUIRED_COLUMNS if name in header]
+    return pacsv.read_csv(
+        path,
+        convert_options=pacsv.ConvertOptions(
+            column_types={name: pa.large_string() for name in present},
+            include_columns=present,
+            strings_can_be_null=False,
+        ),
+    )
+
+
+def _check_required(names: list[str]) -> None:
+    missing = [name for name in REQUIRED_COLUMNS if name not in names]
+    if missing:
+        raise SchemaError(
+            f"input is missing required column {missing[0]!r} (missing: {', '.join(missing)}; "
+            f"found: {', '.join(names) or 'no columns'}); add it or rename the column that "
+            "holds it"
+        )
