@@ -13,9 +13,9 @@ and bytes on disk, live data files. It ends with the goal of the README:
     uv run python bench/soak.py --cycles 200         # a quick look
 
 It runs its own local stack (own data directory and port). Market time starts at the wall
-clock and advances five minutes a cycle, so it runs far ahead of the real commit times:
-maintenance runs on market time (sealed partitions are days of market time), which makes its
-snapshot expiry keep just the newest ``retain_last`` snapshots (plus what the watermark needs).
+clock and advances five minutes a cycle, far faster than the wall clock: maintenance seals
+partitions by market time (days of market time), while snapshot and file ages are wall-clock
+ages, so ``--snapshot-age-min`` is in real minutes.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--report-every", type=int, default=50)
     parser.add_argument("--symbols", type=int, default=20)
     parser.add_argument("--per-minute", type=float, default=60)
+    parser.add_argument("--snapshot-age-min", type=float, default=10)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
 
@@ -79,7 +80,9 @@ def main() -> None:
         spark_remote=None,
         gx_dir=work / "gx",
     )
-    policy = MaintenancePolicy(snapshot_age=timedelta(hours=1), retain_last=20)
+    policy = MaintenancePolicy(
+        snapshot_age=timedelta(minutes=args.snapshot_age_min), retain_last=20
+    )
     market_start = datetime.now(UTC).replace(second=0, microsecond=0)
     tables: Tables = tables_for(settings)
     tf = TIMEFRAMES["1m"]
@@ -147,7 +150,7 @@ def main() -> None:
     runs = [c["run_s"] for c in cycles]
     summary: dict[str, Any] = {"cycles": args.cycles, "maintain_every": args.maintain_every}
     if len(runs) >= 300:
-        early = statistics.median(runs[99:200])
+        early = statistics.median(runs[99:200])  # cycles 100-200
         late = statistics.median(runs[-100:])
         summary.update(
             median_run_s_cycles_100_200=round(early, 3),

@@ -34,6 +34,7 @@ from core.timeframes import TIMEFRAMES, Timeframe
 from expectations.validation import ValidationFailed
 from flows import pipeline
 from flows.pipeline import RunMetrics, RunRequest
+from flows.writers import one_writer
 from infra.session import close, connect
 from settings import Settings
 from spark_jobs import jobs
@@ -281,13 +282,14 @@ def run_candle_pipeline(
     request = _request(
         at, lookback_minutes, window_start, window_end, trades_snapshot_id, backfill_start
     )
-    spark = connect(settings)
-    try:
-        result = pipeline.run_pipeline(
-            spark, settings, tf, request, TaskSteps(run_tag(runtime.flow_run.id))
-        )
-    finally:
-        close(spark)
+    with one_writer(settings, tf.table):
+        spark = connect(settings)
+        try:
+            result = pipeline.run_pipeline(
+                spark, settings, tf, request, TaskSteps(run_tag(runtime.flow_run.id))
+            )
+        finally:
+            close(spark)
     metrics = RunMetrics.of(tf, result)
     create_table_artifact(
         key=f"ohlcv-{tf.name}-metrics", table=metrics.rows(), description=f"{tf} run metrics"

@@ -5,6 +5,7 @@ Settings are built once per invocation (the callback) and handed to every comman
 
 from __future__ import annotations
 
+import errno
 import re
 import time
 import webbrowser
@@ -32,7 +33,7 @@ from infra import stack
 from infra.artifacts import ArtifactError, ensure_artifacts
 from infra.catalog import open_catalog
 from infra.session import ConnectError, session
-from ingest import IngestResult, SchemaError, ingest_file
+from ingest import IngestResult, SchemaError, ingest, read_trades_file
 from ingest.demo import ingest_demo_feed
 from settings import Settings
 
@@ -47,7 +48,8 @@ stack_app = typer.Typer(
 )
 app.add_typer(stack_app, name="stack")
 console = Console()
-err = Console(stderr=True)
+# Errors are one line each, however narrow the terminal (or the pipe) is.
+err = Console(stderr=True, soft_wrap=True)
 
 F_ = TypeVar("F_", bound=Callable[..., Any])
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -84,8 +86,25 @@ def _friendly_errors(func: F_) -> F_:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             err.print(f"[red]Spark error:[/red] {first}")
             raise typer.Exit(1) from None
+        except OSError as e:
+            err.print(f"[red]error:[/red] {_os_error(e)}")
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _os_error(e: OSError) -> str:
+    """One line for a failure of the machine (disk, permissions, a damaged file)."""
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno == errno.ENOSPC:
+        return (
+            f"no space left on device{where}: free some space, then run the same command "
+            "again (ingestion and candle runs are safe to repeat)"
+        )
+    if isinstance(e, PermissionError):
+        return f"permission denied{where}: give this user access, or point OHLCV_DATA_DIR elsewhere"
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return f"{first}{where if e.filename and str(e.filename) not in first else ''}"
 
 
 def parse_duration(text: str) -> timedelta:
@@ -167,9 +186,12 @@ def _print_ingest(result: IngestResult | None) -> None:
     if result is None:
         return
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(result.rejected_by_reason.items()))
+    again = result.rejects_already_recorded
     console.print(
         f"rows in {result.rows_in} = accepted {result.accepted} + duplicates "
-        f"{result.duplicates} + rejected {result.rejected}" + (f" ({reasons})" if reasons else "")
+        f"{result.duplicates} + rejected {result.rejected}"
+        + (f" ({reasons})" if reasons else "")
+        + (f"; {again} of the rejects were already recorded" if again else "")
     )
 
 
@@ -183,7 +205,15 @@ def ingest_command(
     settings = _settings(ctx)
     catalog = open_catalog(settings)
     ensure_tables(catalog, settings.namespace)
-    _print_ingest(ingest_file(catalog, settings.namespace, path))
+    try:
+        table = read_trades_file(path)
+    except OSError as e:  # pyarrow reports a damaged file as an OSError without its name
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SchemaError(
+            f"cannot read {path}: {first}; the file is damaged or not Parquet/CSV, nothing "
+            "was written"
+        ) from None
+    _print_ingest(ingest(catalog, settings.namespace, table, source=str(path)))
 
 
 @app.command("demo-data")
@@ -283,26 +313,42 @@ def backfill_command(
     start: Annotated[str, typer.Option(help="ISO-8601, inclusive")],
     end: Annotated[str, typer.Option(help="ISO-8601, exclusive")],
     chunk: Annotated[str, typer.Option(help="Size of one bounded chunk")] = "1d",
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Recompute every chunk, even finished ones")
+    ] = False,
 ) -> None:
     """Recompute every window in [start, end) chunk by chunk; rerun to resume.
 
     Each chunk is one flow run (audited and published on its own). Finished chunks are
     recorded under <data dir>/backfills/, so the same command after an interruption continues
-    with the first unfinished chunk.
+    with the first unfinished chunk; --restart recomputes them all.
     """
     settings = _settings(ctx)
     tf_ = timeframe(tf)
-    chunks = backfill_ranges(tf_, parse_instant(start), parse_instant(end), parse_duration(chunk))
-    pinned = open_catalog(settings).load_table((settings.namespace, TRADES)).current_snapshot()
+    size = parse_duration(chunk)
+    chunks = backfill_ranges(tf_, parse_instant(start), parse_instant(end), size)
+    catalog = open_catalog(settings)
+    ensure_tables(catalog, settings.namespace)
+    pinned = catalog.load_table((settings.namespace, TRADES)).current_snapshot()
+    candles = catalog.load_table((settings.namespace, tf_.table))
     progress_file = BackfillProgress.load(
-        settings.data_dir, tf_, chunks, pinned.snapshot_id if pinned else None
+        settings,
+        candles,
+        tf_,
+        chunks,
+        size,
+        pinned.snapshot_id if pinned else None,
+        restart=restart,
     )
     requests = {
         r.window_range: r for r in backfill_requests(chunks, progress_file.trades_snapshot_id)
     }
     todo = progress_file.todo(chunks)
     if len(todo) < len(chunks):
-        console.print(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already done")
+        console.print(
+            f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already done "
+            "(--restart recomputes them)"
+        )
     flows = _candle_flows()
     with Progress(console=console) as progress:
         bar = progress.add_task(
@@ -310,14 +356,15 @@ def backfill_command(
         )
         for window in todo:
             request = requests[window]
-            run = flows.FLOWS[tf_.name](
+            metrics = flows.FLOWS[tf_.name](
                 window_start=window.start,
                 window_end=window.end,
                 trades_snapshot_id=request.trades_snapshot_id,
                 backfill_start=request.completes.start if request.completes else None,
-            ).run
-            progress_file.mark_done(window)
+            )
+            progress_file.mark_done(window, metrics.main_snapshot_id)
             progress.advance(bar)
+            run = metrics.run
             progress.console.print(
                 f"{window.start:%Y-%m-%d %H:%M}..{window.end:%Y-%m-%d %H:%M}: "
                 f"{run.trades_read} trades, {run.inserted} inserted, "

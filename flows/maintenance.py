@@ -7,6 +7,7 @@ snapshots, metadata files, manifests, data files and bytes before and after.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from pyspark.sql import SparkSession
 
 from core.tables import Tables
 from flows.pipeline import tables_for
+from flows.writers import one_writer
 from infra.session import session
 from settings import Settings
 from spark_jobs import maintenance
@@ -88,11 +90,15 @@ def ohlcv_maintenance_flow(tables: list[str] | None = None) -> list[TableMainten
     settings = Settings()
     names = maintenance.chosen_tables(tables)
     now = datetime.now(UTC)
+    results = []
     with session(settings) as spark:
-        results = [
-            maintain_table(spark, tables_for(settings), name, policy_for(settings), now)
-            for name in names
-        ]
+        for name in names:
+            # Candle tables have one writer at a time; trades' writer (ingestion) may append
+            # during a compaction: its commit is rebased, nothing conflicts.
+            with one_writer(settings, name) if name in maintenance.CANDLE_TABLES else nullcontext():
+                results.append(
+                    maintain_table(spark, tables_for(settings), name, policy_for(settings), now)
+                )
     create_table_artifact(
         key="ohlcv-maintenance", table=metrics_rows(results), description="table maintenance"
     )

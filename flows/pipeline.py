@@ -199,8 +199,8 @@ def validate(
 
     Returns the outcome without raising; :func:`reject_if_invalid` turns a failure into an
     error. Reconciliation gates publication only when the smaller timeframe has processed the
-    very same trades (equal watermarks); otherwise its candles may legitimately lag, and a
-    mismatch is reported in the data docs and the notes but does not block.
+    very same trades (equal, recorded watermarks); otherwise its candles may legitimately lag,
+    and a mismatch is reported in the data docs and the notes but does not block.
     """
     validation = Validation()
     if not run.written:
@@ -234,7 +234,11 @@ def validate(
     if source is not None and rollup_suite is not None and rolled is not None:
         validation.reconciliation = check(rollup_suite, rolled)
         source_watermark = watermark(spark, tables.candles(source))
-        validation.reconciliation_gating = source_watermark == run.watermark
+        # Gating needs proof that both reflect the same trades: two missing watermarks (say,
+        # a backfill of 5m before 1m ever ran) prove nothing.
+        validation.reconciliation_gating = (
+            source_watermark is not None and source_watermark == run.watermark
+        )
         if not validation.reconciliation.success and not validation.reconciliation_gating:
             validation.warnings.append(
                 f"{tf} differs from the rollup of {source}, whose published candles reflect "

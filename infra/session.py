@@ -1,7 +1,13 @@
-"""Opening Spark Connect sessions from settings."""
+"""Opening Spark Connect sessions from settings.
+
+The Connect client retries a call whose server is unreachable for ten minutes and more by
+default, so a run whose server died would hang on for longer than any schedule. Sessions made
+here retry within ``OHLCV_CONNECT_RETRY_S`` and log every retry; then the call fails.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,6 +15,7 @@ from contextlib import contextmanager
 from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 from pyspark.sql.connect.client.reattach import ExecutePlanResponseReattachableIterator
+from pyspark.sql.connect.client.retries import DefaultPolicy
 
 from infra.net import port_open
 from settings import Settings, redact
@@ -16,6 +23,41 @@ from settings import Settings, redact
 __all__ = ["ConnectError", "close", "connect", "redact", "session"]
 
 _HOST_PORT = re.compile(r"^sc://(?P<host>[^:/;]+)(?::(?P<port>\d+))?")
+log = logging.getLogger(__name__)
+
+
+class BoundedRetries(DefaultPolicy):
+    """The client's default retry rules, with backoffs that add up to at most ``budget_s``."""
+
+    _FIRST_S, _FACTOR, _CAP_S = 0.05, 4.0, 5.0
+
+    def __init__(self, budget_s: float, where: str) -> None:
+        retries, total, wait = 0, 0.0, self._FIRST_S
+        while total + min(wait, self._CAP_S) <= budget_s:
+            total += min(wait, self._CAP_S)
+            wait *= self._FACTOR
+            retries += 1
+        super().__init__(
+            max_retries=retries,
+            backoff_multiplier=self._FACTOR,
+            initial_backoff=int(self._FIRST_S * 1000),
+            max_backoff=int(self._CAP_S * 1000),
+            jitter=0,
+            recognize_server_retry_delay=False,
+        )
+        self.budget_s, self.where = budget_s, where
+
+    def can_retry(self, e: BaseException) -> bool:
+        retry = bool(super().can_retry(e))
+        if retry:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            log.warning(
+                "Spark Connect at %s: %s; retrying for up to %.0f s (OHLCV_CONNECT_RETRY_S)",
+                self.where,
+                first,
+                self.budget_s,
+            )
+        return retry
 
 
 class ConnectError(RuntimeError):
@@ -45,6 +87,7 @@ def connect(settings: Settings, *, tags: tuple[str, ...] = ()) -> SparkSession:
             "(or set SPARK_REMOTE to a running server)"
         )
     spark = SparkSession.builder.remote(remote).create()
+    spark.client.set_retry_policies([BoundedRetries(settings.connect_retry_s, redact(remote))])
     try:
         spark.conf.set("spark.sql.session.timeZone", "UTC")  # the first call to the server
     except PySparkException as e:

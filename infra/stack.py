@@ -124,6 +124,9 @@ def up(settings: Settings) -> StackStatus:
     if current.running:
         _wait_ready(settings, current.pid)
         return current
+    dead = _read_pid(settings)
+    if dead is not None and (proc := _STARTED.pop(dead, None)) is not None:
+        proc.wait(timeout=10)  # reap a server of ours that died (crashed, killed)
     if port_open(settings.connect_host, settings.connect_port):
         raise StackError(
             f"port {settings.connect_port} on {settings.connect_host} is used by another process: "

@@ -1,7 +1,10 @@
-"""De-duplication: which valid rows to keep, drop as exact duplicates, or reject as conflicting.
+"""De-duplication of trades (keep, drop as exact duplicates, reject as conflicting) and of rejects.
 
 A row's key is (exchange, symbol, trade_id) and its payload (price, quantity, side, ts). Rows are
 compared with the rows already stored in ``trades`` and with earlier rows of the same input.
+
+A reject is identified by its raw values as text and its reason (:data:`REJECT_IDENTITY`): one
+that is already in ``trades_rejected``, or earlier in the same input, is not appended again.
 """
 
 from __future__ import annotations
@@ -12,17 +15,28 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import (
+    AlwaysFalse,
     And,
     BooleanExpression,
     GreaterThanOrEqual,
     In,
+    IsNull,
     LessThanOrEqual,
+    Or,
     Reference,
 )
 from pyiceberg.expressions.literals import literal
 from pyiceberg.table import Table
 
-from ingest.parsing import _bools, _ints, _parse_amount, _parse_ts
+from ingest.parsing import _bools, _dictionary_codes, _ints, _parse_amount, _parse_ts
+from ingest.reading import REQUIRED_COLUMNS
+
+REJECT_IDENTITY = (*REQUIRED_COLUMNS, "reason")
+"""The ``trades_rejected`` columns whose values (nulls equal to nulls) make two rejects the same."""
+
+# PyIceberg checks file statistics against an In predicate of at most this many values; beyond
+# it, a range does that job.
+_IN_LIMIT = 200
 
 
 @dataclass
@@ -158,3 +172,92 @@ def _classify(batch: _Rows, stored: _Rows) -> tuple[np.ndarray, np.ndarray, np.n
     duplicate[b] = np.where(has_stored, equals_stored, ~in_conflict & ~is_first)
     conflict[b] = np.where(has_stored, ~equals_stored, in_conflict)
     return keep, duplicate, conflict
+
+
+# --------------------------------------------------------------------------------------------
+# Rejects
+
+# Most distinct values first: the columns that rule out the most stored rows at the least cost.
+_SELECTIVE_FIRST = ("ts", "trade_id", "price", "quantity", "symbol", "exchange", "side", "reason")
+
+
+def _text_column(table: pa.Table, name: str) -> pa.ChunkedArray:
+    return table[name].cast(pa.large_string())
+
+
+def _may_equal(name: str, values: pa.ChunkedArray) -> BooleanExpression:
+    """Rows whose ``name`` may be one of ``values``: one of them when they are few, else between
+    their smallest and largest; or null, when one of them is null."""
+    distinct = pc.unique(values)
+    present = distinct.drop_null()
+    column = Reference(name)
+    condition: BooleanExpression
+    if not len(present):
+        condition = AlwaysFalse()
+    elif len(present) <= _IN_LIMIT:
+        condition = In(term=column, values={literal(v) for v in present.to_pylist()})
+    else:
+        lo, hi = (bound.as_py() for bound in pc.min_max(present).values())
+        condition = And(
+            GreaterThanOrEqual(term=column, value=literal(lo)),
+            LessThanOrEqual(term=column, value=literal(hi)),
+        )
+    return Or(condition, IsNull(term=column)) if distinct.null_count else condition
+
+
+def reject_filter(rejects: pa.Table) -> BooleanExpression:
+    """A row filter passing every stored reject that may equal one of ``rejects``.
+
+    Each :data:`REJECT_IDENTITY` column must hold one of the values of ``rejects`` (or lie in
+    their range), so the scan skips data files whose column statistics rule that out: in
+    practice the files of other inputs, unless outliers widen the ranges.
+    """
+    return And(*(_may_equal(name, _text_column(rejects, name)) for name in _SELECTIVE_FIRST))
+
+
+def recorded_rejects(rejected: Table, rejects: pa.Table) -> pa.Table:
+    """The :data:`REJECT_IDENTITY` columns of stored rejects that may equal one of ``rejects``."""
+    if not rejects.num_rows or rejected.current_snapshot() is None:
+        return pa.table({name: pa.array([], pa.large_string()) for name in REJECT_IDENTITY})
+    scan = rejected.scan(row_filter=reject_filter(rejects), selected_fields=REJECT_IDENTITY)
+    return scan.to_arrow()
+
+
+def new_rejects(rejects: pa.Table, stored: pa.Table) -> np.ndarray:
+    """Mask over ``rejects``: the first of identical rejects, unless one is already ``stored``.
+
+    Both tables hold the :data:`REJECT_IDENTITY` columns as text. While there are more stored
+    rows than rejects (the stored rows of other inputs), those with a value that no reject has
+    are dropped first, one column at a time (hash lookups). Each remaining row becomes one
+    integer (the codes of its values into their distinct values, nulls with a code of their
+    own), so the comparison is a sort of integers, not of strings.
+    """
+    for name in _SELECTIVE_FIRST:
+        if stored.num_rows <= rejects.num_rows:
+            break  # further filtering could at most halve the work below
+        values = pc.unique(_text_column(rejects, name))
+        stored = stored.filter(
+            pc.is_in(_text_column(stored, name), value_set=values, skip_nulls=False)
+        )
+    n = rejects.num_rows
+    key = np.zeros(n + stored.num_rows, dtype=np.int64)
+    span = 1  # every key is below span
+    for name in REJECT_IDENTITY:
+        both = pa.chunked_array(
+            [*_text_column(rejects, name).chunks, *_text_column(stored, name).chunks],
+            pa.large_string(),
+        )
+        codes, distinct = _dictionary_codes(both)
+        width = len(distinct) + 1  # code -1 (null) becomes 0
+        if span > (2**63 - 1) // width:
+            # Renumber the keys seen so far densely: they are at most one per row.
+            _, key = np.unique(key, return_inverse=True)
+            span = int(key.max()) + 1
+        key = key * width + (codes + 1)
+        span *= width
+    batch = key[:n]
+    first = np.zeros(n, dtype=bool)
+    first[np.unique(batch, return_index=True)[1]] = True
+    if not stored.num_rows:
+        return first
+    return first & ~np.isin(batch, key[n:])

@@ -6,8 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
-from ingest.parsing import ParsedTrades
+from ingest.parsing import ParsedTrades, _lengths
+
+MAX_EXCHANGE_LENGTH = 64
+"""Longest accepted exchange name, in characters (code points) after stripping whitespace."""
+MAX_SYMBOL_LENGTH = 64
+"""Longest accepted symbol, in characters (code points) after stripping whitespace."""
 
 
 @dataclass(frozen=True)
@@ -20,10 +26,25 @@ class TsBounds:
 
 _Check = Callable[[ParsedTrades, TsBounds], np.ndarray]
 
+
+def _longer_than(codes: np.ndarray, values: pa.Array, limit: int) -> np.ndarray:
+    """Rows whose stripped value (``codes`` into ``values``, -1 = none) exceeds ``limit``.
+
+    Measured once per distinct value, not once per row.
+    """
+    too_long = np.append(_lengths(values) > limit, False)  # index -1 (missing) picks False
+    return too_long[codes]
+
+
 # Order matters: a row gets the first reason that applies.
 RULES: tuple[tuple[str, _Check], ...] = (
     ("missing_exchange", lambda t, _: t.exchange_codes < 0),
+    (
+        "exchange_too_long",
+        lambda t, _: _longer_than(t.exchange_codes, t.exchanges, MAX_EXCHANGE_LENGTH),
+    ),
     ("missing_symbol", lambda t, _: t.symbol_codes < 0),
+    ("symbol_too_long", lambda t, _: _longer_than(t.symbol_codes, t.symbols, MAX_SYMBOL_LENGTH)),
     ("missing_trade_id", lambda t, _: t.trade_id.missing),
     ("invalid_trade_id", lambda t, _: t.trade_id.invalid),
     ("missing_price", lambda t, _: t.price.missing),

@@ -1,7 +1,8 @@
 """Ingest: validate raw trades and append them to Iceberg with PyIceberg (no Spark).
 
 Every input row ends up in exactly one place: appended to ``trades``, dropped as an exact
-duplicate of a row already kept, or appended to ``trades_rejected`` with one reason code.
+duplicate of a row already kept, or recorded in ``trades_rejected`` with one reason code (appended,
+unless an identical reject is recorded already).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from core.tables import (
     trades_arrow_schema,
 )
 from core.time import duration_us, to_us, utc
-from ingest.dedup import _classify, _Rows, _stored_rows
+from ingest.dedup import _classify, _Rows, _stored_rows, new_rejects, recorded_rejects
 from ingest.parsing import (
     ParsedTrades,
     _Column,
@@ -44,8 +45,13 @@ class IngestResult:
     accepted: int
     duplicates: int
     rejected: int
+    """Every rejected input row, whether appended to ``trades_rejected`` now or not."""
     rejected_by_reason: dict[str, int]
-    """Non-zero counts only, in rule order."""
+    """Non-zero counts only, in rule order; they add up to ``rejected``."""
+    rejects_already_recorded: int
+    """Of ``rejected``, the rows not appended because an identical reject (same raw values and
+    reason) is in ``trades_rejected`` already or earlier in this input; the other
+    ``rejected - rejects_already_recorded`` rows were appended."""
     trades_snapshot_id: int | None
     """Snapshot of the ``trades`` append; None when nothing was appended."""
 
@@ -85,8 +91,16 @@ def ingest(
     a different payload are conflicting: when one version is already stored, the others are
     rejected; when none is stored, every version is rejected, since none can be trusted.
 
-    ``trades`` is only ever appended to (one commit, before the rejects' commit, so a crash in
-    between is repaired by ingesting the same input again).
+    Rejects are recorded once: a reject whose raw values (as text, nulls equal to nulls) and
+    reason equal those of a row already in ``trades_rejected``, or of an earlier reject of the
+    same input, is counted in ``rejected`` and ``rejects_already_recorded`` but not appended.
+    Identical bad rows within one input are therefore stored as one row.
+
+    ``trades`` is only ever appended to, in one commit before the one of the rejects, and
+    ingesting the same input again (with the same ``now``) is a no-op for both tables. So a crash
+    between the two commits is fully repaired by ingesting the same input again: its accepted
+    rows are now exact duplicates of the stored ones and are dropped, and it finds the same
+    rejects, none of them recorded yet, and appends each once.
 
     Args:
         catalog: PyIceberg catalog holding the tables made by ``ensure_tables``.
@@ -128,6 +142,7 @@ def ingest(
         ts=parsed.ts.us[valid],
     )
     trades = catalog.load_table((namespace, TRADES))
+    rejected_table = catalog.load_table((namespace, TRADES_REJECTED))
     stored = _stored_rows(trades, batch, parsed.exchanges, parsed.symbols)
     keep, duplicate, conflict = _classify(batch, stored)
     reason[valid[conflict]] = CONFLICT_CODE
@@ -143,11 +158,18 @@ def ingest(
             f"{duplicates} duplicates + {len(rejected_idx)} rejected out; nothing was written"
         )
 
+    # Rejects (and which of them are new) are worked out before anything is written.
+    rejects = _rejected_table(columns, rejected_idx, reason, source, now_us)
+    fresh = new_rejects(rejects, recorded_rejects(rejected_table, rejects))
+    already_recorded = len(rejected_idx) - int(np.count_nonzero(fresh))
+    rejects = rejects.filter(pa.array(fresh, type=pa.bool_()))
+
     summary = {
         "ohlcv.ingest.source": source,
         "ohlcv.ingest.rows-in": str(n),
         "ohlcv.ingest.duplicates": str(duplicates),
         "ohlcv.ingest.rejected": str(len(rejected_idx)),
+        "ohlcv.ingest.rejects-already-recorded": str(already_recorded),
     }
     snapshot_id: int | None = None
     if len(accepted_idx):
@@ -156,11 +178,8 @@ def ingest(
         snapshot = trades.current_snapshot()
         assert snapshot is not None
         snapshot_id = snapshot.snapshot_id
-    if len(rejected_idx):
-        rejects = _rejected_table(columns, rejected_idx, reason, source, now_us)
-        catalog.load_table((namespace, TRADES_REJECTED)).append(
-            rejects, snapshot_properties=summary
-        )
+    if rejects.num_rows:
+        rejected_table.append(rejects, snapshot_properties=summary)
 
     return IngestResult(
         rows_in=n,
@@ -168,6 +187,7 @@ def ingest(
         duplicates=duplicates,
         rejected=len(rejected_idx),
         rejected_by_reason=by_reason,
+        rejects_already_recorded=already_recorded,
         trades_snapshot_id=snapshot_id,
     )
 

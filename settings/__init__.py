@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     local_cores: int = Field(default=0, ge=0, description="0 = all cores of this machine.")
     shuffle_partitions: int = Field(default=4, ge=1)
     server_start_timeout_s: float = Field(default=180.0, gt=0)
+    connect_retry_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a Spark Connect call retries an unreachable server before it "
+        "fails (the client's own default is over ten minutes).",
+    )
     ui_port: int = Field(default=4040, ge=1, le=65535, description="Spark UI of the local server")
     workers: int = Field(
         default=0,
@@ -124,6 +130,19 @@ class Settings(BaseSettings):
         ge=24,
         description="Maintenance removes unreferenced files older than this (>= 24 h: a "
         "running writer's files look orphaned until it commits).",
+    )
+
+    # One writer per table (a lease on a Prefect global concurrency limit)
+    writer_wait_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="How long a writer waits for another writer of the same table.",
+    )
+    writer_lease_s: float = Field(
+        default=60.0,
+        ge=60,
+        description="Lease of a writer's slot, renewed while it runs: a crashed writer's slot "
+        "is free again after at most this long (Prefect's minimum is 60 s).",
     )
 
     # Orchestration (Prefect task defaults; tests shorten them)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -38,7 +38,7 @@ from core.time import from_us, utc
 from core.timeframes import TIMEFRAMES
 from spark_jobs.snapshots import progress_snapshot, protected_trades_snapshots
 
-_CANDLE_TABLES = {tf.table: tf for tf in TIMEFRAMES.values()}
+CANDLE_TABLES = {tf.table: tf for tf in TIMEFRAMES.values()}
 
 
 @dataclass(frozen=True)
@@ -130,12 +130,18 @@ def maintain_table(
     spark: SparkSession, tables: Tables, name: str, policy: MaintenancePolicy, now: datetime
 ) -> TableMaintenance:
     """Expire snapshots, compact sealed partitions, rewrite manifests (``trades``), remove
-    orphan files; see the module docstring."""
+    orphan files; see the module docstring.
+
+    ``now`` is the present of the data: partitions before it (minus a margin) are sealed. Ages
+    of snapshots and files are measured on the wall clock, as their commit and modification
+    times are (the two differ only when replaying market time, as the soak bench does).
+    """
     now = utc(now)
+    wall = datetime.now(UTC)
     started = time.monotonic()
     table = tables.name(name)
     done = TableMaintenance(name, table_state(spark, table), table_state(spark, table))
-    older_than = now - policy.snapshot_age
+    older_than = wall - policy.snapshot_age
     keep_from = _oldest_needed(spark, tables, name)
     if keep_from is not None and keep_from < older_than:
         done.notes.append(
@@ -150,7 +156,7 @@ def maintain_table(
     )
     if name == TRADES and (done.before.manifests > policy.max_manifests or done.files_compacted):
         done.manifests_rewritten = _rewrite_manifests(spark, tables, name)
-    done.orphans_removed = _remove_orphans(spark, tables, name, now - policy.orphan_age)
+    done.orphans_removed = _remove_orphans(spark, tables, name, wall - policy.orphan_age)
     done.after = table_state(spark, table)
     done.seconds = round(time.monotonic() - started, 2)
     return done
@@ -176,7 +182,7 @@ def _oldest_needed(spark: SparkSession, tables: Tables, name: str) -> datetime |
     table = tables.name(name)
     if name == TRADES:
         needed = protected_trades_snapshots(spark, tables)
-    elif name in _CANDLE_TABLES:
+    elif name in CANDLE_TABLES:
         needed = {s for s in (progress_snapshot(spark, table)[0],) if s is not None}
     else:
         return None
@@ -195,11 +201,11 @@ def _oldest_needed(spark: SparkSession, tables: Tables, name: str) -> datetime |
 def _sealed(name: str, now: datetime) -> tuple[str, datetime]:
     """(column, boundary): partitions wholly before the boundary are no longer written to by
     a scheduled run (late trades still may; a compaction never loses them, see above)."""
-    if name not in _CANDLE_TABLES:
+    if name not in CANDLE_TABLES:
         yesterday = now - timedelta(days=1)
         column = "ts" if name == TRADES else "rejected_at"
         return column, yesterday.replace(hour=0, minute=0, second=0, microsecond=0)
-    tf = _CANDLE_TABLES[name]
+    tf = CANDLE_TABLES[name]
     reach = now - tf.lookback - timedelta(days=1)
     start = reach.replace(minute=0, second=0, microsecond=0)
     if tf.partition in ("day", "month", "year"):

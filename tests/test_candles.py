@@ -140,8 +140,14 @@ def test_backfill_in_chunks_equals_oracle(
     assert len(results) == 6  # 4 hours in 45-minute chunks
     assert sum(r.inserted for r in results) == len(expected_candles(trades, tf))
     assert_matches_oracle(spark, tables, trades, [tf])
-    # A backfill does not claim to have processed the trades: the next refresh still checks them.
-    assert snapshots.watermark(spark, tables.candles(tf)) is None
+    # The backfill covered every trade of the snapshot it read, so it records that snapshot as
+    # the watermark (and only then): the next refresh has no new trade to read.
+    trades_snapshot = snapshots.main_snapshot_id(spark, tables.trades)
+    assert results[0].trades_snapshot_id == results[-1].trades_snapshot_id == trades_snapshot
+    assert [r.watermark for r in results] == [None] * 5 + [trades_snapshot]
+    assert snapshots.watermark(spark, tables.candles(tf)) == trades_snapshot
+    assert jobs.refresh_candles(spark, tables, tf, now=end).new_trades == 0
+    assert_matches_oracle(spark, tables, trades, [tf])
 
 
 def test_packed_and_struct_ordering_keys_agree(spark: SparkSession) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 import urllib.request
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -19,7 +21,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from typer.testing import CliRunner
 
-from core.tables import Tables
+from core.tables import Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
 from flows import candle_flows, pipeline
 from flows import maintenance as maintenance_flow
@@ -303,3 +305,101 @@ def test_after_an_outage_one_catch_up_run_covers_the_backlog(
     assert results[2].published
     table = tables.candles(ONE_MINUTE)
     assert not diff(expected_candles(trades, ONE_MINUTE), stored_candles(spark, table))
+
+
+def test_backfill_progress_belongs_to_its_table_and_is_checked_against_it(
+    spark: SparkSession,
+    catalog: Catalog,
+    tables: Tables,
+    flow_env: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(56)
+    end = START + timedelta(hours=2)
+    trades = random_trades(rng, START, end, 300, first_id=1)
+    deliver(catalog, tables, trades, now=end)
+    five = TIMEFRAMES["5m"]
+    args = ["backfill", "5m", "--start", START.isoformat(), "--end", end.isoformat()]
+    args += ["--chunk", "1h"]
+    runner = CliRunner()
+
+    def backfill(*extra: str) -> str:
+        result = runner.invoke(app, [*args, *extra])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "resuming" not in backfill()
+    assert "resuming: 2 of 2 chunks already done" in backfill()
+    # When: the same command runs against another namespace holding the same trades
+    other = Tables(tables.catalog, f"t_{uuid.uuid4().hex[:12]}")
+    ensure_tables(catalog, other.namespace)
+    deliver(catalog, other, trades, now=end)
+    monkeypatch.setenv("OHLCV_NAMESPACE", other.namespace)
+    # Then: nothing is skipped there
+    assert "resuming" not in backfill()
+    assert not diff(expected_candles(trades, five), stored_candles(spark, other.candles(five)))
+    # When: that table is dropped and recreated, the backfill is not "already done" either
+    catalog.drop_table((other.namespace, five.table))
+    ensure_tables(catalog, other.namespace)
+    assert "resuming" not in backfill()
+    assert not diff(expected_candles(trades, five), stored_candles(spark, other.candles(five)))
+    # And: --restart recomputes a finished backfill (everything unchanged)
+    output = backfill("--restart")
+    unchanged = [int(n) for n in re.findall(r"(\d+)\s+unchanged", output)]
+    assert "resuming" not in output and len(unchanged) == 2 and all(unchanged), output
+
+
+def test_two_writers_of_one_table_never_overlap(
+    spark: SparkSession,
+    catalog: Catalog,
+    tables: Tables,
+    flow_env: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(57)
+    now = START + timedelta(minutes=40)
+    trades = random_trades(rng, START, now, 300, first_id=1)
+    deliver(catalog, tables, trades, now=now)
+    generate = pipeline.generate
+    inside, release = threading.Event(), threading.Event()
+    generated = {"n": 0}
+
+    def holding(*args: Any, **kwargs: Any) -> jobs.RunResult:
+        # The first writer stops right after its MERGE, holding the table.
+        run = generate(*args, **kwargs)
+        generated["n"] += 1
+        if generated["n"] == 1:
+            inside.set()
+            release.wait(120)
+        return run
+
+    monkeypatch.setattr(pipeline, "generate", holding)
+    outcome: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: outcome.update(first=FLOWS["1m"](at=now)))
+    first.start()
+    assert inside.wait(180), "the first writer never reached its MERGE"
+
+    # When: a second writer comes and is not willing to wait
+    monkeypatch.setenv("OHLCV_WRITER_WAIT_S", "2")
+    refused = cast(State[Any], FLOWS["1m"](at=now, return_state=True))
+    # Then: it is refused with a message, having written nothing
+    assert refused.is_failed()
+    message = str(refused.result(raise_on_failure=False))
+    assert "another writer" in message and "nothing was written" in message
+    assert generated["n"] == 1
+
+    # When: a third writer is willing to wait, it queues until the first is done
+    monkeypatch.setenv("OHLCV_WRITER_WAIT_S", "120")
+    third = threading.Thread(target=lambda: outcome.update(third=FLOWS["1m"](at=now)))
+    third.start()
+    time.sleep(3)
+    assert generated["n"] == 1, "the third writer ran while the first held the table"
+    release.set()
+    first.join(180)
+    third.join(180)
+    # Then: both published in turn: the first its candles, the third nothing new
+    assert outcome["first"].published and generated["n"] == 2
+    assert outcome["third"].run.new_trades == 0
+    table = tables.candles(ONE_MINUTE)
+    stored = stored_candles(spark, table)  # raises on a duplicate candle
+    assert not diff(expected_candles(trades, ONE_MINUTE), stored)

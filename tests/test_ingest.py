@@ -22,14 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from pyiceberg.catalog import Catalog
+from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Operation
 
 from core.tables import TRADES, TRADES_REJECTED, ensure_tables
 from infra.catalog import open_catalog
 from ingest import (
+    MAX_EXCHANGE_LENGTH,
+    MAX_SYMBOL_LENGTH,
     REASONS,
     REQUIRED_COLUMNS,
     IngestResult,
@@ -39,12 +43,16 @@ from ingest import (
     read_trades_file,
 )
 from ingest import demo as demo_data
+from ingest.dedup import REJECT_IDENTITY, new_rejects, reject_filter
 from settings import CatalogType, Settings
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 MIN_TS = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_FUTURE = timedelta(minutes=5)
 EIGHT_PLACES = Decimal("0.00000001")
+# The documented limits (README), restated: characters after stripping surrounding whitespace.
+EXCHANGE_LIMIT = 64
+SYMBOL_LIMIT = 64
 
 Row = dict[str, Any]
 
@@ -99,6 +107,7 @@ def run(catalog: Catalog, namespace: str, raw: pa.Table, **kwargs: Any) -> Inges
     assert result.rows_in == raw.num_rows
     assert result.rows_in == result.accepted + result.duplicates + result.rejected
     assert sum(result.rejected_by_reason.values()) == result.rejected
+    assert 0 <= result.rejects_already_recorded <= result.rejected
     return result
 
 
@@ -125,6 +134,18 @@ def stored_trades(catalog: Catalog, namespace: str) -> set[tuple[Any, ...]]:
         (r["exchange"], r["symbol"], r["trade_id"], r["price"], r["quantity"], r["side"], r["ts"])
         for r in read(catalog, namespace, TRADES)
     }
+
+
+RejectKey = tuple[Any, ...]
+"""A reject's identity: its raw values (in REQUIRED_COLUMNS order) and its reason."""
+
+
+def stored_rejects(catalog: Catalog, namespace: str) -> Counter[RejectKey]:
+    """How often each reject identity is in ``trades_rejected``."""
+    return Counter(
+        (*(r[c] for c in REQUIRED_COLUMNS), r["reason"])
+        for r in read(catalog, namespace, TRADES_REJECTED)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,8 +194,12 @@ def first_reason(row: Row, now: datetime = NOW) -> str | None:
     """The documented rule order, evaluated on one row."""
     if _is_blank(row["exchange"]):
         return "missing_exchange"
+    if len(str(row["exchange"]).strip()) > EXCHANGE_LIMIT:
+        return "exchange_too_long"
     if _is_blank(row["symbol"]):
         return "missing_symbol"
+    if len(str(row["symbol"]).strip()) > SYMBOL_LIMIT:
+        return "symbol_too_long"
     trade_id = _number(row["trade_id"])
     if trade_id is None:
         return "missing_trade_id"
@@ -225,13 +250,33 @@ def payload_of(row: Row) -> tuple[Any, ...]:
 
 
 @dataclass
+class _Expected:
+    """The oracle's verdict on one ingest."""
+
+    accepted: list[Row]
+    duplicates: int
+    reasons: list[str]
+    """The reason of each rejected row, in input order."""
+    appended_rejects: list[RejectKey]
+    """The rejects to append: each identity not recorded before, once, in input order."""
+
+    @property
+    def already_recorded(self) -> int:
+        return len(self.reasons) - len(self.appended_rejects)
+
+
+@dataclass
 class _Oracle:
-    """Expected outcome of a sequence of ingests into one namespace."""
+    """Expected outcome of a sequence of ingests into one namespace.
+
+    Raw values must be text or None (as in ``text_table``), or typed values whose text is as
+    unique as they are, so that equal raw values here mean equal text in ``trades_rejected``.
+    """
 
     stored: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
+    recorded: set[RejectKey] = field(default_factory=set)
 
-    def ingest(self, rows: list[Row], now: datetime = NOW) -> tuple[list[Row], int, list[str]]:
-        """(accepted rows, duplicates, reason per rejected row in input order)."""
+    def ingest(self, rows: list[Row], now: datetime = NOW) -> _Expected:
         reasons = [first_reason(row, now) for row in rows]
         by_key: dict[tuple[str, str, int], list[int]] = defaultdict(list)
         for i, row in enumerate(rows):
@@ -253,7 +298,15 @@ class _Oracle:
                 accepted.append(rows[members[0]])
                 duplicates += len(members) - 1
                 self.stored[key] = payload_of(rows[members[0]])
-        return accepted, duplicates, [r for r in reasons if r is not None]
+        appended = []
+        for row, reason in zip(rows, reasons, strict=True):
+            if reason is None:
+                continue
+            identity = (*(row[c] for c in REQUIRED_COLUMNS), reason)
+            if identity not in self.recorded:
+                self.recorded.add(identity)
+                appended.append(identity)
+        return _Expected(accepted, duplicates, [r for r in reasons if r is not None], appended)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,8 +315,12 @@ class _Oracle:
 REASON_CASES: list[tuple[str, Row]] = [
     ("missing_exchange", text_row(exchange="   ")),
     ("missing_exchange", text_row(exchange=None)),
+    ("exchange_too_long", text_row(exchange="E" * (EXCHANGE_LIMIT + 1))),
+    ("exchange_too_long", text_row(exchange=" " + "é" * (EXCHANGE_LIMIT + 1) + " ")),
     ("missing_symbol", text_row(symbol="")),
     ("missing_symbol", text_row(symbol=None)),
+    ("symbol_too_long", text_row(symbol="S" * (SYMBOL_LIMIT + 1))),
+    ("symbol_too_long", text_row(symbol="S" * 10_000)),
     ("missing_trade_id", text_row(trade_id="")),
     ("invalid_trade_id", text_row(trade_id="-5")),
     ("invalid_trade_id", text_row(trade_id="7.5")),
@@ -341,6 +398,10 @@ def test_first_applicable_reason_wins(iceberg: Catalog, namespace: str) -> None:
         text_row(trade_id="4", quantity="0", price="1.123456789"),  # non_positive_quantity
         text_row(trade_id="5", side="x", ts="2099-01-01T00:00:00Z"),  # invalid_side first
         text_row(trade_id="-1", price=""),  # invalid_trade_id before missing_price
+        text_row(trade_id="6", exchange="E" * 65, symbol=""),  # too long before missing_symbol
+        text_row(trade_id="7", symbol="S" * 65, price="-1"),  # symbol_too_long first
+        text_row(trade_id="8", exchange=" ", symbol="S" * 65),  # missing before too long
+        text_row(trade_id="", symbol="S" * 65),  # symbol_too_long before missing_trade_id
     ]
     run(iceberg, namespace, text_table(rows))
     got = {r["trade_id"]: r["reason"] for r in read(iceberg, namespace, TRADES_REJECTED)}
@@ -351,6 +412,10 @@ def test_first_applicable_reason_wins(iceberg: Catalog, namespace: str) -> None:
         "4": "non_positive_quantity",
         "5": "invalid_side",
         "-1": "invalid_trade_id",
+        "6": "exchange_too_long",
+        "7": "symbol_too_long",
+        "8": "missing_exchange",
+        "": "symbol_too_long",
     }
 
 
@@ -402,12 +467,13 @@ def test_conflicting_versions_in_one_file_are_all_rejected(
     result = run(iceberg, namespace, text_table(rows))
     assert (result.accepted, result.duplicates, result.rejected) == (1, 0, 5)
     assert result.rejected_by_reason == {"conflicting_duplicate": 5}
+    assert result.rejects_already_recorded == 1  # the exact copy is recorded once
     assert [(r["symbol"], r["trade_id"]) for r in read(iceberg, namespace, TRADES)] == [
         ("ETH-USD", 9)
     ]
     rejected = read(iceberg, namespace, TRADES_REJECTED)
     assert Counter((r["trade_id"], r["price"], r["side"]) for r in rejected) == Counter(
-        {("9", "100", "buy"): 2, ("9", "101", "buy"): 1, ("10", "65000.5", "sell"): 1,
+        {("9", "100", "buy"): 1, ("9", "101", "buy"): 1, ("10", "65000.5", "sell"): 1,
          ("10", "65000.5", "buy"): 1}
     )  # fmt: skip
 
@@ -440,24 +506,293 @@ def test_trades_is_only_ever_appended(iceberg: Catalog, namespace: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Text length limits
+
+
+def test_text_length_limits(iceberg: Catalog, namespace: str) -> None:
+    at_limit_exchange = "E" * EXCHANGE_LIMIT
+    at_limit_symbol = "S" * (SYMBOL_LIMIT - 1) + "€"  # characters, not bytes (66 bytes)
+    huge_symbol = "S" * 10_000
+    long_exchange = "E" * (EXCHANGE_LIMIT + 1)
+    rows = [
+        text_row(trade_id="1", exchange=at_limit_exchange, symbol=at_limit_symbol),
+        # Surrounding whitespace is stripped before measuring and storing: a re-delivery.
+        text_row(trade_id="1", exchange=f"  {at_limit_exchange}\t", symbol=f" {at_limit_symbol} "),
+        text_row(trade_id="3", symbol=huge_symbol),
+        text_row(trade_id="4", exchange=long_exchange),
+        text_row(trade_id="5", exchange=long_exchange, symbol=huge_symbol),  # exchange first
+    ]
+    result = run(iceberg, namespace, text_table(rows), source="long.csv")
+    assert (result.accepted, result.duplicates, result.rejected) == (1, 1, 3)
+    assert result.rejected_by_reason == {"exchange_too_long": 2, "symbol_too_long": 1}
+    assert [first_reason(r) for r in rows] == [
+        None, None, "symbol_too_long", "exchange_too_long", "exchange_too_long"
+    ]  # fmt: skip
+    ((exchange, symbol, trade_id, *_),) = stored_trades(iceberg, namespace)
+    assert (exchange, symbol, trade_id) == (at_limit_exchange, at_limit_symbol, 1)
+    rejected = {r["trade_id"]: r for r in read(iceberg, namespace, TRADES_REJECTED)}
+    assert set(rejected) == {"3", "4", "5"}
+    assert rejected["3"] == {
+        **rows[2], "reason": "symbol_too_long", "source": "long.csv", "rejected_at": NOW
+    }  # fmt: skip
+    assert len(rejected["3"]["symbol"]) == 10_000  # the raw value in full
+    assert (rejected["4"]["exchange"], rejected["4"]["reason"]) == (
+        long_exchange,
+        "exchange_too_long",
+    )
+    assert (rejected["5"]["exchange"], rejected["5"]["symbol"]) == (long_exchange, huge_symbol)
+
+
+def test_length_limits_are_the_documented_ones() -> None:
+    assert (MAX_EXCHANGE_LENGTH, MAX_SYMBOL_LENGTH) == (EXCHANGE_LIMIT, SYMBOL_LIMIT)
+    reasons = list(REASONS)
+    assert reasons.index("exchange_too_long") == reasons.index("missing_exchange") + 1
+    assert reasons.index("symbol_too_long") == reasons.index("missing_symbol") + 1
+
+
+# --------------------------------------------------------------------------------------------
+# Rejects are recorded once
+
+
+def _mixed_input() -> list[Row]:
+    """Good rows, and bad rows of several reasons, with nulls and a conflicting pair."""
+    return [
+        text_row(trade_id="1"),
+        text_row(trade_id="2", side="sell"),
+        text_row(trade_id="3", price="-1"),
+        text_row(trade_id="4", price=None),
+        text_row(trade_id="4", price=""),  # "" is not null: another reject
+        text_row(trade_id="5", exchange=None, symbol=None),
+        text_row(trade_id="6", symbol="S" * 10_000),
+        text_row(trade_id="7", price="10"),
+        text_row(trade_id="7", price="11"),  # conflicts: both versions rejected
+        text_row(trade_id=None, ts="2099-01-01T00:00:00Z"),
+    ]
+
+
+def test_same_input_twice_records_its_rejects_once(iceberg: Catalog, namespace: str) -> None:
+    rows = _mixed_input()
+    first = run(iceberg, namespace, text_table(rows), source="a.csv")
+    assert (first.accepted, first.duplicates, first.rejected) == (2, 0, 8)
+    assert first.rejects_already_recorded == 0
+    rejects = stored_rejects(iceberg, namespace)
+    assert rejects == Counter(
+        (*(r[c] for c in REQUIRED_COLUMNS), reason)
+        for r, reason in zip(rows, (first_reason(r) for r in rows), strict=True)
+        if reason is not None or r["trade_id"] == "7"
+        for reason in [reason or "conflicting_duplicate"]
+    )
+    assert sum(rejects.values()) == 8
+    trades_before = stored_trades(iceberg, namespace)
+    snapshots = snapshot_ids(iceberg, namespace)
+
+    # The same input again, even from another path: nothing is appended to either table.
+    again = run(iceberg, namespace, text_table(rows), source="b.csv")
+    assert (again.accepted, again.duplicates, again.rejected) == (0, 2, 8)
+    assert again.rejected_by_reason == first.rejected_by_reason
+    assert again.rejects_already_recorded == 8
+    assert again.trades_snapshot_id is None
+    assert snapshot_ids(iceberg, namespace) == snapshots  # no commit at all
+    assert stored_rejects(iceberg, namespace) == rejects
+    assert stored_trades(iceberg, namespace) == trades_before
+
+    # A partly new input: only what is new is appended.
+    new_bad = text_row(trade_id="8", quantity="0")
+    partly = run(iceberg, namespace, text_table([*rows[2:5], new_bad]), source="c.csv")
+    assert (partly.rejected, partly.rejects_already_recorded) == (4, 1 + 2)
+    assert stored_rejects(iceberg, namespace) - rejects == Counter(
+        {(*new_bad.values(), "non_positive_quantity"): 1}
+    )
+
+
+def test_same_raw_values_with_another_reason_are_another_reject(
+    iceberg: Catalog, namespace: str
+) -> None:
+    future = text_row(trade_id="9", ts="2024-06-01T12:10:00Z")
+    first = run(iceberg, namespace, text_table([future]))
+    assert first.rejected_by_reason == {"ts_in_future": 1}
+    # An hour later the row is no longer in the future, but conflicts with another version;
+    # another row in the future makes the stored ts_in_future rejects a candidate match.
+    later = NOW + timedelta(hours=1)
+    other = {**future, "price": "1"}
+    further = text_row(trade_id="10", ts="2024-06-01T14:00:00Z")
+    second = run(iceberg, namespace, text_table([future, other, further]), now=later)
+    assert (second.rejected_by_reason, second.rejects_already_recorded) == (
+        {"conflicting_duplicate": 2, "ts_in_future": 1},
+        0,
+    )
+    assert stored_rejects(iceberg, namespace) == Counter(
+        {
+            (*future.values(), "ts_in_future"): 1,
+            (*future.values(), "conflicting_duplicate"): 1,
+            (*other.values(), "conflicting_duplicate"): 1,
+            (*further.values(), "ts_in_future"): 1,
+        }
+    )
+
+
+def test_identical_bad_rows_in_one_input_are_recorded_once(
+    iceberg: Catalog, namespace: str
+) -> None:
+    bad = text_row(trade_id="3", side="hold")
+    no_symbol = text_row(trade_id="4", symbol=None, price=None)
+    rows = [
+        bad,
+        text_row(trade_id="1"),
+        bad,
+        no_symbol,
+        {**bad, "side": "hold "},  # other raw text: another reject
+        no_symbol,  # nulls equal nulls
+        bad,
+    ]
+    result = run(iceberg, namespace, text_table(rows))
+    assert (result.accepted, result.rejected, result.rejects_already_recorded) == (1, 6, 3)
+    assert result.rejected_by_reason == {"invalid_side": 4, "missing_symbol": 2}
+    assert stored_rejects(iceberg, namespace) == Counter(
+        {
+            (*bad.values(), "invalid_side"): 1,
+            (*{**bad, "side": "hold "}.values(), "invalid_side"): 1,
+            (*no_symbol.values(), "missing_symbol"): 1,
+        }
+    )
+    again = run(iceberg, namespace, text_table(rows))
+    assert (again.rejected, again.rejects_already_recorded) == (6, 6)
+    assert sum(stored_rejects(iceberg, namespace).values()) == 3
+
+
+def test_crash_between_the_commits_is_repaired_by_ingesting_again(
+    iceberg: Catalog, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = _mixed_input()
+    append = Table.append
+
+    def crash_on_rejects(self: Table, *args: Any, **kwargs: Any) -> None:
+        if self.name()[-1] == TRADES_REJECTED:
+            raise RuntimeError("crashed between the commits")
+        append(self, *args, **kwargs)
+
+    # Given an ingest that crashed after committing trades, before committing its rejects
+    with monkeypatch.context() as patch:
+        patch.setattr(Table, "append", crash_on_rejects)
+        with pytest.raises(RuntimeError, match="between the commits"):
+            run(iceberg, namespace, text_table(rows))
+    trades_snapshot, rejects_snapshot = snapshot_ids(iceberg, namespace)
+    assert trades_snapshot is not None and rejects_snapshot is None
+    trades_before = stored_trades(iceberg, namespace)
+    assert {trade_id for _, _, trade_id, *_ in trades_before} == {1, 2}
+
+    # When the same input is ingested again
+    repair = run(iceberg, namespace, text_table(rows))
+    # Then no trade is appended and every reject is appended once
+    assert (repair.accepted, repair.duplicates, repair.rejected) == (0, 2, 8)
+    assert repair.rejects_already_recorded == 0
+    assert snapshot_ids(iceberg, namespace)[0] == trades_snapshot
+    assert stored_trades(iceberg, namespace) == trades_before
+    rejects = stored_rejects(iceberg, namespace)
+    assert sum(rejects.values()) == 8 and max(rejects.values()) == 1
+
+    # And a third run changes nothing
+    snapshots = snapshot_ids(iceberg, namespace)
+    third = run(iceberg, namespace, text_table(rows))
+    assert (third.accepted, third.rejects_already_recorded) == (0, 8)
+    assert snapshot_ids(iceberg, namespace) == snapshots
+    assert stored_rejects(iceberg, namespace) == rejects
+
+
+def test_rejects_with_many_distinct_values_are_recorded_once(
+    iceberg: Catalog, namespace: str
+) -> None:
+    # More distinct values than the scan filter lists: it filters on their ranges instead.
+    rows = [
+        text_row(trade_id=str(i), exchange=f"x{i % 300}", symbol=f"S{i}-USD", price="0")
+        for i in range(600)
+    ]
+    first = run(iceberg, namespace, text_table(rows))
+    assert (first.rejected, first.rejects_already_recorded) == (600, 0)
+    again = run(iceberg, namespace, text_table([*rows, text_row(price="0")]))
+    assert (again.rejected, again.rejects_already_recorded) == (601, 600)
+    assert sum(stored_rejects(iceberg, namespace).values()) == 601
+
+
+def test_reject_scan_skips_the_files_of_other_inputs(iceberg: Catalog, namespace: str) -> None:
+    # Three inputs of 300 bad rows each (more values than an In list), on different days.
+    for day in (1, 2, 3):
+        rows = [
+            text_row(trade_id=str(day * 10_000 + i), price="0", ts=f"2024-05-0{day}T10:00:00Z")
+            for i in range(300)
+        ]
+        run(iceberg, namespace, text_table(rows), source=f"day-{day}")
+    rejected = iceberg.load_table((namespace, TRADES_REJECTED))
+    everything = rejected.scan().to_arrow()
+    assert len(list(rejected.scan().plan_files())) == 3
+    day_2 = everything.filter(pc.equal(everything["source"], "day-2"))
+    batch = day_2.select(list(REJECT_IDENTITY))
+    scan = rejected.scan(row_filter=reject_filter(batch), selected_fields=REJECT_IDENTITY)
+    assert len(list(scan.plan_files())) == 1
+    assert scan.to_arrow().sort_by("trade_id").equals(batch.sort_by("trade_id"))
+
+
+def test_new_rejects_matches_a_set_based_restatement() -> None:
+    # Many distinct values per column, so the row keys are renumbered to stay in int64.
+    rng = random.Random(7)
+    names = (*REQUIRED_COLUMNS, "reason")
+
+    def value(column: str) -> str | None:
+        if rng.random() < 0.1:
+            return None
+        return f"{column}{rng.randrange(4 if column in ('side', 'reason') else 3000)}"
+
+    def rows(n: int) -> list[tuple[str | None, ...]]:
+        return [tuple(value(c) for c in names) for _ in range(n)]
+
+    # More stored rows than rejects, so the stored ones are filtered before the comparison.
+    stored = rows(6000)
+    batch = rows(3000) + rng.sample(stored, 500)
+    batch += rng.sample(batch, 500)  # repeats within the input
+    rng.shuffle(batch)
+
+    def table(values: list[tuple[str | None, ...]]) -> pa.Table:
+        columns = {c: pa.array([v[i] for v in values], pa.string()) for i, c in enumerate(names)}
+        return pa.table(columns)
+
+    got = new_rejects(table(batch), table(stored)).tolist()
+    seen = set(stored)
+    expected = []
+    for row in batch:
+        expected.append(row not in seen)
+        seen.add(row)
+    assert got == expected
+    assert 0 < sum(got) < len(batch)
+    assert new_rejects(table(batch), table([])).tolist() == [
+        row not in batch[:i] for i, row in enumerate(batch)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
 # Randomised comparison with the oracle
 
 
-def _random_rows(rng: random.Random, n: int, fault_rate: float) -> list[Row]:
+def _random_rows(
+    rng: random.Random, n: int, fault_rate: float, replay: list[Row] | None = None
+) -> list[Row]:
+    """Random rows; a quarter of them are copies of ``replay`` rows when it is given."""
     bad_values: dict[str, list[str | None]] = {
-        "exchange": ["", "  ", None],
-        "symbol": ["", None],
+        "exchange": ["", "  ", None, "X" * (EXCHANGE_LIMIT + 1), " " + "X" * 200],
+        "symbol": ["", None, "S" * (SYMBOL_LIMIT + 1), "Ü" * 10_000],
         "trade_id": ["", "-3", "2.5", None],
         "price": ["", "nan", "0", "-1", "1.123456789", "12345678901", None],
         "quantity": ["", "inf", "0", "0.000000001", None],
         "side": ["", "hold", None],
         "ts": ["", "2030-01-01T00:00:00Z", "1990-01-01T00:00:00", "2024-05-01T00:00:00.1234567"],
     }
-    rows = []
+    rows: list[Row] = []
     for _ in range(n):
+        if replay and rng.random() < 0.25:
+            rows.append(dict(rng.choice(replay)))
+            continue
         row = text_row(
-            exchange=rng.choice(["demo", " demo", "other"]),
-            symbol=rng.choice(["BTC-USD", "ETH-USD"]),
+            exchange=rng.choice(["demo", " demo", "other", "E" * EXCHANGE_LIMIT]),
+            symbol=rng.choice(["BTC-USD", "ETH-USD", f" {'L' * SYMBOL_LIMIT} "]),
             trade_id=str(rng.randrange(40)),
             price=rng.choice(["10", "10.0", "10.5", "0.00000001", "9999999999.99999999"]),
             quantity=rng.choice(["1", "2.5E-3", "0.1"]),
@@ -476,24 +811,41 @@ def _random_rows(rng: random.Random, n: int, fault_rate: float) -> list[Row]:
 def test_random_batches_match_the_oracle(iceberg: Catalog, namespace: str) -> None:
     rng = random.Random(20240601)
     oracle = _Oracle()
-    # A batch without faults takes the fast parsing path; faulty ones the general path.
-    for batch, fault_rate in enumerate((0.3, 0.0, 0.3)):
-        rows = _random_rows(rng, 400, fault_rate)
-        expected_accepted, expected_duplicates, expected_reasons = oracle.ingest(rows)
+    seen: list[Row] = []
+    already_recorded = 0
+    # A batch without faults takes the fast parsing path; faulty ones the general path. Later
+    # batches replay rows of earlier ones, good and bad, as a re-delivered file does.
+    for batch, fault_rate in enumerate((0.3, 0.0, 0.3, 0.3)):
+        rows = _random_rows(rng, 400, fault_rate, replay=seen)
+        seen += rows
+        expected = oracle.ingest(rows)
         before = stored_trades(iceberg, namespace)
+        rejects_before = stored_rejects(iceberg, namespace)
         # Several chunks, as a streamed or concatenated input arrives.
         raw = pa.concat_tables([text_table(rows[:150]), text_table(rows[150:])])
         result = run(iceberg, namespace, raw, source=f"batch-{batch}")
 
-        assert result.accepted == len(expected_accepted)
-        assert result.duplicates == expected_duplicates
-        assert result.rejected_by_reason == dict(Counter(expected_reasons)), batch
+        assert result.accepted == len(expected.accepted)
+        assert result.duplicates == expected.duplicates
+        assert result.rejected_by_reason == dict(Counter(expected.reasons)), batch
+        assert result.rejects_already_recorded == expected.already_recorded, batch
         new = stored_trades(iceberg, namespace) - before
         assert {
             (e, s, i, *p)
-            for (e, s, i), p in ((key_of(r), payload_of(r)) for r in expected_accepted)
+            for (e, s, i), p in ((key_of(r), payload_of(r)) for r in expected.accepted)
         } == new
+        rejects = stored_rejects(iceberg, namespace)
+        assert rejects - rejects_before == Counter(expected.appended_rejects), batch
+        assert sum(rejects.values()) == sum(rejects_before.values()) + len(
+            expected.appended_rejects
+        )
+        already_recorded += result.rejects_already_recorded
     assert len(read(iceberg, namespace, TRADES)) == len(oracle.stored)
+    assert stored_rejects(iceberg, namespace) == Counter(oracle.recorded)
+    # The rows exercise what they should: both new limits, and rejects already recorded.
+    reasons = {reason for *_, reason in oracle.recorded}
+    assert {"exchange_too_long", "symbol_too_long", "conflicting_duplicate"} <= reasons
+    assert already_recorded > 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -748,7 +1100,12 @@ def test_demo_data_ingests_as_the_oracle_predicts(iceberg: Catalog, namespace: s
     table = _demo()
     rows = table.to_pylist()
     now = datetime(2024, 5, 2, 1, 0, tzinfo=UTC)
-    expected_accepted, expected_duplicates, expected_reasons = _Oracle().ingest(rows, now)
+    expected = _Oracle().ingest(rows, now)
+    expected_accepted, expected_duplicates, expected_reasons = (
+        expected.accepted,
+        expected.duplicates,
+        expected.reasons,
+    )
 
     # Sliced chunks: values start at a buffer offset, as in a Parquet file with row groups.
     chunked = pa.concat_tables([table.slice(0, 333), table.slice(333)])
@@ -770,8 +1127,13 @@ def test_demo_data_ingests_as_the_oracle_predicts(iceberg: Catalog, namespace: s
     assert stored_trades(iceberg, namespace) == {
         (e, s, i, *p) for (e, s, i), p in ((key_of(r), payload_of(r)) for r in expected_accepted)
     }
+    assert result.rejects_already_recorded == expected.already_recorded == 0
+    rejects = stored_rejects(iceberg, namespace)
+    assert sum(rejects.values()) == result.rejected
     again = run(iceberg, namespace, table, now=now)  # idempotent: everything is known
     assert (again.accepted, again.duplicates) == (0, result.accepted + result.duplicates)
+    assert (again.rejected, again.rejects_already_recorded) == (result.rejected, result.rejected)
+    assert stored_rejects(iceberg, namespace) == rejects
 
 
 def test_demo_data_looks_like_a_feed() -> None:

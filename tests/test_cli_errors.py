@@ -1,0 +1,70 @@
+"""Expected failures end as one line that says what to do, never as a traceback (no JVM)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from flows.cli import app
+from ingest.demo import demo_trades, write_demo_file
+
+ROOT = Path(__file__).resolve().parent.parent
+END = datetime(2026, 3, 2, tzinfo=UTC)
+
+
+def _demo_file(path: Path, hours: float = 6) -> Path:
+    table = demo_trades(start=END - timedelta(hours=hours), end=END, trades_per_minute=50)
+    return write_demo_file(path, table)
+
+
+def test_a_damaged_parquet_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    good = tmp_path / "trades.parquet"
+    table = demo_trades(start=END - timedelta(hours=6), end=END, trades_per_minute=50)
+    pq.write_table(table, good, compression="snappy")
+    data = bytearray(good.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = os.urandom(4096)  # damage in the middle, not the footer
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(bytes(data))
+
+    result = CliRunner().invoke(
+        app, ["ingest", str(damaged)], env={"OHLCV_DATA_DIR": str(tmp_path / "data")}
+    )
+
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert str(damaged) in lines[0]
+
+
+def _small_files_only() -> None:
+    # What a full disk looks like to a writer: writes past this size fail (EFBIG), and the
+    # signal that would kill the process instead is ignored, as on a real disk error.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+
+def test_a_write_that_fails_for_lack_of_space_is_one_line(tmp_path: Path) -> None:
+    trades = _demo_file(tmp_path / "trades.parquet", hours=24)
+    assert trades.stat().st_size > 256 * 1024  # its data file cannot be written
+    done = subprocess.run(
+        [sys.executable, "-c", "from flows.cli import app; app()", "ingest", str(trades)],
+        cwd=ROOT,
+        env={**os.environ, "OHLCV_DATA_DIR": str(tmp_path / "data")},
+        preexec_fn=_small_files_only,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "File too large" in lines[0]
