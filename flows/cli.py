@@ -33,7 +33,7 @@ from infra import stack
 from infra.artifacts import ArtifactError, ensure_artifacts
 from infra.catalog import open_catalog
 from infra.session import ConnectError, session
-from ingest import IngestResult, SchemaError, ingest, read_trades_file
+from ingest import IngestResult, SchemaError, ingest_file
 from ingest.demo import ingest_demo_feed
 from settings import Settings
 
@@ -205,15 +205,7 @@ def ingest_command(
     settings = _settings(ctx)
     catalog = open_catalog(settings)
     ensure_tables(catalog, settings.namespace)
-    try:
-        table = read_trades_file(path)
-    except OSError as e:  # pyarrow reports a damaged file as an OSError without its name
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise SchemaError(
-            f"cannot read {path}: {first}; the file is damaged or not Parquet/CSV, nothing "
-            "was written"
-        ) from None
-    _print_ingest(ingest(catalog, settings.namespace, table, source=str(path)))
+    _print_ingest(ingest_file(catalog, settings.namespace, path))
 
 
 @app.command("demo-data")

@@ -23,12 +23,23 @@ def read_trades_file(path: Path) -> pa.Table:
     a value like ``0.1`` stays exact instead of going through a float.
 
     Raises:
-        SchemaError: unsupported suffix, or a required column is missing from a CSV header.
+        SchemaError: unsupported suffix, a damaged Parquet file, or a required column is
+            missing from a CSV header.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        return pq.read_table(path)
+        try:
+            return pq.read_table(path)
+        except OSError as e:
+            if e.errno is not None:  # the system's own error (missing, permissions, disk)
+                raise
+            # pyarrow reports a damaged file as an OSError without errno or file name.
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise SchemaError(
+                f"cannot read {str(path)!r}: {first}; the file is damaged or not Parquet, "
+                "nothing was written"
+            ) from None
     if suffix == ".csv":
         return _read_csv(path)
     raise SchemaError(
