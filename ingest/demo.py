@@ -102,14 +102,16 @@ def _symbol_trades(
     start_us: int,
     end_us: int,
     trades_per_minute: float,
+    daily_cycle: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """ts (sorted), price units, quantity units and is_buy of one symbol's trades."""
     first_minute = start_us // _US_PER_MINUTE
     minutes = np.arange(first_minute, -(-end_us // _US_PER_MINUTE))
     # Activity: heavy-tailed per minute, a daily cycle, quiet spells and bursts.
     activity = rng.gamma(0.6, 1 / 0.6, len(minutes))
-    hour = (minutes % 1440) / 60
-    activity *= 1 + 0.5 * np.sin(2 * np.pi * (hour - 9) / 24)
+    if daily_cycle:
+        hour = (minutes % 1440) / 60
+        activity *= 1 + 0.5 * np.sin(2 * np.pi * (hour - 9) / 24)
     activity[rng.random(len(minutes)) < 0.03] = 0.0
     activity[rng.random(len(minutes)) < 0.01] *= 8
     counts = rng.poisson(trades_per_minute * activity)
@@ -151,6 +153,7 @@ def demo_trades(
     duplicate_fraction: float = 0.005,
     bad_rows: int = 10,
     first_trade_id: int | None = None,
+    daily_cycle: bool = True,
 ) -> pa.Table:
     """Generate trades for ``symbols`` with ts in ``[start, end)`` (aware datetimes).
 
@@ -178,6 +181,9 @@ def demo_trades(
         bad_rows: Number of malformed rows.
         first_trade_id: Id of the first trade, to continue a feed already in a table (see
             :func:`feed_position`); by default derived from ``start`` as described above.
+        daily_cycle: Whether activity follows the time of day (busiest around 15:00 UTC, three
+            times the quietest hour); without it the rate is the same at every hour, as a
+            benchmark comparing hours needs.
 
     Raises:
         ValueError: a naive start or end, an empty or inverted window, a window before 2000, or
@@ -197,7 +203,10 @@ def demo_trades(
         raise ValueError(f"bad_rows={bad_rows} is negative")
     rng = np.random.default_rng(seed)
 
-    parts = [_symbol_trades(rng, symbol, start_us, end_us, trades_per_minute) for symbol in symbols]
+    parts = [
+        _symbol_trades(rng, symbol, start_us, end_us, trades_per_minute, daily_cycle)
+        for symbol in symbols
+    ]
     ts = np.concatenate([p[0] for p in parts])
     order = np.argsort(ts, kind="stable")  # merges the per-symbol sorted runs
     ts = ts[order]

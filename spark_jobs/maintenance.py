@@ -11,8 +11,8 @@ reads slow down. Per table, :func:`maintain_table`:
   catch-up target) on: late trades are found by reading the ``trades`` snapshots appended since
   a watermark, so those must survive; for a candle table, the snapshot that records its
   progress (below any compactions);
-- compacts small data files in sealed partitions: ``trades`` before yesterday, a candle table
-  before the partition its lookback (plus a day) reaches. Each 1m run adds a small file, so
+- compacts small data files in sealed partitions (:func:`_sealed`): ``trades`` days that
+  ended over an hour ago, a candle table's partitions its lookback left over an hour ago. Each 1m run adds a small file, so
   candle tables need it too. A compaction moves ``main``; a candle flow that was running
   meanwhile notices at publish and redoes its run on top (:func:`flows.pipeline.run_pipeline`),
   and its progress is read from below compaction snapshots (:func:`progress_snapshot`);
@@ -198,15 +198,20 @@ def _oldest_needed(spark: SparkSession, tables: Tables, name: str) -> datetime |
     return from_us(row["at"]) if row["at"] is not None else None
 
 
+SEAL_MARGIN = timedelta(hours=1)
+"""How long after a partition's last scheduled write it counts as sealed (late trades may still
+land in it later: a compaction never loses them, see the module docstring)."""
+
+
 def _sealed(name: str, now: datetime) -> tuple[str, datetime]:
     """(column, boundary): partitions wholly before the boundary are no longer written to by
-    a scheduled run (late trades still may; a compaction never loses them, see above)."""
+    a scheduled run. ``trades`` days are sealed an hour after they end; a candle table's
+    partitions an hour after its lookback has left them."""
     if name not in CANDLE_TABLES:
-        yesterday = now - timedelta(days=1)
         column = "ts" if name == TRADES else "rejected_at"
-        return column, yesterday.replace(hour=0, minute=0, second=0, microsecond=0)
+        return column, (now - SEAL_MARGIN).replace(hour=0, minute=0, second=0, microsecond=0)
     tf = CANDLE_TABLES[name]
-    reach = now - tf.lookback - timedelta(days=1)
+    reach = now - tf.lookback - SEAL_MARGIN
     start = reach.replace(minute=0, second=0, microsecond=0)
     if tf.partition in ("day", "month", "year"):
         start = start.replace(hour=0)
