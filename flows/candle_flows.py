@@ -83,12 +83,34 @@ def interruptible(
                 )
             worker.join(0.2)
     except BaseException:
-        spark.interruptTag(tag)
-        worker.join(30)  # let the interrupted call unwind, so nothing commits behind us
+        if _interrupt(spark, tag):
+            worker.join(UNWIND_S)  # let the interrupted call unwind, so nothing commits behind us
         raise
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]  # type: ignore[no-any-return]
+
+
+UNWIND_S = 10.0
+"""How long a stopping run waits for the server to acknowledge an interrupt, and then for the
+interrupted call to unwind: a signal or a timeout ends the run within about twice this, even
+when the server no longer answers (then nothing of ours can commit there either)."""
+
+
+def _interrupt(spark: SparkSession, tag: str) -> bool:
+    """Interrupt the operations tagged ``tag`` on the server; False if it did not answer within
+    :data:`UNWIND_S` (the call goes on in a daemon thread, which never delays the exit)."""
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            spark.interruptTag(tag)
+            done.set()
+        except Exception:  # an unreachable server: nothing more to interrupt from here
+            pass
+
+    threading.Thread(target=call, name=f"interrupt-{tag}", daemon=True).start()
+    return done.wait(UNWIND_S)
 
 
 def _not_a_validation_failure(task: Any, task_run: Any, state: State[Any]) -> bool:

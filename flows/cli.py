@@ -7,38 +7,37 @@ from __future__ import annotations
 
 import errno
 import re
+import sys
 import time
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from pyspark.errors import PySparkException
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from core.ranges import backfill_ranges
-from core.tables import TRADES, ensure_tables
 from core.time import parse_instant
 from core.timeframes import TIMEFRAMES, timeframe
-from expectations.validation import ValidationFailed, build_data_docs, data_docs_index
-from flows import pipeline, status
-from flows.backfill import BackfillProgress
-from flows.pipeline import RunMetrics, backfill_requests
-from infra import stack
-from infra.artifacts import ArtifactError, ensure_artifacts
-from infra.catalog import open_catalog
-from infra.session import ConnectError, session
-from ingest import IngestResult, SchemaError, ingest_file
-from ingest.demo import ingest_demo_feed
+from infra import prefect_server, stack
 from settings import Settings
 
+# Spark, Iceberg, Prefect and Great Expectations take seconds (GX alone ~15 s on a loaded
+# machine) to import: each command imports what it uses, so `ohlcv --help` and
+# `ohlcv stack status` start at once.
 if TYPE_CHECKING:
     from types import ModuleType
+
+    from core.ranges import Range
+    from core.timeframes import Timeframe
+    from flows.pipeline import RunMetrics
+    from ingest import IngestResult
 
 app = typer.Typer(
     help="Exact OHLCV candles from Iceberg trades over Spark Connect.", no_args_is_help=True
@@ -70,27 +69,63 @@ def _settings(ctx: typer.Context) -> Settings:
 
 
 def _friendly_errors(func: F_) -> F_:
-    """Turn the errors a user can act on into one clear line and exit code 1."""
+    """Turn the errors a user can act on into one clear line and exit code 1 (2 when
+    validation failed)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except ValidationFailed as e:
-            err.print(f"[red]validation failed, main unchanged:[/red] {e}")
-            raise typer.Exit(2) from None
-        except (ConnectError, stack.StackError, ArtifactError, SchemaError, ValueError) as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(1) from None
-        except PySparkException as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            err.print(f"[red]Spark error:[/red] {first}")
-            raise typer.Exit(1) from None
-        except OSError as e:
-            err.print(f"[red]error:[/red] {_os_error(e)}")
-            raise typer.Exit(1) from None
+        except Exception as e:
+            known = _one_line(e)
+            if known is None:
+                raise
+            code, line = known
+            err.print(line)
+            raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _raised_by(e: Exception, module: str, *names: str) -> bool:
+    """Whether ``e`` is one of the classes ``names`` of ``module``; a module never imported
+    cannot have raised anything, and is not imported just to find out."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(e, tuple(getattr(loaded, n) for n in names))
+
+
+@contextmanager
+def _flow_context(settings: Settings) -> Iterator[None]:
+    """Where flow runs go: fail at once, in one line, when one could not work (no Spark
+    Connect server, a URL the client cannot use, no Prefect server), else run the block
+    against the user's PREFECT_API_URL or the local Prefect server. Without the checks, a flow
+    run would start, record a failure and print Prefect's traceback first."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from infra.session import probe
+
+    probe(settings)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url(settings)}):
+        yield
+
+
+def _one_line(e: Exception) -> tuple[int, str] | None:
+    """(exit code, message) for an expected failure; None for a bug (its traceback shows)."""
+    if _raised_by(e, "expectations.validation", "ValidationFailed"):
+        return 2, f"[red]validation failed, main unchanged:[/red] {e}"
+    if (
+        isinstance(e, (stack.StackError, prefect_server.PrefectUnavailable, ValueError))
+        or _raised_by(e, "infra.session", "ConnectError")
+        or _raised_by(e, "infra.artifacts", "ArtifactError")
+        or _raised_by(e, "ingest", "SchemaError")
+    ):
+        return 1, f"[red]error:[/red] {e}"
+    if _raised_by(e, "pyspark.errors", "PySparkException"):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return 1, f"[red]Spark error:[/red] {first}"
+    if isinstance(e, OSError):
+        return 1, f"[red]error:[/red] {_os_error(e)}"
+    return None
 
 
 def _os_error(e: OSError) -> str:
@@ -119,6 +154,9 @@ def parse_duration(text: str) -> timedelta:
 
 def _prepare_tables(settings: Settings) -> None:
     """Create the namespace and tables the commands need, if missing."""
+    from core.tables import ensure_tables
+    from infra.catalog import open_catalog
+
     ensure_tables(open_catalog(settings), settings.namespace)
 
 
@@ -137,7 +175,7 @@ def stack_up(
         ),
     ] = None,
 ) -> None:
-    """Start the local Spark Connect server (reuses a running one)."""
+    """Start the local Spark Connect and Prefect servers (reuses running ones)."""
     settings = _settings(ctx)
     if workers is not None:
         settings = settings.model_copy(update={"workers": workers})
@@ -152,29 +190,44 @@ def stack_up(
 
 def _start_stack(settings: Settings) -> None:
     started = time.monotonic()
-    running = stack.up(settings)
-    _prepare_tables(settings)
+    with console.status("starting the Spark Connect server ..."):
+        running = stack.up(settings)
+        _prepare_tables(settings)
     console.print(f"Spark Connect {running.describe()} ({time.monotonic() - started:.1f} s)")
+    theirs = prefect_server.user_url()
+    if theirs:
+        console.print(f"Prefect: PREFECT_API_URL={theirs} (no local Prefect server started)")
+        return
+    started = time.monotonic()
+    with console.status("starting the Prefect server ..."):
+        prefect = prefect_server.up(settings)
+    console.print(f"Prefect {prefect.describe()} ({time.monotonic() - started:.1f} s)")
 
 
 @stack_app.command("down")
 @_friendly_errors
 def stack_down(ctx: typer.Context) -> None:
-    """Stop the local Spark Connect server."""
-    console.print(f"Spark Connect {stack.down(_settings(ctx)).describe()}")
+    """Stop the local Spark Connect and Prefect servers."""
+    settings = _settings(ctx)
+    console.print(f"Spark Connect {stack.down(settings).describe()}")
+    console.print(f"Prefect {prefect_server.down(settings).describe()}")
 
 
 @stack_app.command("status")
 @_friendly_errors
 def stack_status(ctx: typer.Context) -> None:
-    """Show whether the local server runs, its URL and log file."""
-    console.print(f"Spark Connect {stack.status(_settings(ctx)).describe()}")
+    """Show whether the local servers run, their URLs and log files."""
+    settings = _settings(ctx)
+    console.print(f"Spark Connect {stack.status(settings).describe()}")
+    console.print(f"Prefect {prefect_server.status(settings).describe()}")
 
 
 @app.command()
 @_friendly_errors
 def setup(ctx: typer.Context) -> None:
     """Fetch the pinned JVM artifacts into the cache (done by `stack up` too)."""
+    from infra.artifacts import ensure_artifacts
+
     for path in ensure_artifacts(_settings(ctx).jar_cache_dir):
         console.print(f"ok {path}")
 
@@ -202,6 +255,10 @@ def ingest_command(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Parquet or CSV file")],
 ) -> None:
     """Validate a file of trades and append it to `trades` (rejects go to `trades_rejected`)."""
+    from core.tables import ensure_tables
+    from infra.catalog import open_catalog
+    from ingest import ingest_file
+
     settings = _settings(ctx)
     catalog = open_catalog(settings)
     ensure_tables(catalog, settings.namespace)
@@ -225,6 +282,10 @@ def _ingest_demo(
     settings: Settings, hours: float, symbols: int, per_minute: float, seed: int
 ) -> IngestResult | None:
     """Demo trades for the last ``hours``, continuing the feed already stored."""
+    from core.tables import ensure_tables
+    from infra.catalog import open_catalog
+    from ingest.demo import ingest_demo_feed
+
     catalog = open_catalog(settings)
     ensure_tables(catalog, settings.namespace)
     end = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -281,6 +342,7 @@ def _print_metrics(metrics: RunMetrics) -> None:
 @app.command("run")
 @_friendly_errors
 def run_command(
+    ctx: typer.Context,
     tf: Annotated[str, typer.Argument(help="1m, 5m, 30m, 1h or 1d")],
     at: Annotated[
         str | None, typer.Option("--at", help="Reference time (ISO-8601, default now)")
@@ -293,8 +355,9 @@ def run_command(
     tf_ = timeframe(tf)
     when = parse_instant(at) if at else None
     minutes = parse_duration(lookback) / timedelta(minutes=1) if lookback else None
-    flows = _candle_flows()
-    _print_metrics(flows.FLOWS[tf_.name](at=when, lookback_minutes=minutes))
+    with _flow_context(_settings(ctx)):
+        flows = _candle_flows()
+        _print_metrics(flows.FLOWS[tf_.name](at=when, lookback_minutes=minutes))
 
 
 @app.command("backfill")
@@ -319,6 +382,18 @@ def backfill_command(
     tf_ = timeframe(tf)
     size = parse_duration(chunk)
     chunks = backfill_ranges(tf_, parse_instant(start), parse_instant(end), size)
+    with _flow_context(settings):
+        _backfill(settings, tf_, chunks, size, restart)
+
+
+def _backfill(
+    settings: Settings, tf_: Timeframe, chunks: list[Range], size: timedelta, restart: bool
+) -> None:
+    from core.tables import TRADES, ensure_tables
+    from flows.backfill import BackfillProgress
+    from flows.pipeline import backfill_requests
+    from infra.catalog import open_catalog
+
     catalog = open_catalog(settings)
     ensure_tables(catalog, settings.namespace)
     pinned = catalog.load_table((settings.namespace, TRADES)).current_snapshot()
@@ -368,6 +443,7 @@ def backfill_command(
 @app.command("maintain")
 @_friendly_errors
 def maintain_command(
+    ctx: typer.Context,
     table: Annotated[
         list[str] | None,
         typer.Option("--table", help="Only this table (repeatable; default: every table)"),
@@ -377,7 +453,9 @@ def maintain_command(
     from flows.maintenance import metrics_rows, ohlcv_maintenance_flow
     from spark_jobs.maintenance import chosen_tables
 
-    rows = metrics_rows(ohlcv_maintenance_flow(tables=chosen_tables(table)))
+    names = chosen_tables(table)
+    with _flow_context(_settings(ctx)):
+        rows = metrics_rows(ohlcv_maintenance_flow(tables=names))
     out = Table(title="OHLCV table maintenance")
     for column in rows[0]:
         out.add_column(column)
@@ -388,7 +466,7 @@ def maintain_command(
 
 @app.command("serve")
 @_friendly_errors
-def serve_command() -> None:
+def serve_command(ctx: typer.Context) -> None:
     """Serve the scheduled deployments: five timeframes and maintenance (Prefect serve())."""
     from prefect import serve
 
@@ -398,13 +476,17 @@ def serve_command() -> None:
     for tf in TIMEFRAMES.values():
         console.print(f"{tf.flow_name}: cron '{tf.cron}' UTC, one run at a time")
     console.print(f"{FLOW_NAME}: cron '{CRON}' UTC, one run at a time")
-    serve(*flows.deployments(), maintenance_deployment())
+    with _flow_context(_settings(ctx)):
+        serve(*flows.deployments(), maintenance_deployment())
 
 
 @app.command("status")
 @_friendly_errors
 def status_command(ctx: typer.Context) -> None:
     """Newest published candle and last flow run of every timeframe."""
+    from flows import pipeline, status
+    from infra.session import session
+
     settings = _settings(ctx)
     with session(settings) as spark:
         rows = status.published_status(spark, pipeline.tables_for(settings))
@@ -416,8 +498,10 @@ def status_command(ctx: typer.Context) -> None:
         "newest published window (UTC)",
         "main snapshot",
         "trades snapshot processed",
-        "last run",
+        "last finished run (UTC)",
         "state",
+        "took",
+        "next scheduled (UTC)",
     ):
         table.add_column(column)
     for name, values in rows.items():
@@ -455,18 +539,27 @@ def demo_command(
     hours: Annotated[float, typer.Option(help="Hours of demo trades, ending now")] = 48,
 ) -> None:
     """Start the local stack, ingest demo trades, run all five timeframes, print a summary."""
+    from expectations.validation import data_docs_index
+    from flows import pipeline, status
+    from infra.session import session
+
     settings = _settings(ctx)
     _start_stack(settings)
     _print_ingest(_ingest_demo(settings, hours, 6, 20, 7))
     tables = pipeline.tables_for(settings)
-    flows = _candle_flows()
-    for name in TIMEFRAMES:  # shortest first: each reconciles with the one before
-        _print_metrics(flows.FLOWS[name]())
+    with _flow_context(settings):
+        prefect_ui = prefect_server.api_url(settings).removesuffix("/api")
+        flows = _candle_flows()
+        for name in TIMEFRAMES:  # shortest first: each reconciles with the one before
+            _print_metrics(flows.FLOWS[name]())
     with session(settings) as spark:
         for tf in TIMEFRAMES.values():
             rows = status.symbol_summary(spark, tables, tf)
             console.print(_summary_table(rows, tables.candles(tf)))
-    console.print(f"data docs: {data_docs_index(settings.gx_root)}")
+    console.print("\nWhat to look at next:")
+    console.print(f"  Prefect UI (the five flow runs, their tasks, logs, artifacts): {prefect_ui}")
+    console.print(f"  data docs (every validation): {data_docs_index(settings.gx_root)}")
+    console.print("  `ohlcv status`, and `ohlcv stack down` when you are done")
 
 
 @app.command("docs")
@@ -478,6 +571,8 @@ def docs_command(
     ] = False,
 ) -> None:
     """Build the GX data docs site (suites and validation results) and print its path."""
+    from expectations.validation import build_data_docs
+
     settings = _settings(ctx)
     index = build_data_docs(settings.gx_root, settings.web_cache_dir)
     console.print(str(index))

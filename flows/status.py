@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
 
 from core.tables import Tables
+from core.time import from_us
 from core.timeframes import TIMEFRAMES, Timeframe
 from spark_jobs.snapshots import main_snapshot_id, watermark
 
@@ -17,34 +19,72 @@ def published_status(spark: SparkSession, tables: Tables) -> dict[str, list[str]
     rows: dict[str, list[str]] = {}
     for tf in TIMEFRAMES.values():
         name = tables.candles(tf)
-        newest = spark.read.table(name).agg(F.max("window_start").alias("w")).collect()[0]["w"]
+        # Microseconds, not a timestamp: pyspark hands timestamps back naive, in local time.
+        newest = (
+            spark.read.table(name)
+            .agg(F.unix_micros(F.max("window_start")).alias("w"))
+            .collect()[0]["w"]
+        )
         rows[tf.name] = [
-            f"{newest:%Y-%m-%d %H:%M}" if newest else "-",
+            f"{from_us(newest):%Y-%m-%d %H:%M}" if newest is not None else "-",
             str(main_snapshot_id(spark, name) or "-"),
             str(watermark(spark, name) or "-"),
         ]
     return rows
 
 
+FINISHED = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+"""Prefect state types of a run that is over."""
+
+
 def last_flow_runs() -> dict[str, list[str]]:
-    """Start time and state of the newest run of each timeframe's flow (Prefect API)."""
+    """Per timeframe: the last finished run (end time, state, duration) and the next scheduled
+    one, from the Prefect API (future scheduled runs never count as the last run)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
+
+    def of_state(*types: str) -> FlowRunFilter:
+        wanted = [StateType(t) for t in types]
+        return FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=wanted)))
 
     out: dict[str, list[str]] = {}
     with get_client(sync_client=True) as client:
         for tf in TIMEFRAMES.values():
-            runs = client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=[tf.flow_name])),
-                sort=FlowRunSort.START_TIME_DESC,
+            flow = FlowFilter(name=FlowFilterName(any_=[tf.flow_name]))
+            last = client.read_flow_runs(
+                flow_filter=flow,
+                flow_run_filter=of_state(*FINISHED),
+                sort=FlowRunSort.END_TIME_DESC,
                 limit=1,
             )
-            if runs and runs[0].start_time:
-                state = runs[0].state.name if runs[0].state and runs[0].state.name else "-"
-                out[tf.name] = [f"{runs[0].start_time:%Y-%m-%d %H:%M:%S}", state]
-            else:
-                out[tf.name] = ["never", "-"]
+            upcoming = client.read_flow_runs(
+                flow_filter=flow,
+                flow_run_filter=of_state("SCHEDULED"),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                limit=1,
+            )
+            row = ["never", "-", "-"]
+            ended = last[0].end_time if last else None
+            if last and ended:
+                run = last[0]
+                state = run.state.name if run.state and run.state.name else "-"
+                took = (ended - run.start_time).total_seconds() if run.start_time else None
+                row = [
+                    f"{ended.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+                    state,
+                    f"{took:.1f} s" if took is not None else "-",
+                ]
+            when = upcoming[0].expected_start_time if upcoming else None
+            row.append(f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S}" if when else "-")
+            out[tf.name] = row
     return out
 
 

@@ -9,6 +9,7 @@ beyond Java and the pyspark package; every jar is then checked against its pinne
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -16,8 +17,6 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import pyspark
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,10 @@ class ArtifactError(RuntimeError):
 
 def spark_home() -> Path:
     """The Spark distribution bundled in the installed pyspark package."""
-    return Path(pyspark.__file__).parent
+    # Found without importing pyspark (seconds of imports a CLI command may not need).
+    spec = importlib.util.find_spec("pyspark")
+    assert spec is not None and spec.origin is not None, "pyspark is a dependency"
+    return Path(spec.origin).parent
 
 
 def spark_env() -> dict[str, str]:

@@ -11,11 +11,13 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 from pyspark.sql.connect.client.reattach import ExecutePlanResponseReattachableIterator
 from pyspark.sql.connect.client.retries import DefaultPolicy
+from pyspark.sql.connect.session import SparkSession as ConnectSession
 
 from infra.net import port_open
 from settings import Settings, redact
@@ -64,11 +66,13 @@ class ConnectError(RuntimeError):
     """No Spark Connect server answers at the configured address."""
 
 
-def connect(settings: Settings, *, tags: tuple[str, ...] = ()) -> SparkSession:
-    """Open a new Spark Connect session (UTC, optionally tagged for interruption).
+def probe(settings: Settings) -> str:
+    """Check, without opening a session, that the configured endpoint can work: a Spark
+    Connect URL, a token only where the client will send it, something listening. Returns the
+    URL (with its token).
 
     Raises:
-        ConnectError: when nothing listens at the configured address, with what to do.
+        ConnectError: with what to do.
     """
     remote = settings.remote
     match = _HOST_PORT.match(remote)
@@ -78,6 +82,15 @@ def connect(settings: Settings, *, tags: tuple[str, ...] = ()) -> SparkSession:
             "use sc://host:port/;token=...;use_ssl=true"
         )
     host, port = match["host"], int(match["port"] or 15002)
+    params = {k.lower(): v for k, _, v in (p.partition("=") for p in remote.split(";")[1:])}
+    if "token" in params and host != "localhost" and params.get("use_ssl", "").lower() != "true":
+        # The client sends a token over TLS to every host but the name `localhost`: against a
+        # plaintext server it would retry TLS handshakes for minutes.
+        raise ConnectError(
+            f"SPARK_REMOTE={redact(remote)!r} carries a token, which the Spark Connect client "
+            f"sends only over TLS to any host but 'localhost': write sc://localhost:{port}/ "
+            "for a server on this machine, or add ;use_ssl=true for a TLS server"
+        )
     if not port_open("127.0.0.1" if host == "localhost" else host, port, timeout=3.0):
         hint = (
             "run `ohlcv stack up`" if settings.is_local else "check the server or fix SPARK_REMOTE"
@@ -86,6 +99,16 @@ def connect(settings: Settings, *, tags: tuple[str, ...] = ()) -> SparkSession:
             f"no Spark Connect server reachable at {redact(remote)}: {hint} "
             "(or set SPARK_REMOTE to a running server)"
         )
+    return remote
+
+
+def connect(settings: Settings, *, tags: tuple[str, ...] = ()) -> SparkSession:
+    """Open a new Spark Connect session (UTC, optionally tagged for interruption).
+
+    Raises:
+        ConnectError: when nothing listens at the configured address, with what to do.
+    """
+    remote = probe(settings)
     spark = SparkSession.builder.remote(remote).create()
     spark.client.set_retry_policies([BoundedRetries(settings.connect_retry_s, redact(remote))])
     try:
@@ -104,12 +127,20 @@ def connect(settings: Settings, *, tags: tuple[str, ...] = ()) -> SparkSession:
     return spark
 
 
+CLOSE_RETRY_S = 2.0
+"""Retry budget of the calls that close a session: releasing finished executions is a courtesy
+(the server drops abandoned ones by itself), and must not hold a failing run's exit for a
+whole connect budget per pending release when the server is gone."""
+
+
 def close(spark: SparkSession) -> None:
     """Stop a session after its pending ReleaseExecute calls are done.
 
     The Connect client releases finished executions from a background pool; stopping the
     session first makes each late release fail with a logged SESSION_CLOSED warning.
     """
+    client = cast(ConnectSession, spark).client
+    client.set_retry_policies([BoundedRetries(CLOSE_RETRY_S, "(closing the session)")])
     ExecutePlanResponseReattachableIterator.shutdown()  # waits; the pool is recreated lazily
     spark.stop()
 

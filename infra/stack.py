@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.artifacts import ensure_artifacts, spark_env, spark_home
-from infra.catalog import open_catalog
 from infra.net import port_open
-from infra.session import connect
 from settings import CatalogType, Settings, redact
 
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
@@ -87,6 +85,21 @@ def status(settings: Settings) -> StackStatus:
     return StackStatus(running, pid if running else None, settings.remote, _log_file(settings))
 
 
+ABANDONED_OPERATIONS_CONF = {
+    "spark.connect.execute.reattachable.senderMaxStreamDuration": "10s",
+    "spark.connect.execute.manager.detachedTimeout": "15s",
+    "spark.connect.execute.manager.maintenanceInterval": "5s",
+}
+"""How soon the server interrupts an operation whose client is gone (killed, or its machine
+lost). The server notices a client is gone only when the response stream it holds ends, which
+it does every ``senderMaxStreamDuration`` (a live client reattaches at once); it then drops an
+operation nobody reattached to within ``detachedTimeout``, checked every
+``maintenanceInterval``. With Spark's defaults (2 min, 5 min, 30 s) a MERGE of a client killed
+with -9 ran on for over 5 minutes and could commit after the next writer had started. Here it
+ends within about 30 s, before the dead client's writer lease (at least 60 s,
+:mod:`flows.writers`) lets the next writer of the table in."""
+
+
 def server_conf(settings: Settings) -> dict[str, str]:
     """Spark settings of the local Connect server (catalog, time zone, loopback binding)."""
     local_dir = settings.stack_dir / "spark-local"
@@ -102,6 +115,7 @@ def server_conf(settings: Settings) -> dict[str, str]:
         "spark.local.dir": str(local_dir),
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.port": str(settings.ui_port),
+        **ABANDONED_OPERATIONS_CONF,
         **settings.spark_catalog_conf(),
     }
 
@@ -134,6 +148,8 @@ def up(settings: Settings) -> StackStatus:
         )
 
     jars = ensure_artifacts(settings.jar_cache_dir)
+    from infra.catalog import open_catalog
+
     catalog = open_catalog(settings)  # creates the catalog's own tables the server expects
     if settings.catalog_type is CatalogType.SQLITE:
         # The JDBC catalog opens SQLite through the driver's own connection; close ours first.
@@ -339,6 +355,8 @@ def _wait_ready(settings: Settings, pid: int | None) -> None:
 
 
 def _check_session(settings: Settings) -> None:
+    from infra.session import connect
+
     spark = connect(settings)
     try:
         spark.sql("SELECT 1").collect()

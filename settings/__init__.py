@@ -79,6 +79,14 @@ class Settings(BaseSettings):
     worker_memory: str = "2g"
     master_port: int = Field(default=7077, ge=1, le=65535)
     master_ui_port: int = Field(default=8080, ge=1, le=65535)
+    prefect_port: int = Field(
+        default=4200,
+        ge=1,
+        le=65535,
+        description="Port of the local Prefect server `stack up` starts on 127.0.0.1 (API and "
+        "UI), unless PREFECT_API_URL names another one.",
+    )
+    prefect_start_timeout_s: float = Field(default=180.0, gt=0)
 
     # Iceberg catalog
     catalog_type: CatalogType = CatalogType.SQLITE

@@ -1,4 +1,4 @@
-"""Expected failures end as one line that says what to do, never as a traceback (no JVM)."""
+"""Expected failures end as one line that says what to do, never as a traceback."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from infra.stack import StackStatus
 from ingest.demo import demo_trades, write_demo_file
+from settings import Settings
+from tests.conftest import export_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 END = datetime(2026, 3, 2, tzinfo=UTC)
@@ -68,3 +72,24 @@ def test_a_write_that_fails_for_lack_of_space_is_one_line(tmp_path: Path) -> Non
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert "File too large" in lines[0]
+
+
+def test_a_run_without_a_server_fails_in_one_line_before_any_flow_run(tmp_path: Path) -> None:
+    env = {"OHLCV_DATA_DIR": str(tmp_path / "data"), "OHLCV_CONNECT_PORT": "15997"}
+    result = CliRunner().invoke(app, ["run", "1m"], env=env)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "no Spark Connect server reachable at sc://localhost:15997" in lines[0]
+
+
+def test_a_run_without_its_prefect_server_fails_in_one_line(
+    server: StackStatus, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export_settings(monkeypatch, settings)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    result = CliRunner().invoke(app, ["maintain", "--table", "trades"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "no Prefect server answers at PREFECT_API_URL=http://127.0.0.1:9/api" in lines[0]

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from infra.artifacts import ICEBERG_SPARK_RUNTIME
+from infra.stack import ABANDONED_OPERATIONS_CONF
 from settings import Settings
 
 COMPOSE_DIR = Path(__file__).resolve().parent.parent / "infra" / "compose"
@@ -60,6 +61,8 @@ def test_the_client_settings_are_fields_the_code_reads_and_match_the_server(
     assert catalog == settings.spark_catalog_conf()
     assert server["spark.sql.defaultCatalog"] == settings.catalog_name
     assert server["spark.connect.grpc.binding.address"] == "127.0.0.1"
+    # A dead client's operations end on the cluster as on the local stack
+    assert ABANDONED_OPERATIONS_CONF.items() <= server.items()
     # The token reaches the server through its environment and the client through SPARK_REMOTE
     token = _example_env()["OHLCV_CONNECT_TOKEN"]
     assert services["spark-connect"]["environment"]["SPARK_CONNECT_AUTHENTICATE_TOKEN"] == token

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from prefect.states import State
-from pyiceberg.catalog import Catalog
+from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 
 from core.tables import Tables, ensure_tables
@@ -33,20 +35,10 @@ from settings import Settings
 from spark_jobs import jobs, snapshots, wap
 from tests.conftest import export_settings
 from tests.helpers import START, assert_matches_oracle, deliver, random_trades
-from tests.oracle import diff, expected_candles, stored_candles
+from tests.oracle import Trade, diff, expected_candles, stored_candles
 
 ONE_MINUTE = TIMEFRAMES["1m"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HOLDER = """
-import sys, time
-from settings import Settings
-from flows.writers import one_writer
-with one_writer(Settings(), sys.argv[1]):
-    print("holding", flush=True)
-    time.sleep(600)
-"""
-
-
 PREFECT_PORT = 14210
 
 
@@ -91,72 +83,216 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
-def test_a_writer_killed_while_holding_its_table_does_not_block_it_for_good(
+LONG_WRITE = (
+    "INSERT INTO {table}.branch_{branch} SELECT t.* FROM {table} t "
+    "CROSS JOIN (SELECT max(id) AS m FROM range(2000000000000)) WHERE m >= 0"
+)
+"""A write into the audit branch that would take hours and then commit duplicates."""
+
+WRITER = f"""
+import sys
+from datetime import datetime
+from flows import pipeline
+from flows.candle_flows import FLOWS
+from flows.pipeline import tables_for
+from spark_jobs import wap
+
+def long_generate(spark, settings, tf, request):
+    table = tables_for(settings).candles(tf)
+    wap.start_audit(spark, table)
+    print("writing", flush=True)
+    spark.sql({LONG_WRITE!r}.format(table=table, branch=wap.AUDIT_BRANCH))
+    raise AssertionError("the long write finished")
+
+pipeline.generate = long_generate
+FLOWS["1m"](at=datetime.fromisoformat(sys.argv[1]))
+"""
+"""A 1m flow run (the real flow: writer slot, tasks, tagged session) whose generate step is a
+long write; it prints ``writing`` when the write starts."""
+
+
+def _start_writer(at: datetime, prefect_url: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", WRITER, at.isoformat()],
+            cwd=ROOT,
+            env={**os.environ, "PREFECT_API_URL": prefect_url},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _running_jobs(settings: Settings) -> list[int]:
+    """Ids of the Spark jobs running on the server (its monitoring API)."""
+    base = f"http://127.0.0.1:{settings.ui_port}/api/v1/applications"
+    with urllib.request.urlopen(base, timeout=10) as response:
+        app = json.load(response)[0]["id"]
+    with urllib.request.urlopen(f"{base}/{app}/jobs?status=running", timeout=10) as response:
+        return [job["jobId"] for job in json.load(response)]
+
+
+def _until(condition: Callable[[], bool], within_s: float, what: str) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < within_s, f"{what}: not within {within_s} s"
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def _writing(child: subprocess.Popen[bytes], log: Path, settings: Settings) -> None:
+    """Wait until the child's long write runs on the server."""
+    _until(
+        lambda: child.poll() is None and "writing" in log.read_text(errors="replace"),
+        300,
+        f"the writer to start (exit {child.poll()}): {log.read_text(errors='replace')[-2000:]}",
+    )
+    _until(lambda: bool(_running_jobs(settings)), 60, "its write to run on the server")
+
+
+def _published_once(spark: SparkSession, tables: Tables, settings: Settings) -> list[Trade]:
+    now = START + timedelta(minutes=30)
+    trades = random_trades(random.Random(81), START, now, 200, first_id=1)
+    deliver(open_catalog(settings), tables, trades, now=now)
+    pipeline.run_pipeline(spark, settings, ONE_MINUTE, RunRequest(now=now))
+    return trades
+
+
+def test_a_writer_killed_mid_write_leaves_no_zombie_and_blocks_its_table_only_for_its_lease(
     spark: SparkSession,
-    catalog: Catalog,
     tables: Tables,
     run_settings: Settings,
     prefect_server: str,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    rng = random.Random(81)
+    trades = _published_once(spark, tables, run_settings)
+    table = tables.candles(ONE_MINUTE)
+    main = snapshots.main_snapshot_id(spark, table)
     now = START + timedelta(minutes=30)
-    trades = random_trades(rng, START, now, 200, first_id=1)
-    deliver(catalog, tables, trades, now=now)
     export_settings(monkeypatch, run_settings)
-    # Given: another process holds the 1m table's writer slot and is killed with -9
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, ONE_MINUTE.table],
-        cwd=ROOT,
-        env={**os.environ, "PREFECT_API_URL": prefect_server},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    # Given: a flow run killed with -9 in the middle of its write (its slot and its server-side
+    # operation left behind)
+    log = tmp_path / "writer.log"
+    writer = _start_writer(now, prefect_server, log)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        _writing(writer, log, run_settings)
     finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(30)
+        writer.kill()
+        writer.wait(30)
+    killed = time.monotonic()
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
         # The dead process's slot is still taken: an impatient run is refused ...
         monkeypatch.setenv("OHLCV_WRITER_WAIT_S", "1")
         refused = cast(State[Any], FLOWS["1m"](at=now, return_state=True))
         message = str(refused.result(raise_on_failure=False))
         assert refused.is_failed() and "another writer" in message
-        # When: the next run of the table comes, willing to wait
+        # ... the server drops the dead client's write (it never commits) ...
+        _until(lambda: not _running_jobs(run_settings), 60, "the orphaned write to end")
+        zombie_s = time.monotonic() - killed
+        assert wap.branch_snapshot_id(spark, table, wap.AUDIT_BRANCH) == main
+        # When: more trades arrive and the next run of the table comes, willing to wait
+        more = random_trades(random.Random(84), START, now, 50, first_id=10_000)
+        deliver(open_catalog(run_settings), tables, more, now=now)
+        trades += more
         monkeypatch.setenv("OHLCV_WRITER_WAIT_S", "180")
-        started = time.monotonic()
         metrics = FLOWS["1m"](at=now)
-        waited = time.monotonic() - started
-    # Then: it got the table once the dead writer's lease ran out, and published
+        waited = time.monotonic() - killed
+    # Then: it got the table once the dead writer's lease ran out, and published; nothing
+    # committed behind it
+    print(f"orphaned write ended {zombie_s:.0f} s after its client was killed")
+    assert zombie_s < 45, zombie_s
     assert metrics.published
     assert waited < run_settings.writer_lease_s + 60, waited
+    assert not _running_jobs(run_settings)
+    assert snapshots.main_snapshot_id(spark, table) == metrics.main_snapshot_id
+    assert wap.branch_snapshot_id(spark, table, wap.AUDIT_BRANCH) == metrics.main_snapshot_id
     assert_matches_oracle(spark, tables, trades, [ONE_MINUTE])
 
 
-class _LongWrite(pipeline.Steps):
-    """A generate step whose write takes minutes (it would commit if nothing stopped it)."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_ends_a_run_within_seconds_and_interrupts_its_server_work(
+    signum: int,
+    spark: SparkSession,
+    tables: Tables,
+    run_settings: Settings,
+    prefect_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    trades = _published_once(spark, tables, run_settings)
+    table = tables.candles(ONE_MINUTE)
+    main = snapshots.main_snapshot_id(spark, table)
+    export_settings(monkeypatch, run_settings)
+    # Given: a flow run in the middle of a long write
+    log = tmp_path / "writer.log"
+    writer = _start_writer(START + timedelta(minutes=30), prefect_server, log)
+    try:
+        _writing(writer, log, run_settings)
+        # When: a service manager (SIGTERM) or a user (Ctrl-C) stops it
+        writer.send_signal(signum)
+        sent = time.monotonic()
+        writer.wait(120)
+        ended = time.monotonic() - sent
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    # Then: it ended within seconds, having interrupted its write on the server first
+    print(f"{signal.Signals(signum).name}: the run ended after {ended:.1f} s")
+    assert writer.returncode != 0, log.read_text()
+    assert ended < 30, ended
+    assert not _running_jobs(run_settings)
+    assert snapshots.main_snapshot_id(spark, table) == main
+    assert wap.branch_snapshot_id(spark, table, wap.AUDIT_BRANCH) == main
+    assert_matches_oracle(spark, tables, trades, [ONE_MINUTE])
 
-    def __init__(self) -> None:
-        self.started = threading.Event()
+
+class _KillServer(pipeline.Steps):
+    """Steps that kill the Connect server (-9) at one point of a run."""
+
+    POINTS = ("before the MERGE", "during the MERGE", "during the fast-forward")
+
+    def __init__(self, settings: Settings, point: str) -> None:
+        self.settings, self.point = settings, point
+        self.killed_at: float | None = None
+
+    def kill(self) -> None:
+        pid = stack.status(self.settings).pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        self.killed_at = time.monotonic()
 
     def generate(
         self, spark: SparkSession, settings: Settings, tf: Timeframe, request: RunRequest
     ) -> jobs.RunResult:
-        table = tables_for(settings).candles(tf)
-        wap.start_audit(spark, table)
-        self.started.set()
-        spark.sql(
-            f"INSERT INTO {table}.branch_{wap.AUDIT_BRANCH} SELECT t.* FROM {table} t "
-            "CROSS JOIN (SELECT max(id) AS m FROM range(200000000000)) WHERE m >= 0"
-        )
-        raise AssertionError("the long write finished although its server was killed")
+        if self.point == "before the MERGE":
+            self.kill()
+        elif self.point == "during the MERGE":
+            table = tables_for(settings).candles(tf)
+            wap.start_audit(spark, table)
+            threading.Timer(3, self.kill).start()
+            spark.sql(LONG_WRITE.format(table=table, branch=wap.AUDIT_BRANCH))
+            raise AssertionError("the long write finished although its server was killed")
+        return super().generate(spark, settings, tf, request)
+
+    def publish(self, spark: SparkSession, settings: Settings, tf: Timeframe) -> int | None:
+        if self.point == "during the fast-forward":
+            threading.Thread(target=self.kill).start()  # races the fast-forward call
+        return super().publish(spark, settings, tf)
+
+
+def _consistent(spark: SparkSession, tables: Tables, trades: list[Trade]) -> None:
+    """Candles equal to the oracle without duplicates, ``audit`` where ``main`` is."""
+    table = tables.candles(ONE_MINUTE)
+    assert wap.branch_snapshot_id(spark, table, wap.AUDIT_BRANCH) == snapshots.main_snapshot_id(
+        spark, table
+    )
+    assert not diff(expected_candles(trades, ONE_MINUTE), stored_candles(spark, table))
 
 
 @pytest.mark.spark  # starts a server of its own, to kill it
-def test_killing_the_server_mid_run_fails_the_run_promptly_and_a_rerun_recovers(
+def test_killing_the_server_at_any_point_fails_promptly_and_the_rerun_recovers(
     tmp_path: Path,
 ) -> None:
     own = Settings(
@@ -169,50 +305,86 @@ def test_killing_the_server_mid_run_fails_the_run_promptly_and_a_rerun_recovers(
         gx_dir=tmp_path / "gx",
     )
     stack.up(own)
+    exits: dict[str, float] = {}
     try:
         catalog = open_catalog(own)
         ensure_tables(catalog, own.namespace)
         tables = tables_for(own)
+        rng = random.Random(82)
         now = START + timedelta(minutes=30)
-        trades = random_trades(random.Random(82), START, now, 200, first_id=1)
+        trades = random_trades(rng, START, now, 200, first_id=1)
         deliver(catalog, tables, trades, now=now)
         spark = connect(own)
         pipeline.run_pipeline(spark, own, ONE_MINUTE, RunRequest(now=now))  # a first publish
-        before = snapshots.main_snapshot_id(spark, tables.candles(ONE_MINUTE))
-        # Given: a run in the middle of a long write
-        steps, failure = _LongWrite(), dict[str, Any]()
-
-        def run() -> None:
+        for n, point in enumerate(_KillServer.POINTS):
+            # Given: new trades, and a run whose server is killed at this point
+            late = random_trades(rng, START, now, 50, first_id=1_000 * (n + 1))
+            deliver(catalog, tables, late, now=now)
+            trades += late
+            steps = _KillServer(own, point)
             try:
                 pipeline.run_pipeline(spark, own, ONE_MINUTE, RunRequest(now=now), steps)
-            except Exception as e:  # what the caller (a task, the CLI) gets
-                failure["error"], failure["at"] = e, time.monotonic()
+            except Exception:  # what the caller (a task, the CLI) gets
+                assert steps.killed_at is not None
+                exits[point] = time.monotonic() - steps.killed_at
+            # (the fast-forward may win the race: then the run published before dying)
+            with contextlib.suppress(Exception):
+                close(spark)
+            # When: the server is back and the next run comes
+            stack.up(own)
+            spark = connect(own)
+            pipeline.run_pipeline(spark, own, ONE_MINUTE, RunRequest(now=now))
+            # Then: equal to the oracle, no duplicate, the branches consistent
+            _consistent(spark, tables, trades)
 
-        worker = threading.Thread(target=run)
-        worker.start()
-        assert steps.started.wait(120)
-        time.sleep(2)
-        # When: the server is killed with -9
+        # And a backfill whose server dies between two chunks resumes to the same candles
+        end = START + timedelta(days=2)
+        history = random_trades(rng, START + timedelta(hours=1), end, 300, first_id=100_000)
+        deliver(catalog, tables, history, now=end)
+        trades += history
+        chunks = pipeline.backfill_timeframe(spark, own, ONE_MINUTE, START, end)
+        assert next(chunks).published
         pid = stack.status(own).pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
-        worker.join(120)
-        # Then: the run fails within the retry budget, not after minutes of retries
-        assert not worker.is_alive() and "error" in failure
-        assert failure["at"] - killed < own.connect_retry_s + 30, failure["at"] - killed
+        with pytest.raises(PySparkException):
+            next(chunks)
+        exits["between two backfill chunks"] = time.monotonic() - killed
         with contextlib.suppress(Exception):
             close(spark)
-
-        # When: the server is back and the next run comes
         stack.up(own)
         spark = connect(own)
-        result = pipeline.run_pipeline(spark, own, ONE_MINUTE, RunRequest(now=now))
-        # Then: main is where the killed run found it, the audit branch is usable again, and
-        # the candles equal the oracle with no duplicate
+        assert all(
+            c.published for c in pipeline.backfill_timeframe(spark, own, ONE_MINUTE, START, end)
+        )
+        _consistent(spark, tables, trades)
+
+        # And a disk that fills up under a run: the server's writes fail (a file-size limit
+        # set on the running server: writes past 1 KiB fail as on a full disk)
+        more = random_trades(rng, START, now, 50, first_id=200_000)
+        deliver(catalog, tables, more, now=end)
+        trades += more
+        pid = stack.status(own).pid
+        assert pid is not None
         table = tables.candles(ONE_MINUTE)
-        assert snapshots.main_snapshot_id(spark, table) == before == result.main_after
-        assert not diff(expected_candles(trades, ONE_MINUTE), stored_candles(spark, table))
+        main = snapshots.main_snapshot_id(spark, table)
+        unlimited = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (1024, unlimited[1]))
+        try:
+            with pytest.raises(PySparkException, match=r"File too large|No space left"):
+                pipeline.run_pipeline(spark, own, ONE_MINUTE, RunRequest(now=end))
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, unlimited)
+        # Then: main untouched, both branches readable, and once there is space again the next
+        # run is correct
+        assert snapshots.main_snapshot_id(spark, table) == main
+        spark.read.table(table).count()
+        spark.read.option("branch", wap.AUDIT_BRANCH).table(table).count()
+        pipeline.run_pipeline(spark, own, ONE_MINUTE, RunRequest(now=end))
+        _consistent(spark, tables, trades)
         close(spark)
     finally:
         stack.down(own)
+    print(f"kill -9 of the server -> the run failed after: {exits}")
+    assert exits and max(exits.values()) < own.connect_retry_s + 30, exits

@@ -267,12 +267,25 @@ def test_cli_run_backfill_with_resume_and_status(
     stored = stored_candles(spark, tables.candles(five_minutes))
     assert not diff(expected_candles(trades, five_minutes), stored)
 
-    result = runner.invoke(app, ["status"], env={"COLUMNS": "200"})
+    # And: with runs scheduled ahead (as `ohlcv serve` creates them), status still shows the
+    # last finished run of each timeframe, and the next one
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    upcoming = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name(TIMEFRAMES["1m"].flow_name)
+        deployment = client.create_deployment(flow_id=flow_id, name="status-test")
+        client.create_flow_run_from_deployment(
+            deployment, state=Scheduled(scheduled_time=upcoming)
+        )
+    result = runner.invoke(app, ["status"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     newest = spark.read.table(tables.candles(five_minutes)).agg(F.max("window_start")).first()
     assert newest is not None
     assert f"{newest[0]:%Y-%m-%d %H:%M}" in result.output
-    assert "Completed" in result.output
+    one_minute = next(line for line in result.output.splitlines() if line.startswith("│ 1m"))
+    assert "Completed" in one_minute and f"{upcoming:%Y-%m-%d %H:%M:%S}" in one_minute
 
 
 def test_after_an_outage_one_catch_up_run_covers_the_backlog(

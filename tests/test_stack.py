@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,8 @@ from infra import stack
 from infra.artifacts import Artifact, ArtifactError, ensure_artifacts
 from infra.session import ConnectError, connect
 from settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_up_reuses_the_running_server(server: stack.StackStatus, settings: Settings) -> None:
@@ -40,25 +47,75 @@ def test_token_never_appears_in_connect_errors(tmp_path: Path) -> None:
     assert "s3cret" not in str(failure.value)
 
 
-@pytest.mark.spark  # starts a server of its own
-def test_up_and_down_a_second_server(tmp_path: Path) -> None:
-    # Given a stack of its own (other data dir and port)
-    own = Settings(data_dir=tmp_path, connect_port=15013, spark_remote=None, driver_memory="1g")
-    started = stack.up(own)
+def test_a_token_to_an_address_without_tls_is_refused_at_once(tmp_path: Path) -> None:
+    # The local server listens on 127.0.0.1: the client would try TLS there for minutes
+    remote = "sc://127.0.0.1:15002/;token=s3cret"
+    with pytest.raises(ConnectError, match=r"only over TLS.*sc://localhost:15002/") as failure:
+        connect(Settings(data_dir=tmp_path, spark_remote=remote))
+    assert "s3cret" not in str(failure.value)
+
+
+def _ohlcv(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it, in a process of its own (no PREFECT_API_URL of the tests)."""
+    return subprocess.run(
+        [sys.executable, "-c", "from flows.cli import main; main()", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.spark  # starts a stack of its own
+def test_stack_up_serves_flow_runs_through_its_own_prefect_server_and_down_stops_both(
+    tmp_path: Path,
+) -> None:
+    # Given: a stack of its own (other data dir and ports), no PREFECT_API_URL
+    own = Settings(data_dir=tmp_path, connect_port=15013, prefect_port=14213, spark_remote=None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "OHLCV_"))}
+    env |= {
+        "OHLCV_DATA_DIR": str(tmp_path),
+        "OHLCV_CONNECT_PORT": "15013",
+        "OHLCV_UI_PORT": "14063",
+        "OHLCV_PREFECT_PORT": "14213",
+        "OHLCV_DRIVER_MEMORY": "1g",
+        "OHLCV_GX_DIR": str(tmp_path / "gx"),
+    }
     try:
-        assert started.running and stack.port_open("127.0.0.1", 15013)
-        spark = connect(own)
-        assert spark.sql("SELECT 1 AS one").collect()[0]["one"] == 1
-        spark.stop()
+        # When: it is started and a run goes through the CLI
+        up = _ohlcv(env, "stack", "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "Prefect running" in up.stdout and "http://127.0.0.1:14213" in up.stdout
+        assert _ohlcv(env, "demo-data", "--hours", "1").returncode == 0
+        run = _ohlcv(env, "run", "1m")
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "published snapshot" in run.stdout
+        # Then: the flow run is recorded by the stack's own Prefect server (it outlives the
+        # command), with its database in the data directory
+        request = urllib.request.Request(
+            "http://127.0.0.1:14213/api/flow_runs/filter",
+            data=json.dumps({"limit": 10}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            runs = json.load(response)
+        assert [r["state_type"] for r in runs] == ["COMPLETED"], runs
+        assert any((tmp_path / "prefect").glob("*.db"))
+        status = _ohlcv(env, "stack", "status")
+        assert "Spark Connect running" in status.stdout and "Prefect running" in status.stdout
     finally:
-        # When it is stopped
-        stopped = stack.down(own)
-    # Then the process is gone, the port is free and the status says so
-    assert not stopped.running
-    assert not stack.port_open("127.0.0.1", 15013)
+        down = _ohlcv(env, "stack", "down")
+    # And: stopping stops both; the ports are free; stopping again is a no-op
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not stack.port_open("127.0.0.1", 15013) and not stack.port_open("127.0.0.1", 14213)
     assert "stopped" in stack.status(own).describe()
-    # and stopping again is a no-op
-    assert not stack.down(own).running
+    again = _ohlcv(env, "stack", "down")
+    assert again.returncode == 0 and again.stdout.count("stopped") == 2
+    # And: with the stack down, a run fails at once in one line saying what to do
+    run = _ohlcv(env, "run", "1m")
+    assert run.returncode == 1
+    assert run.stderr.strip().count("\n") == 0 and "ohlcv stack up" in run.stderr, run.stderr
 
 
 @pytest.mark.jvm  # Spark's resolver runs in a JVM

@@ -1,0 +1,207 @@
+"""The local Prefect server of the embedded stack: loopback only, its database in the data dir.
+
+Flow runs need a Prefect API. Without ``PREFECT_API_URL`` Prefect would start a temporary
+server inside each command: slow to start on a busy machine (it misses its own start-up
+timeout), and its runs vanish with it. So ``ohlcv stack up`` starts one long-lived server per
+data directory, like the Spark Connect server, and every command that runs a flow talks to it
+(:func:`api_url`). A ``PREFECT_API_URL`` of the user's own (Prefect Cloud, a shared server)
+always wins: then no local server is started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.net import port_open
+from settings import Settings
+
+HOST = "127.0.0.1"
+
+
+class PrefectUnavailable(RuntimeError):
+    """No Prefect API to run flows against."""
+
+
+@dataclass(frozen=True)
+class PrefectStatus:
+    running: bool
+    pid: int | None
+    url: str
+    log_file: Path
+
+    def describe(self) -> str:
+        ui = self.url.removesuffix("/api")
+        if self.running:
+            return f"running (pid {self.pid}) at {ui} (API {self.url}); log: {self.log_file}"
+        return f"stopped; log: {self.log_file}"
+
+
+def local_url(settings: Settings) -> str:
+    return f"http://{HOST}:{settings.prefect_port}/api"
+
+
+def user_url() -> str | None:
+    """The user's own PREFECT_API_URL (environment or Prefect profile), if any."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def _pid_file(settings: Settings) -> Path:
+    return settings.stack_dir / "prefect.json"
+
+
+def _log_file(settings: Settings) -> Path:
+    return settings.stack_dir / "prefect.log"
+
+
+def _home(settings: Settings) -> Path:
+    return settings.data_dir.resolve() / "prefect"
+
+
+def healthy(url: str, timeout_s: float = 5.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _pid(settings: Settings) -> int | None:
+    try:
+        pid = int(json.loads(_pid_file(settings).read_text())["pid"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return None
+    return pid
+
+
+def status(settings: Settings) -> PrefectStatus:
+    pid = _pid(settings)
+    return PrefectStatus(pid is not None, pid, local_url(settings), _log_file(settings))
+
+
+def up(settings: Settings) -> PrefectStatus:
+    """Start the local Prefect server (or reuse the running one); wait until it answers."""
+    current = status(settings)
+    if current.running:
+        _wait_healthy(settings, current.pid)
+        return current
+    if port_open(HOST, settings.prefect_port):
+        raise PrefectUnavailable(
+            f"port {settings.prefect_port} on {HOST} is used by another process: stop it, "
+            "choose another port with OHLCV_PREFECT_PORT, or point PREFECT_API_URL at the "
+            "Prefect server that runs there"
+        )
+    settings.stack_dir.mkdir(parents=True, exist_ok=True)
+    home = _home(settings)
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),  # its SQLite database lives here
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_API_HOST=HOST,
+        PREFECT_SERVER_API_PORT=str(settings.prefect_port),
+        PREFECT_UI_API_URL=local_url(settings),
+    )
+    cmd = [sys.executable, "-m", "prefect", "server", "start"]
+    cmd += ["--host", HOST, "--port", str(settings.prefect_port)]
+    with _log_file(settings).open("ab") as out:
+        out.write(f"\n=== starting: {' '.join(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=settings.stack_dir,
+            start_new_session=True,
+        )
+    _pid_file(settings).write_text(json.dumps({"pid": proc.pid, "port": settings.prefect_port}))
+    try:
+        _wait_healthy(settings, proc.pid)
+    except PrefectUnavailable:
+        _stop(proc.pid)
+        _pid_file(settings).unlink(missing_ok=True)
+        raise
+    return status(settings)
+
+
+def _wait_healthy(settings: Settings, pid: int | None) -> None:
+    deadline = time.monotonic() + settings.prefect_start_timeout_s
+    while not healthy(local_url(settings), timeout_s=2.0):
+        if pid is not None and _pid(settings) is None:
+            raise PrefectUnavailable(
+                f"the local Prefect server exited while starting; see {_log_file(settings)}"
+            )
+        if time.monotonic() > deadline:
+            raise PrefectUnavailable(
+                f"the local Prefect server did not answer within "
+                f"{settings.prefect_start_timeout_s:.0f} s (OHLCV_PREFECT_START_TIMEOUT_S); "
+                f"see {_log_file(settings)}"
+            )
+        time.sleep(0.5)
+
+
+def _stop(pid: int, timeout_s: float = 30.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            waited, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child: poll its existence instead
+            waited = 0 if Path(f"/proc/{pid}").exists() else pid
+        if waited == pid:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def down(settings: Settings) -> PrefectStatus:
+    """Stop the local Prefect server; a no-op when it is not running."""
+    pid = _pid(settings)
+    if pid is not None:
+        _stop(pid)
+    _pid_file(settings).unlink(missing_ok=True)
+    return status(settings)
+
+
+def api_url(settings: Settings) -> str:
+    """The Prefect API flow runs use: the user's PREFECT_API_URL, else the local server.
+
+    Raises:
+        PrefectUnavailable: in one line, with what to do.
+    """
+    url = user_url()
+    if url:
+        if not healthy(url, timeout_s=10.0):
+            raise PrefectUnavailable(
+                f"no Prefect server answers at PREFECT_API_URL={url}: start it, or unset "
+                "PREFECT_API_URL to use the local one (`ohlcv stack up`)"
+            )
+        return url
+    local = local_url(settings)
+    if not healthy(local, timeout_s=5.0):
+        raise PrefectUnavailable(
+            f"no Prefect server at {local}: run `ohlcv stack up` (it starts the local one), "
+            "or set PREFECT_API_URL to yours"
+        )
+    return local
