@@ -4,7 +4,8 @@ Each cycle ingests five minutes of trades (20 symbols, 60 trades a minute each b
 the same rate at every hour) and runs the 1m pipeline exactly as a scheduled run does
 (generate into the audit branch, GX validation, publish), with table maintenance every
 ``--maintain-every`` cycles. It prints each cycle's run time, and every ``--report-every``
-cycles, per table: snapshots, metadata files and bytes on disk, live data files. It ends with the goal of the README:
+cycles, per table: snapshots, metadata files and bytes on disk, live data files. It ends
+with the goal of the README:
 
 - the median run time of the last 100 cycles against that of cycles 100-200 (<= 1.1x);
 - metadata and data-file counts flat after each maintenance, not growing with cycles.

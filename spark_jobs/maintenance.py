@@ -12,10 +12,11 @@ reads slow down. Per table, :func:`maintain_table`:
   a watermark, so those must survive; for a candle table, the snapshot that records its
   progress (below any compactions);
 - compacts small data files in sealed partitions (:func:`_sealed`): ``trades`` days that
-  ended over an hour ago, a candle table's partitions its lookback left over an hour ago. Each 1m run adds a small file, so
-  candle tables need it too. A compaction moves ``main``; a candle flow that was running
-  meanwhile notices at publish and redoes its run on top (:func:`flows.pipeline.run_pipeline`),
-  and its progress is read from below compaction snapshots (:func:`progress_snapshot`);
+  ended over an hour ago, a candle table's partitions its lookback left over an hour ago.
+  Each 1m run adds a small file, so candle tables need it too. A compaction moves ``main``;
+  a candle flow that was running meanwhile notices at publish and redoes its run on top
+  (:func:`flows.pipeline.run_pipeline`), and its progress is read from below compaction
+  snapshots (:func:`progress_snapshot`);
 - rewrites the manifests of ``trades`` when it has many;
 - removes orphan files (leftovers of failed writes) older than a safety margin, so a running
   writer's uncommitted files are never touched.

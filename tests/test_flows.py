@@ -276,9 +276,7 @@ def test_cli_run_backfill_with_resume_and_status(
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name(TIMEFRAMES["1m"].flow_name)
         deployment = client.create_deployment(flow_id=flow_id, name="status-test")
-        client.create_flow_run_from_deployment(
-            deployment, state=Scheduled(scheduled_time=upcoming)
-        )
+        client.create_flow_run_from_deployment(deployment, state=Scheduled(scheduled_time=upcoming))
     result = runner.invoke(app, ["status"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     newest = spark.read.table(tables.candles(five_minutes)).agg(F.max("window_start")).first()
