@@ -86,9 +86,11 @@ def test_a_run_without_a_server_fails_in_one_line_before_any_flow_run(tmp_path: 
 def test_a_run_without_its_prefect_server_fails_in_one_line(
     server: StackStatus, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     export_settings(monkeypatch, settings)
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    result = CliRunner().invoke(app, ["maintain", "--table", "trades"])
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        result = CliRunner().invoke(app, ["maintain", "--table", "trades"])
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
