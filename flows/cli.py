@@ -6,6 +6,7 @@ Settings are built once per invocation (the callback) and handed to every comman
 from __future__ import annotations
 
 import errno
+import logging
 import re
 import sys
 import time
@@ -39,11 +40,16 @@ if TYPE_CHECKING:
     from flows.pipeline import RunMetrics
     from ingest import IngestResult
 
+# Plain click help and usage errors: rich panels mislabel flags as `<bool>` and box errors.
 app = typer.Typer(
-    help="Exact OHLCV candles from Iceberg trades over Spark Connect.", no_args_is_help=True
+    help="Exact OHLCV candles from Iceberg trades over Spark Connect.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 stack_app = typer.Typer(
-    help="The local Spark Connect server and Iceberg catalog.", no_args_is_help=True
+    help="The local Spark Connect and Prefect servers and the Iceberg catalog.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(stack_app, name="stack")
 console = Console()
@@ -105,8 +111,25 @@ def _flow_context(settings: Settings) -> Iterator[None]:
     from infra.session import probe
 
     probe(settings)
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url(settings)}):
-        yield
+    url = prefect_server.api_url(settings)
+    # The flow and task runs' own log lines go to the Prefect server (its UI shows them); the
+    # terminal gets the command's summary lines, not each step twice or Prefect's tracebacks
+    # of an expected failure (which the command reports in one line).
+    quiet = _RunLogsStayInPrefect()
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+class _RunLogsStayInPrefect(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
 
 
 def _one_line(e: Exception) -> tuple[int, str] | None:
@@ -140,6 +163,21 @@ def _os_error(e: OSError) -> str:
         return f"permission denied{where}: give this user access, or point OHLCV_DATA_DIR elsewhere"
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return f"{first}{where if e.filename and str(e.filename) not in first else ''}"
+
+
+def _usage(parse: Callable[[str], Any]) -> Callable[[str | None], str | None]:
+    """A parameter callback: a value ``parse`` refuses is a usage error (exit code 2, with the
+    command's usage), like every other wrong argument, not a runtime error."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse(value)
+            except ValueError as e:
+                raise typer.BadParameter(str(e)) from None
+        return value
+
+    return check
 
 
 def parse_duration(text: str) -> timedelta:
@@ -272,7 +310,7 @@ def demo_data_command(
     hours: Annotated[float, typer.Option(help="How many hours of trades, ending now")] = 48,
     symbols: Annotated[int, typer.Option(help="How many symbols")] = 6,
     trades_per_minute: Annotated[float, typer.Option(help="Average per symbol")] = 20,
-    seed: Annotated[int, typer.Option()] = 7,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed, the same trades")] = 7,
 ) -> None:
     """Generate realistic synthetic trades (with late, duplicate and bad rows) and ingest them."""
     _print_ingest(_ingest_demo(_settings(ctx), hours, symbols, trades_per_minute, seed))
@@ -343,12 +381,20 @@ def _print_metrics(metrics: RunMetrics) -> None:
 @_friendly_errors
 def run_command(
     ctx: typer.Context,
-    tf: Annotated[str, typer.Argument(help="1m, 5m, 30m, 1h or 1d")],
+    tf: Annotated[str, typer.Argument(help="1m, 5m, 30m, 1h or 1d", callback=_usage(timeframe))],
     at: Annotated[
-        str | None, typer.Option("--at", help="Reference time (ISO-8601, default now)")
+        str | None,
+        typer.Option(
+            "--at",
+            help="Reference time (ISO-8601, default now)",
+            callback=_usage(parse_instant),
+        ),
     ] = None,
     lookback: Annotated[
-        str | None, typer.Option(help="e.g. 10m, 2h (default: the timeframe's)")
+        str | None,
+        typer.Option(
+            help="e.g. 10m, 2h (default: the timeframe's)", callback=_usage(parse_duration)
+        ),
     ] = None,
 ) -> None:
     """Run the timeframe's flow now: generate -> validate -> publish."""
@@ -364,10 +410,12 @@ def run_command(
 @_friendly_errors
 def backfill_command(
     ctx: typer.Context,
-    tf: Annotated[str, typer.Argument(help="1m, 5m, 30m, 1h or 1d")],
-    start: Annotated[str, typer.Option(help="ISO-8601, inclusive")],
-    end: Annotated[str, typer.Option(help="ISO-8601, exclusive")],
-    chunk: Annotated[str, typer.Option(help="Size of one bounded chunk")] = "1d",
+    tf: Annotated[str, typer.Argument(help="1m, 5m, 30m, 1h or 1d", callback=_usage(timeframe))],
+    start: Annotated[str, typer.Option(help="ISO-8601, inclusive", callback=_usage(parse_instant))],
+    end: Annotated[str, typer.Option(help="ISO-8601, exclusive", callback=_usage(parse_instant))],
+    chunk: Annotated[
+        str, typer.Option(help="Size of one bounded chunk", callback=_usage(parse_duration))
+    ] = "1d",
     restart: Annotated[
         bool, typer.Option("--restart", help="Recompute every chunk, even finished ones")
     ] = False,
@@ -440,13 +488,27 @@ def _backfill(
     console.print(f"{tf_} backfill of {len(chunks)} chunks complete")
 
 
+def _known_tables(names: list[str] | None) -> list[str] | None:
+    from spark_jobs.maintenance import chosen_tables
+
+    try:
+        chosen_tables(names)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    return names
+
+
 @app.command("maintain")
 @_friendly_errors
 def maintain_command(
     ctx: typer.Context,
     table: Annotated[
         list[str] | None,
-        typer.Option("--table", help="Only this table (repeatable; default: every table)"),
+        typer.Option(
+            "--table",
+            help="Only this table (repeatable; default: every table)",
+            callback=_known_tables,
+        ),
     ] = None,
 ) -> None:
     """Expire old snapshots, compact small files, remove orphan files (the daily deployment)."""
@@ -581,4 +643,9 @@ def docs_command(
 
 
 def main() -> None:
+    import os
+
+    if not sys.stdout.isatty():
+        # Piped or logged output: wide tables stay whole lines instead of wrapping at 80.
+        os.environ.setdefault("COLUMNS", "200")
     app()

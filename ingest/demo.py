@@ -37,6 +37,9 @@ from core.time import assume_utc, to_us, utc
 from ingest.parsing import SCALE, decimal_from_units
 from ingest.run import IngestResult, ingest
 
+DEMO_BAD_ROWS = 10
+"""Malformed rows in a full demo window (one of each kind of :data:`BAD_ROW_KINDS`)."""
+
 DEFAULT_SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "DOGE-USD", "ADA-USD")
 
 # Schema metadata recording what ingesting the table into a table without these trades yields
@@ -151,7 +154,7 @@ def demo_trades(
     seed: int = 7,
     late_fraction: float = 0.01,
     duplicate_fraction: float = 0.005,
-    bad_rows: int = 10,
+    bad_rows: int = DEMO_BAD_ROWS,
     first_trade_id: int | None = None,
     daily_cycle: bool = True,
 ) -> pa.Table:
@@ -461,6 +464,9 @@ def ingest_demo_feed(
         first_id = highest_id + 1
     if start >= end:
         return None
+    # Malformed rows in proportion to the window: a rerun minutes later continues the feed
+    # without a fresh batch of rejects.
+    share = (end - start) / timedelta(hours=hours)
     table = demo_trades(
         start=start,
         end=end,
@@ -468,5 +474,6 @@ def ingest_demo_feed(
         trades_per_minute=trades_per_minute,
         seed=seed,
         first_trade_id=first_id,
+        bad_rows=round(DEMO_BAD_ROWS * share),
     )
     return ingest(catalog, namespace, table, source="demo-data", now=end)

@@ -1136,6 +1136,28 @@ def test_demo_data_ingests_as_the_oracle_predicts(iceberg: Catalog, namespace: s
     assert stored_rejects(iceberg, namespace) == rejects
 
 
+def test_the_demo_feed_continues_where_it_stopped_without_new_spurious_rejects(
+    iceberg: Catalog, namespace: str
+) -> None:
+    end = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
+
+    def feed(until: datetime) -> IngestResult | None:
+        return demo_data.ingest_demo_feed(
+            iceberg, namespace, end=until, hours=48, symbols=3, trades_per_minute=5, seed=7
+        )
+
+    first = feed(end)
+    assert first is not None and first.rejected == demo_data.DEMO_BAD_ROWS + 1
+    # Nothing new up to the same end
+    again = feed(end)
+    assert again is None or again.rows_in == 0
+    # Ten minutes later: only those ten minutes, no fresh batch of malformed rows
+    later = feed(end + timedelta(minutes=10))
+    assert later is not None and later.accepted > 0 and later.rejected == 0
+    position = demo_data.feed_position(iceberg.load_table((namespace, "trades")))
+    assert position is not None and end <= position[0] < end + timedelta(minutes=10)
+
+
 def test_demo_data_looks_like_a_feed() -> None:
     table = _demo(bad_rows=0)
     assert table.schema.field("price").type == pa.decimal128(18, 8)

@@ -387,4 +387,4 @@ def test_ohlcv_maintain_runs_the_maintenance_flow_with_its_artifact(
         )
     assert "snapshots expired" in str(artifact.data)
     unknown = CliRunner().invoke(app, ["maintain", "--table", "nope"])
-    assert unknown.exit_code == 1 and "unknown table(s) nope" in unknown.output
+    assert unknown.exit_code == 2 and "unknown table(s) nope" in unknown.output  # usage error
