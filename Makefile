@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test-deps demo test test-fast lint bench docs stack-up stack-down clean
+.PHONY: setup test-deps demo test test-fast lint bench docs notebook stack-up stack-down clean
 
 # Python 3.11 and Java 17 are the only prerequisites; uv, the environment and the pinned jars
 # are installed here.
@@ -38,6 +38,10 @@ lint: setup
 
 docs: setup
 	$(UV) run ohlcv docs
+
+# The example notebook in JupyterLab, installed for this command only (the stack must be up).
+notebook: setup
+	$(UV) run --with jupyterlab==4.6.6 jupyter lab notebooks/explore_candles.ipynb
 
 bench: setup
 	$(UV) run python bench/bench_candles.py
