@@ -75,8 +75,8 @@ def _settings(ctx: typer.Context) -> Settings:
 
 
 def _friendly_errors(func: F_) -> F_:
-    """Turn the errors a user can act on into one clear line and exit code 1 (2 when
-    validation failed)."""
+    """Turn the errors a user can act on into one clear line and exit code 1 (usage errors
+    are click's: exit code 2)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -135,7 +135,7 @@ class _RunLogsStayInPrefect(logging.Filter):
 def _one_line(e: Exception) -> tuple[int, str] | None:
     """(exit code, message) for an expected failure; None for a bug (its traceback shows)."""
     if _raised_by(e, "expectations.validation", "ValidationFailed"):
-        return 2, f"[red]validation failed, main unchanged:[/red] {e}"
+        return 1, f"[red]validation failed, main unchanged:[/red] {e}"
     if (
         isinstance(e, (stack.StackError, prefect_server.PrefectUnavailable, ValueError))
         or _raised_by(e, "infra.session", "ConnectError")
