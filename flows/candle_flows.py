@@ -34,6 +34,7 @@ from core.timeframes import TIMEFRAMES, Timeframe
 from expectations.validation import ValidationFailed
 from flows import pipeline
 from flows.pipeline import RunMetrics, RunRequest
+from flows.stopping import ends_within_grace
 from flows.writers import one_writer
 from infra.session import close, connect
 from settings import Settings
@@ -304,7 +305,7 @@ def run_candle_pipeline(
     request = _request(
         at, lookback_minutes, window_start, window_end, trades_snapshot_id, backfill_start
     )
-    with one_writer(settings, tf.table):
+    with ends_within_grace(), one_writer(settings, tf.table):
         spark = connect(settings)
         try:
             result = pipeline.run_pipeline(

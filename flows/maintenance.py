@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 
 from core.tables import Tables
 from flows.pipeline import tables_for
+from flows.stopping import ends_within_grace
 from flows.writers import one_writer
 from infra.session import session
 from settings import Settings
@@ -91,7 +92,7 @@ def ohlcv_maintenance_flow(tables: list[str] | None = None) -> list[TableMainten
     names = maintenance.chosen_tables(tables)
     now = datetime.now(UTC)
     results = []
-    with session(settings) as spark:
+    with ends_within_grace(), session(settings) as spark:
         for name in names:
             # Candle tables have one writer at a time; trades' writer (ingestion) may append
             # during a compaction: its commit is rebased, nothing conflicts.

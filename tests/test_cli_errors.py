@@ -95,3 +95,29 @@ def test_a_run_without_its_prefect_server_fails_in_one_line(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     assert "no Prefect server answers at PREFECT_API_URL=http://127.0.0.1:9/api" in lines[0]
+
+
+STUCK = """
+import signal, time
+from flows import stopping
+stopping.STOP_GRACE_S = 2.0
+signal.signal(signal.SIGINT, lambda *args: None)  # a graceful path that never ends
+with stopping.ends_within_grace():
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_stopping_run_whose_graceful_exit_hangs_still_ends() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", STUCK], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
+            child.send_signal(signal.SIGINT)
+            _, stderr = child.communicate(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    assert child.returncode == 128 + signal.SIGINT
+    assert b"did not end within 2 s" in stderr

@@ -238,6 +238,7 @@ def test_a_signal_ends_a_run_within_seconds_and_interrupts_its_server_work(
     finally:
         if writer.poll() is None:
             writer.kill()
+            writer.wait(30)
     # Then: it ended within seconds, having interrupted its write on the server first
     print(f"{signal.Signals(signum).name}: the run ended after {ended:.1f} s")
     assert writer.returncode != 0, log.read_text()

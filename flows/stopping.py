@@ -1,0 +1,66 @@
+"""A run that is told to stop (SIGTERM, SIGINT) ends within a bounded time, whatever happens.
+
+The graceful path is Python's and Prefect's: the signal becomes an exception in the main thread
+(``KeyboardInterrupt``, Prefect's ``TerminationSignal``), :func:`flows.candle_flows.interruptible`
+interrupts the run's server-side operations, the flow run is marked crashed and the process
+exits, in seconds. But an exception raised at an arbitrary point can leave a lock held (in a
+logging handler, an HTTP client) and the exit then waits forever: measured once under load, a
+run that got SIGINT was still alive two minutes later. So the first signal also arms a
+watchdog that ends the process after :data:`STOP_GRACE_S` if the graceful path has not. The
+server drops whatever a vanished client left running
+(:data:`infra.stack.ABANDONED_OPERATIONS_CONF`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+STOP_GRACE_S = 30.0
+"""How long a stopping run may take to end gracefully (interrupting its server-side work takes
+at most about 20 s, see :data:`flows.candle_flows.UNWIND_S`)."""
+
+
+def _watchdog(signum: int) -> None:
+    def expire() -> None:
+        name = signal.Signals(signum).name
+        print(f"{name}: the run did not end within {STOP_GRACE_S:.0f} s; exiting", file=sys.stderr)
+        os._exit(128 + signum)
+
+    timer = threading.Timer(STOP_GRACE_S, expire)
+    timer.daemon = True
+    timer.start()
+
+
+@contextlib.contextmanager
+def ends_within_grace() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT keep their usual handling and also arm the
+    watchdog. Outside the main thread (where handlers cannot be installed) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+
+    def chained(signum: int, frame: FrameType | None) -> None:
+        _watchdog(signum)
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        # SIG_IGN: ignored, as before (the watchdog is armed nevertheless)
+
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        previous[stop] = signal.signal(stop, chained)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
