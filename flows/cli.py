@@ -643,9 +643,10 @@ def docs_command(
 
 
 def main() -> None:
+    """The `ohlcv` command."""
     import os
 
-    if not sys.stdout.isatty():
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
         # Piped or logged output: wide tables stay whole lines instead of wrapping at 80.
-        os.environ.setdefault("COLUMNS", "200")
+        console.width = 200
     app()
