@@ -12,6 +12,7 @@ larger ones are validated as Spark Connect DataFrames, where they live.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -149,12 +150,16 @@ def run_checkpoint(
     pandas_max_rows: int = 200_000,
     examples: int = 5,
     run_name: str | None = None,
+    keep_results: int | None = None,
 ) -> ValidationReport:
     """Validate ``frame`` against ``suite`` through a checkpoint that updates the data docs.
 
     Returns the report whether or not it passed; callers decide what a failure blocks.
-    ``web_cache`` is where the data docs' pinned front-end packages are cached.
+    ``web_cache`` is where the data docs' pinned front-end packages are cached. With
+    ``keep_results``, older results of the suite are dropped first (:func:`prune_results`).
     """
+    if keep_results is not None:
+        prune_results(root, suite.name, keep_results - 1)  # this run adds one
     context = gx_context(root)
     rows = frame.count() if engine != "spark" else -1
     chosen: Literal["spark", "pandas"] = (
@@ -210,6 +215,33 @@ def run_checkpoint(
         outcomes=outcomes,
         data_docs=data_docs_index(root),
     )
+
+
+def prune_results(root: Path, suite: str, keep: int) -> int:
+    """Delete all but the newest ``keep`` validation results of ``suite`` and their data docs
+    pages; returns how many were deleted.
+
+    A scheduled pipeline validates every few minutes and GX keeps every result forever; each
+    checkpoint rebuilds the data docs index over all of them, so validation got slower with
+    every run (measured in the soak bench). GX has no retention of its own. Results are files
+    of its filesystem store, ``<suite>/<run name>/<run time>/<batch>.json``, rendered to the same
+    path with ``.html`` in the site; the index is rebuilt from the store by the next run.
+    """
+    gx_dir = root.resolve() / "gx"
+    store = gx_dir / "uncommitted" / "validations" / suite
+    if not store.is_dir():
+        return 0
+    results = sorted(store.glob("*/*/*.json"), key=lambda p: p.parent.name, reverse=True)
+    site = gx_dir / "uncommitted" / "data_docs" / DATA_DOCS_SITE / "validations" / suite
+    for old in results[keep:]:
+        relative = old.relative_to(store)
+        old.unlink()
+        site.joinpath(relative).with_suffix(".html").unlink(missing_ok=True)
+        for directory in (old.parent, old.parent.parent):
+            for base in (store, site):
+                with contextlib.suppress(OSError):  # only empty directories go
+                    (base / directory.relative_to(store)).rmdir()
+    return max(len(results) - keep, 0)
 
 
 def _examples(result: dict[str, Any], exception_info: Any, limit: int) -> list[str]:

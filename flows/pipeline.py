@@ -223,6 +223,7 @@ def validate(
             engine=settings.validation_engine,
             pandas_max_rows=settings.validation_pandas_max_rows,
             run_name=run_name,
+            keep_results=settings.validation_results_kept,
         )
 
     validation.invariants = check(

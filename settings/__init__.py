@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         description="auto: pandas up to validation_pandas_max_rows candles, Spark above.",
     )
     validation_pandas_max_rows: int = Field(default=200_000, ge=0)
+    validation_results_kept: int = Field(
+        default=300,
+        ge=1,
+        description="Validation results (and their data docs pages) kept per suite, newest "
+        "first: every run adds one, and GX rebuilds the data docs index over all of them.",
+    )
 
     # Long life: bounded runs and table maintenance
     max_new_trades_per_run: int = Field(

@@ -151,3 +151,31 @@ def test_correct_candles_pass_and_failures_name_rows_on_both_engines(
     assert "expect_column_pair_values_a_to_be_greater_than_b (high >= low)" in message
     assert "SOL-USD" in message
     assert str(report.data_docs) in message
+
+
+def test_validation_results_are_kept_newest_first_up_to_the_limit(
+    spark: SparkSession, tables: Tables, tmp_path: Path
+) -> None:
+    good = frame(spark, tables, [good_candle("BTC-USD", m) for m in range(2)])
+    suite = invariant_suite(ONE_MINUTE)
+    for n in range(4):  # four scheduled runs
+        report = run_checkpoint(
+            tmp_path,
+            suite.name,
+            suite,
+            good,
+            web_cache=Settings.model_fields["web_cache_dir"].default,
+            engine="pandas",
+            run_name=f"run {n}",
+            keep_results=2,
+        )
+        assert report.success
+    gx_dir = tmp_path / "gx" / "uncommitted"
+    stored = sorted(p.parent.parent.name for p in gx_dir.glob(f"validations/{suite.name}/*/*/*"))
+    pages = sorted(
+        p.parent.parent.name
+        for p in gx_dir.glob(f"data_docs/local_site/validations/{suite.name}/*/*/*.html")
+    )
+    assert stored == pages == ["run 2", "run 3"]
+    index = (gx_dir / "data_docs" / "local_site" / "index.html").read_text()
+    assert "run 3" in index and "run 0" not in index
