@@ -327,15 +327,16 @@ def _ingest_demo(
     catalog = open_catalog(settings)
     ensure_tables(catalog, settings.namespace)
     end = datetime.now(UTC).replace(second=0, microsecond=0)
-    result = ingest_demo_feed(
-        catalog,
-        settings.namespace,
-        end=end,
-        hours=hours,
-        symbols=symbols,
-        trades_per_minute=per_minute,
-        seed=seed,
-    )
+    with console.status(f"generating and ingesting up to {hours:g} hours of demo trades ..."):
+        result = ingest_demo_feed(
+            catalog,
+            settings.namespace,
+            end=end,
+            hours=hours,
+            symbols=symbols,
+            trades_per_minute=per_minute,
+            seed=seed,
+        )
     if result is None:
         console.print(f"no new demo trades: the table already holds trades up to {end:%H:%M} UTC")
     return result
