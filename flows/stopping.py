@@ -40,8 +40,14 @@ def _watchdog(signum: int) -> None:
 
 @contextlib.contextmanager
 def ends_within_grace() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGINT keep their usual handling and also arm the
-    watchdog. Outside the main thread (where handlers cannot be installed) a no-op."""
+    """Within the block, SIGTERM keeps its handling (Prefect's, inside a flow run), SIGINT
+    takes the same path, and either also arms the watchdog. Outside the main thread (where
+    handlers cannot be installed) a no-op.
+
+    SIGINT as SIGTERM: Python's ``KeyboardInterrupt`` raised inside Prefect's engine ended the
+    run in 2 s on an idle machine but twice hung under load (still alive 30 s and 120 s
+    later), while Prefect's termination path ended every SIGTERM'ed run in under 2 s.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -50,7 +56,10 @@ def ends_within_grace() -> Iterator[None]:
     def chained(signum: int, frame: FrameType | None) -> None:
         _watchdog(signum)
         handler = previous[signum]
-        if callable(handler):
+        terminate = previous[signal.SIGTERM]
+        if signum == signal.SIGINT and callable(terminate) and terminate is not chained:
+            terminate(signal.SIGTERM, frame)  # Prefect's bridge: TerminationSignal
+        elif callable(handler):
             handler(signum, frame)
         elif handler == signal.SIG_DFL:
             signal.signal(signum, signal.SIG_DFL)
