@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -122,13 +123,21 @@ def _start_writer(at: datetime, prefect_url: str, log: Path) -> subprocess.Popen
         )
 
 
-def _running_jobs(settings: Settings) -> list[int]:
-    """Ids of the Spark jobs running on the server (its monitoring API)."""
+def _running_jobs(settings: Settings) -> list[int] | None:
+    """Ids of the Spark jobs running on the server (its monitoring API); None when the API
+    did not answer in time (a loaded machine): the callers poll again."""
     base = f"http://127.0.0.1:{settings.ui_port}/api/v1/applications"
-    with urllib.request.urlopen(base, timeout=10) as response:
-        app = json.load(response)[0]["id"]
-    with urllib.request.urlopen(f"{base}/{app}/jobs?status=running", timeout=10) as response:
-        return [job["jobId"] for job in json.load(response)]
+    try:
+        with urllib.request.urlopen(base, timeout=30) as response:
+            app = json.load(response)[0]["id"]
+        with urllib.request.urlopen(f"{base}/{app}/jobs?status=running", timeout=30) as response:
+            return [job["jobId"] for job in json.load(response)]
+    except TimeoutError:
+        return None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, TimeoutError):
+            return None
+        raise
 
 
 def _until(condition: Callable[[], bool], within_s: float, what: str) -> float:
@@ -146,7 +155,7 @@ def _writing(child: subprocess.Popen[bytes], log: Path, settings: Settings) -> N
         300,
         f"the writer to start (exit {child.poll()}): {log.read_text(errors='replace')[-2000:]}",
     )
-    _until(lambda: bool(_running_jobs(settings)), 60, "its write to run on the server")
+    _until(lambda: bool(_running_jobs(settings)), 120, "its write to run on the server")
 
 
 def _published_once(spark: SparkSession, tables: Tables, settings: Settings) -> list[Trade]:
@@ -189,7 +198,7 @@ def test_a_writer_killed_mid_write_leaves_no_zombie_and_blocks_its_table_only_fo
         message = str(refused.result(raise_on_failure=False))
         assert refused.is_failed() and "another writer" in message
         # ... the server drops the dead client's write (it never commits) ...
-        _until(lambda: not _running_jobs(run_settings), 60, "the orphaned write to end")
+        _until(lambda: _running_jobs(run_settings) == [], 60, "the orphaned write to end")
         zombie_s = time.monotonic() - killed
         assert wap.branch_snapshot_id(spark, table, wap.AUDIT_BRANCH) == main
         # When: more trades arrive and the next run of the table comes, willing to wait
@@ -205,7 +214,7 @@ def test_a_writer_killed_mid_write_leaves_no_zombie_and_blocks_its_table_only_fo
     assert zombie_s < 45, zombie_s
     assert metrics.published
     assert waited < run_settings.writer_lease_s + 60, waited
-    assert not _running_jobs(run_settings)
+    _until(lambda: _running_jobs(run_settings) == [], 30, "no job to run after the rerun")
     assert snapshots.main_snapshot_id(spark, table) == metrics.main_snapshot_id
     assert wap.branch_snapshot_id(spark, table, wap.AUDIT_BRANCH) == metrics.main_snapshot_id
     assert_matches_oracle(spark, tables, trades, [ONE_MINUTE])
@@ -244,7 +253,7 @@ def test_a_signal_ends_a_run_within_seconds_and_interrupts_its_server_work(
     assert writer.returncode != 0, log.read_text()
     assert ended < 30, ended
     # (cancelling the interrupted job's tasks takes the server a moment)
-    _until(lambda: not _running_jobs(run_settings), 15, "the interrupted write to end")
+    _until(lambda: _running_jobs(run_settings) == [], 30, "the interrupted write to end")
     assert snapshots.main_snapshot_id(spark, table) == main
     assert wap.branch_snapshot_id(spark, table, wap.AUDIT_BRANCH) == main
     assert_matches_oracle(spark, tables, trades, [ONE_MINUTE])
