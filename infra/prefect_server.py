@@ -10,10 +10,8 @@ always wins: then no local server is started.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.net import port_open
+from infra.stack import alive, stop_process
 from settings import Settings
 
 HOST = "127.0.0.1"
@@ -77,18 +76,12 @@ def healthy(url: str, timeout_s: float = 5.0) -> bool:
 
 
 def _pid(settings: Settings) -> int | None:
+    """The pid of this data directory's running Prefect server, if any."""
     try:
         pid = int(json.loads(_pid_file(settings).read_text())["pid"])
     except (FileNotFoundError, ValueError, KeyError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    with contextlib.suppress(FileNotFoundError):
-        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-            return None
-    return pid
+    return pid if alive(pid) else None
 
 
 def status(settings: Settings) -> PrefectStatus:
@@ -137,7 +130,7 @@ def up(settings: Settings) -> PrefectStatus:
     try:
         _wait_healthy(settings, proc.pid)
     except PrefectUnavailable:
-        _stop(proc.pid)
+        stop_process(proc.pid)
         _pid_file(settings).unlink(missing_ok=True)
         raise
     return status(settings)
@@ -159,27 +152,11 @@ def _wait_healthy(settings: Settings, pid: int | None) -> None:
         time.sleep(0.5)
 
 
-def _stop(pid: int, timeout_s: float = 30.0) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            waited, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # not our child: poll its existence instead
-            waited = 0 if Path(f"/proc/{pid}").exists() else pid
-        if waited == pid:
-            return
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-
-
 def down(settings: Settings) -> PrefectStatus:
     """Stop the local Prefect server; a no-op when it is not running."""
     pid = _pid(settings)
     if pid is not None:
-        _stop(pid)
+        stop_process(pid)
     _pid_file(settings).unlink(missing_ok=True)
     return status(settings)
 

@@ -58,7 +58,8 @@ def _log_file(settings: Settings) -> Path:
     return settings.stack_dir / "server.log"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether the process lives (a zombie counts as gone). Shared by the local servers."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -81,7 +82,7 @@ def _read_pid(settings: Settings) -> int | None:
 
 def status(settings: Settings) -> StackStatus:
     pid = _read_pid(settings)
-    running = pid is not None and _alive(pid)
+    running = pid is not None and alive(pid)
     return StackStatus(running, pid if running else None, settings.remote, _log_file(settings))
 
 
@@ -185,7 +186,7 @@ def up(settings: Settings) -> StackStatus:
     try:
         _wait_ready(settings, pid)
     except StackError:
-        _stop_pid(pid)
+        stop_process(pid)
         _pid_file(settings).unlink(missing_ok=True)
         _stop_cluster(settings)
         raise
@@ -309,8 +310,8 @@ def _start_cluster(settings: Settings) -> str:
 def _stop_cluster(settings: Settings) -> None:
     pids = cluster_pids(settings)
     for pid in [*pids["workers"], *pids["master"]]:
-        if _alive(pid):
-            _stop_pid(pid)
+        if alive(pid):
+            stop_process(pid)
         elif (proc := _STARTED.pop(pid, None)) is not None:
             proc.wait(timeout=10)  # reap a worker that was killed
     _cluster_file(settings).unlink(missing_ok=True)
@@ -338,7 +339,7 @@ def _log_tail(settings: Settings, lines: int = 25) -> str:
 def _wait_ready(settings: Settings, pid: int | None) -> None:
     deadline = time.monotonic() + settings.server_start_timeout_s
     while time.monotonic() < deadline:
-        if pid is not None and not _alive(pid):
+        if pid is not None and not alive(pid):
             raise StackError(
                 f"the Spark Connect server exited during start-up; last lines of "
                 f"{_log_file(settings)}:\n{_log_tail(settings)}"
@@ -364,12 +365,14 @@ def _check_session(settings: Settings) -> None:
         spark.stop()
 
 
-def _stop_pid(pid: int, timeout_s: float = 30.0) -> None:
+def stop_process(pid: int, timeout_s: float = 30.0) -> None:
+    """SIGTERM the process group of ``pid`` (a server started with a session of its own), then
+    SIGKILL it after ``timeout_s``. Shared by the local servers."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             break
         time.sleep(0.2)
     else:
@@ -383,8 +386,8 @@ def _stop_pid(pid: int, timeout_s: float = 30.0) -> None:
 def down(settings: Settings) -> StackStatus:
     """Stop the local server (and its standalone cluster, if any); a no-op otherwise."""
     pid = _read_pid(settings)
-    if pid is not None and _alive(pid):
-        _stop_pid(pid)
+    if pid is not None and alive(pid):
+        stop_process(pid)
     _pid_file(settings).unlink(missing_ok=True)
     _stop_cluster(settings)
     return status(settings)
