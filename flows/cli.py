@@ -106,6 +106,7 @@ def _flow_context(settings: Settings) -> Iterator[None]:
     Connect server, a URL the client cannot use, no Prefect server), else run the block
     against the user's PREFECT_API_URL or the local Prefect server. Without the checks, a flow
     run would start, record a failure and print Prefect's traceback first."""
+    import prefect  # noqa: F401  (sets up Prefect's logging handlers, filtered below)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from infra.session import probe
@@ -374,7 +375,8 @@ def _print_metrics(metrics: RunMetrics) -> None:
         f"{metrics.timeframe}: read {run.trades_read} trades "
         f"({run.new_trades} new{before_lookback}), {run.windows_recomputed} "
         f"candles recomputed: {run.inserted} inserted, {run.updated} updated, "
-        f"{run.unchanged} unchanged; {checked}{outcome} in {seconds:.1f} s"
+        f"{run.unchanged} unchanged; {checked}{outcome} in {seconds:.1f} s",
+        soft_wrap=True,  # one line per step, however long
     )
 
 
