@@ -6,7 +6,6 @@ Settings are built once per invocation (the callback) and handed to every comman
 from __future__ import annotations
 
 import errno
-import logging
 import re
 import sys
 import time
@@ -106,31 +105,13 @@ def _flow_context(settings: Settings) -> Iterator[None]:
     Connect server, a URL the client cannot use, no Prefect server), else run the block
     against the user's PREFECT_API_URL or the local Prefect server. Without the checks, a flow
     run would start, record a failure and print Prefect's traceback first."""
-    import prefect  # noqa: F401  (sets up Prefect's logging handlers, filtered below)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from infra.session import probe
 
     probe(settings)
-    url = prefect_server.api_url(settings)
-    # The flow and task runs' own log lines go to the Prefect server (its UI shows them); the
-    # terminal gets the command's summary lines, not each step twice or Prefect's tracebacks
-    # of an expected failure (which the command reports in one line).
-    quiet = _RunLogsStayInPrefect()
-    handlers = logging.getLogger().handlers
-    for handler in handlers:
-        handler.addFilter(quiet)
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(quiet)
-
-
-class _RunLogsStayInPrefect(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url(settings)}):
+        yield
 
 
 def _one_line(e: Exception) -> tuple[int, str] | None:
