@@ -132,7 +132,9 @@ def main() -> None:
                 row["files_compacted"] = sum(d.files_compacted for d in done)
             cycles.append(row)
             print(
-                f"cycle {cycle}: run {run_s:.2f} s, ingest {ingest_s:.2f} s"
+                f"cycle {cycle}: run {run_s:.2f} s"
+                f" (validate {result.seconds.get('validate', 0):.2f} s)"
+                f", ingest {ingest_s:.2f} s"
                 + (f", maintenance {row['maintain_s']:.1f} s" if "maintain_s" in row else ""),
                 flush=True,
             )

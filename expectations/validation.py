@@ -13,6 +13,7 @@ larger ones are validated as Spark Connect DataFrames, where they live.
 from __future__ import annotations
 
 import contextlib
+import copy
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from expectations.docs_assets import localize
 
 CONFIG_TEMPLATE = Path(__file__).with_name("great_expectations.yml")
 DATA_DOCS_SITE = "local_site"
+INDEX_RESULTS_LIMIT = 100  # as in the template; projects copied before it are upgraded
 Engine = Literal["auto", "spark", "pandas"]
 
 
@@ -102,6 +104,13 @@ def gx_context(root: Path) -> FileDataContext:
         shutil.copyfile(CONFIG_TEMPLATE, config)
     context = gx.get_context(mode="file", project_root_dir=str(project))
     assert isinstance(context, FileDataContext)
+    site = copy.deepcopy((context.config.data_docs_sites or {}).get(DATA_DOCS_SITE))
+    index = (site or {}).get("site_index_builder")
+    if site and index is not None and index.get("validation_results_limit") != INDEX_RESULTS_LIMIT:
+        # The index page reads every result it lists, so without a limit each checkpoint's
+        # rebuild grows with the stored results (measured in the soak bench).
+        index["validation_results_limit"] = INDEX_RESULTS_LIMIT
+        context.update_data_docs_site(DATA_DOCS_SITE, site)
     return context
 
 
