@@ -133,7 +133,7 @@ def main() -> None:
             cycles.append(row)
             print(
                 f"cycle {cycle}: run {run_s:.2f} s"
-                f" (validate {result.seconds.get('validate', 0):.2f} s)"
+                f" (validate {result.seconds.get('validate_candles', 0):.2f} s)"
                 f", ingest {ingest_s:.2f} s"
                 + (f", maintenance {row['maintain_s']:.1f} s" if "maintain_s" in row else ""),
                 flush=True,
