@@ -24,9 +24,11 @@ from infra.catalog import open_catalog
 from infra.session import connect
 from settings import Settings, quiet_third_parties
 
-# A port of its own, so a developer's `make demo` server (15002) is never touched.
-TEST_PORT = 15012
-TEST_UI_PORT = 14052
+# A port of its own, so a developer's `make demo` server (15002) is never touched;
+# TEST_PORT_OFFSET moves the session's server so a second checkout can test beside this one.
+PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
+TEST_PORT = 15012 + PORT_OFFSET
+TEST_UI_PORT = 14052 + PORT_OFFSET
 # Fixtures that start (or are) a Spark Connect server; using one makes a test `spark`.
 SERVER_FIXTURES = {"server", "cluster", "pg_settings"}
 
