@@ -1,5 +1,7 @@
 """Make the GX data docs render offline: serve their scripts and styles from the site itself.
 
+Pages keep no URL outside the site: GX's logo, links and newsletter footer are replaced.
+
 GX's pages load jQuery, Bootstrap and bootstrap-table from public CDNs; without them the index
 shows no tables at all. Trading desks often review docs on machines without internet access, so
 after every build the pinned packages are fetched once with npm (`npm pack`, which checks the
@@ -98,11 +100,45 @@ ASSETS = (
         "dist/css/bootstrap-datepicker.min.css",
     ),
     Asset(
+        "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/"
+        "bootstrap-table-filter-control.css",
+        "bootstrap-table@1.19.1",
+        "dist/extensions/filter-control/bootstrap-table-filter-control.css",
+    ),
+    Asset(
         "https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css",
         "@fortawesome/fontawesome-free@6.6.0",
         "css/all.min.css",
         companions="webfonts",
     ),
+    Asset(
+        "https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/"
+        "bootstrap-prefers-dark.css",
+        "@forevolve/bootstrap-dark@1.1.0",
+        "dist/css/bootstrap-prefers-dark.css",
+    ),
+    # GX asks for the newest 5.x / 6.x; pinned here to the newest of each on 2026-11-27.
+    Asset("https://cdn.jsdelivr.net/npm/vega@5", "vega@5.33.0", "build/vega.min.js"),
+    Asset("https://cdn.jsdelivr.net/npm/vega-lite@5", "vega-lite@5.23.0", "build/vega-lite.min.js"),
+    Asset(
+        "https://cdn.jsdelivr.net/npm/vega-embed@6", "vega-embed@6.29.0", "build/vega-embed.min.js"
+    ),
+)
+
+# GX's own branding, fetched from the internet or pointing at it, replaced by plain text;
+# limits GX renders as floats (``60000000.0``) shown as the integers they are.
+BRAND = "OHLCV candle checks"
+REWRITES = (
+    (
+        re.compile(
+            r"<img\s+class=\"NO-CACHE\"\s+src=\"https://great-expectations-web-assets[^>]*>"
+        ),
+        f'<span class="h4 text-body">{BRAND}</span>',
+    ),
+    (re.compile(r"url\('https://great-expectations-web-assets[^']*'\)"), "none"),
+    (re.compile(r"<footer>\s*<p>Stay current[^<]*<a [^>]*>[^<]*</a></p>\s*</footer>"), ""),
+    (re.compile(r'<a href="https://greatexpectations\.io[^"]*">([^<]*)</a>'), r"\1"),
+    (re.compile(r'(<span class="badge badge-secondary" >-?\d+)\.0(</span>)'), r"\1\2"),
 )
 
 
@@ -177,12 +213,28 @@ def localize(site: Path, cache: Path) -> bool:
         if page.stat().st_mtime < since:
             continue
         text = page.read_text(encoding="utf-8")
-        if not pattern.search(text):
-            continue
         prefix = os.path.relpath(vendor, page.parent)
 
         def local(match: re.Match[str], prefix: str = prefix) -> str:
             return f"{prefix}/{by_url[match.group(0)].filename}"
 
-        page.write_text(pattern.sub(local, text), encoding="utf-8")
+        changed = pattern.sub(local, text)
+        for rewrite, replacement in REWRITES:
+            changed = rewrite.sub(replacement, changed)
+        if changed != text:
+            page.write_text(changed, encoding="utf-8")
     return True
+
+
+def external_urls(site: Path) -> dict[Path, list[str]]:
+    """Every URL a page of ``site`` would fetch or link outside the site, per page."""
+    found: dict[Path, list[str]] = {}
+    for page in sorted(site.rglob("*.html")):
+        urls = _EXTERNAL.findall(page.read_text(encoding="utf-8"))
+        if urls:
+            found[page] = urls
+    return found
+
+
+# Any absolute or protocol-relative http(s) URL; XML namespaces are names, never fetched.
+_EXTERNAL = re.compile(r"(?:https?:)?//(?!www\.w3\.org/)[A-Za-z0-9.-]+\.[A-Za-z]{2,}[^\s\"'<>)]*")

@@ -14,18 +14,24 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import html
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlparse
 
 import great_expectations as gx
-from great_expectations.checkpoint import UpdateDataDocsAction
+import great_expectations.expectations as gxe
 from great_expectations.core.batch_definition import BatchDefinition
 from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context import FileDataContext
+from great_expectations.data_context.types.resource_identifiers import (
+    ExpectationSuiteIdentifier,
+)
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from core.tables import CANDLE_KEY
 from expectations.docs_assets import localize
@@ -71,6 +77,8 @@ class ValidationReport:
     engine: str
     outcomes: list[ExpectationOutcome]
     data_docs: Path | None
+    result_page: Path | None = None  # this validation's own page in the data docs
+    ranges: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # column -> (min, max) seen
 
     @property
     def failures(self) -> list[ExpectationOutcome]:
@@ -90,8 +98,8 @@ class ValidationReport:
             f"expectations on {self.rows} candle row(s)"
         ]
         lines += [f"  - {o.describe()}" for o in self.failures]
-        if self.data_docs:
-            lines.append(f"  data docs: {self.data_docs}")
+        if self.result_page or self.data_docs:
+            lines.append(f"  data docs: {self.result_page or self.data_docs}")
         return "\n".join(lines)
 
 
@@ -159,12 +167,14 @@ def run_checkpoint(
     pandas_max_rows: int = 200_000,
     examples: int = 5,
     run_name: str | None = None,
+    asset: str | None = None,
     keep_results: int | None = None,
 ) -> ValidationReport:
-    """Validate ``frame`` against ``suite`` through a checkpoint that updates the data docs.
+    """Validate ``frame`` against ``suite`` through a checkpoint, then update the data docs.
 
     Returns the report whether or not it passed; callers decide what a failure blocks.
-    ``web_cache`` is where the data docs' pinned front-end packages are cached. With
+    ``web_cache`` is where the data docs' pinned front-end packages are cached; ``asset``
+    names what was validated on its page (e.g. the table and windows). With
     ``keep_results``, older results of the suite are dropped first (:func:`prune_results`).
     """
     if keep_results is not None:
@@ -188,7 +198,7 @@ def run_checkpoint(
         gx.Checkpoint(
             name=name,
             validation_definitions=[definition],
-            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DATA_DOCS_SITE])],
+            actions=[],  # the docs are built below, once the result names its asset
             result_format={
                 "result_format": "SUMMARY",
                 "partial_unexpected_count": examples,
@@ -200,7 +210,16 @@ def run_checkpoint(
         batch_parameters={"dataframe": data},
         run_id=RunIdentifier(run_name=run_name, run_time=datetime.now(UTC)),
     )
-    localize(data_docs_index(root).parent, web_cache)
+    keys = list(result.run_results)
+    if asset:
+        for key, suite_result in result.run_results.items():
+            # A dataframe batch names no asset where GX's pages look ("Data asset: None").
+            meta: dict[str, Any] = suite_result.meta  # type: ignore[assignment]
+            meta["batch_kwargs"] = {"data_asset_name": asset}
+            context.validation_results_store.set(key, suite_result)
+    built: list[Any] = [*keys, ExpectationSuiteIdentifier(name=suite.name)]
+    context.build_data_docs(site_names=[DATA_DOCS_SITE], resource_identifiers=built)
+    pages = [_page(context, key) for key in keys]
     outcomes: list[ExpectationOutcome] = []
     for suite_result in result.run_results.values():
         for r in suite_result.results:
@@ -216,13 +235,98 @@ def run_checkpoint(
                     examples=_examples(r.result, r.exception_info, examples),
                 )
             )
-    return ValidationReport(
+    report = ValidationReport(
         checkpoint=name,
         success=bool(result.success),
         rows=rows,
         engine=chosen,
         outcomes=outcomes,
         data_docs=data_docs_index(root),
+        result_page=pages[0] if pages else None,
+        ranges=_ranges_seen(suite, data),
+    )
+    for page in pages:
+        _annotate(page, report, asset)
+    localize(data_docs_index(root).parent, web_cache)
+    return report
+
+
+def _page(context: FileDataContext, key: Any) -> Path | None:
+    """The data docs page of one validation result (a file of the local site)."""
+    for site in context.get_docs_sites_urls(resource_identifier=key, site_name=DATA_DOCS_SITE):
+        url = site.get("site_url")
+        if url and url.startswith("file://"):
+            return Path(unquote(urlparse(url).path))
+    return None
+
+
+def _ranges_seen(suite: gx.ExpectationSuite, data: Any) -> dict[str, tuple[Any, Any]]:
+    """Min and max of each range-checked column: what "0% unexpected" does not tell."""
+    columns = sorted(
+        {e.column for e in suite.expectations if isinstance(e, gxe.ExpectColumnValuesToBeBetween)}
+    )
+    columns = [c for c in columns if c in data.columns]
+    if not columns:
+        return {}
+    if isinstance(data, DataFrame):
+        row = data.agg(
+            *[F.min(c).alias(f"min_{c}") for c in columns],
+            *[F.max(c).alias(f"max_{c}") for c in columns],
+        ).first()
+        assert row is not None
+        return {c: (row[f"min_{c}"], row[f"max_{c}"]) for c in columns}
+    return {c: (_plain(data[c].min()), _plain(data[c].max())) for c in columns}
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers (an int prints as an int)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+_CONTENT_COLUMN = '<div class="col-md-10 col-lg-10 col-xs-12 pl-md-4 pr-md-3">'
+
+
+def _annotate(page: Path | None, report: ValidationReport, asset: str | None) -> None:
+    """Put what a reviewer needs first on the result page: what was checked, the verdict, the
+    offending candles of each failed check, and the value ranges seen."""
+    if page is None or not page.is_file():
+        return
+    text = page.read_text(encoding="utf-8")
+    if _CONTENT_COLUMN not in text or 'id="ohlcv-summary"' in text:
+        return
+    e = html.escape
+    verdict = "passed" if report.success else "FAILED"
+    parts = [
+        '<div id="ohlcv-summary" class="card mb-4"><div class="card-body">',
+        f'<h4 class="card-title">{e(asset or report.checkpoint)}</h4>',
+        f"<p><strong>{e(report.checkpoint)} {verdict}</strong>: {report.passed_count} of "
+        f"{report.evaluated} expectations on {report.rows} candle row(s) ({e(report.engine)}).</p>",
+    ]
+    if report.failures:
+        parts.append(
+            '<h5>Failed checks and offending candles</h5><table class="table table-sm">'
+            "<tr><th>Check</th><th>Rows</th><th>Offending candles (key and values)</th></tr>"
+        )
+        for failure in report.failures:
+            shown = "<br>".join(e(x) for x in failure.examples) or "no row sample"
+            parts.append(
+                f"<tr><td>{e(failure.invariant)}</td><td>{failure.unexpected_count}</td>"
+                f"<td><code>{shown}</code></td></tr>"
+            )
+        parts.append("</table>")
+    if report.ranges:
+        parts.append(
+            '<h5>Values seen</h5><table class="table table-sm">'
+            "<tr><th>Column</th><th>Min</th><th>Max</th></tr>"
+        )
+        parts += [
+            f"<tr><td>{e(c)}</td><td>{e(str(lo))}</td><td>{e(str(hi))}</td></tr>"
+            for c, (lo, hi) in report.ranges.items()
+        ]
+        parts.append("</table>")
+    parts.append("</div></div>")
+    page.write_text(
+        text.replace(_CONTENT_COLUMN, _CONTENT_COLUMN + "".join(parts), 1), encoding="utf-8"
     )
 
 

@@ -233,11 +233,13 @@ def _validation_artifact(tf: Timeframe, validation: pipeline.Validation) -> None
             f"/{report.evaluated} expectations on {report.rows} rows ({report.engine})"
         )
         lines += [f"  - {failure.describe()}" for failure in report.failures]
+        if report.result_page:
+            lines.append(f"  - [its data docs page]({report.result_page.as_uri()})")
     lines += [f"- note: {note}" for note in validation.notes]
     lines += [f"- **warning**: {warning}" for warning in validation.warnings]
     docs = next((r.data_docs for r in validation.reports if r.data_docs), None)
     if docs:
-        lines += ["", f"Data docs: `{docs}`"]
+        lines += ["", f"All validations: [data docs index]({docs.as_uri()})"]
     create_markdown_artifact(
         key=f"ohlcv-{tf.name}-validation", markdown="\n".join(lines), description=f"{tf}"
     )

@@ -28,6 +28,8 @@ from core.timeframes import TIMEFRAMES, timeframe
 from infra import prefect_server, stack
 from settings import Settings
 
+RUN_LOGGING = Path(__file__).with_name("run_logging.yml")
+
 # Spark, Iceberg, Prefect and Great Expectations take seconds (GX alone ~15 s on a loaded
 # machine) to import: each command imports what it uses, so `ohlcv --help` and
 # `ohlcv stack status` start at once.
@@ -633,4 +635,8 @@ def main() -> None:
     if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
         # Piped or logged output: wide tables stay whole lines instead of wrapping at 80.
         console.width = 200
+    if "serve" not in sys.argv[1:]:
+        # Run logs go to the Prefect server, not beside the summaries; read before Prefect's
+        # first import (its logging is set up once, then).
+        os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(RUN_LOGGING))
     app()

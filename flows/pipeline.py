@@ -208,10 +208,9 @@ def validate(
         return validation
     tables = tables_for(settings)
     first, last = run.ranges[0].start, run.ranges[-1].end
-    run_name = (
-        f"{tf} {first:%Y-%m-%d %H:%M}..{last:%Y-%m-%d %H:%M} UTC, "
-        f"{run.windows_recomputed} windows, trades snapshot {run.trades_snapshot_id}"
-    )
+    windows = f"{first:%Y-%m-%d %H:%M}..{last:%Y-%m-%d %H:%M} UTC, {run.windows_recomputed} windows"
+    run_name = f"{tf} {windows}, trades snapshot {run.trades_snapshot_id}"
+    asset = f"{tables.candles(tf)} ({wap.AUDIT_BRANCH} branch), {windows}"
 
     def check(suite: Any, frame: Any) -> ValidationReport:
         return run_checkpoint(
@@ -223,6 +222,7 @@ def validate(
             engine=settings.validation_engine,
             pandas_max_rows=settings.validation_pandas_max_rows,
             run_name=run_name,
+            asset=asset,
             keep_results=settings.validation_results_kept,
         )
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.net import port_open
-from infra.stack import alive, stop_process
+from infra.stack import alive, rotate_log, stop_process
 from settings import Settings
 
 HOST = "127.0.0.1"
@@ -61,6 +61,11 @@ def _pid_file(settings: Settings) -> Path:
 
 def _log_file(settings: Settings) -> Path:
     return settings.stack_dir / "prefect.log"
+
+
+def _duration(days: float) -> str:
+    """An ISO 8601 duration, the form Prefect's settings parse from the environment."""
+    return f"PT{int(days * 86400)}S"
 
 
 def _home(settings: Settings) -> Path:
@@ -111,9 +116,17 @@ def up(settings: Settings) -> PrefectStatus:
         PREFECT_SERVER_API_HOST=HOST,
         PREFECT_SERVER_API_PORT=str(settings.prefect_port),
         PREFECT_UI_API_URL=local_url(settings),
+        # Runs every few minutes for months: flow runs (with their task runs, logs and
+        # artifacts) and events older than the retention are deleted by the server itself.
+        PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED="events,flow_runs",
+        PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD=_duration(
+            settings.prefect_retention_days
+        ),
+        PREFECT_SERVER_EVENTS_RETENTION_PERIOD=_duration(min(settings.prefect_retention_days, 7)),
     )
     cmd = [sys.executable, "-m", "prefect", "server", "start"]
     cmd += ["--host", HOST, "--port", str(settings.prefect_port)]
+    rotate_log(_log_file(settings))
     with _log_file(settings).open("ab") as out:
         out.write(f"\n=== starting: {' '.join(cmd)}\n".encode())
         out.flush()

@@ -24,6 +24,8 @@ from settings import CatalogType, Settings, redact
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+SERVER_LOGGING = Path(__file__).with_name("server-log4j2.properties")
+LOG_MAX_BYTES = 20 * 1024 * 1024
 
 # Servers started by this process. Holding the Popen objects lets `down` reap them, and keeps
 # Python from warning that a still-running child was garbage-collected.
@@ -56,6 +58,14 @@ def _pid_file(settings: Settings) -> Path:
 
 def _log_file(settings: Settings) -> Path:
     return settings.stack_dir / "server.log"
+
+
+def rotate_log(log: Path, max_bytes: int = LOG_MAX_BYTES) -> None:
+    """Before a server starts, move a log grown past ``max_bytes`` to ``<name>.1`` (replacing
+    the previous one): a stack restarted for months keeps at most two logs."""
+    with contextlib.suppress(FileNotFoundError):
+        if log.stat().st_size > max_bytes:
+            log.replace(log.with_name(log.name + ".1"))
 
 
 def alive(pid: int) -> bool:
@@ -172,6 +182,9 @@ def up(settings: Settings) -> StackStatus:
         master,
         "--driver-memory",
         settings.driver_memory,
+        "--driver-java-options",
+        f"-Dlog4j2.configurationFile={SERVER_LOGGING.as_uri()} "
+        f"-Dohlcv.serverLogLevel={settings.server_log_level}",
         "--jars",
         ",".join(str(j) for j in jars),
     ]
@@ -213,6 +226,7 @@ def _spawn(
     settings: Settings, log: Path, cmd: list[str], extra_env: dict[str, str] | None = None
 ) -> int:
     """Start ``cmd`` in a process group of its own (so `down` stops its children too)."""
+    rotate_log(log)
     with log.open("ab") as out:
         out.write(f"\n=== starting: {_redacted(cmd)}\n".encode())
         out.flush()

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     connect_host: str = "127.0.0.1"
     connect_port: int = Field(default=15002, ge=1, le=65535)
     driver_memory: str = "4g"
+    server_log_level: Literal["error", "warn", "info", "debug"] = Field(
+        default="warn",
+        description="Log level of the local Spark Connect server (its log: stack/server.log).",
+    )
     local_cores: int = Field(default=0, ge=0, description="0 = all cores of this machine.")
     shuffle_partitions: int = Field(default=4, ge=1)
     server_start_timeout_s: float = Field(default=180.0, gt=0)
@@ -87,6 +91,12 @@ class Settings(BaseSettings):
         "UI), unless PREFECT_API_URL names another one.",
     )
     prefect_start_timeout_s: float = Field(default=180.0, gt=0)
+    prefect_retention_days: float = Field(
+        default=30,
+        ge=1,
+        description="Flow runs (task runs, logs, artifacts) the local Prefect server keeps, in "
+        "days after they end; older ones are deleted by its database vacuum service.",
+    )
 
     # Iceberg catalog
     catalog_type: CatalogType = CatalogType.SQLITE

@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES
+from expectations.docs_assets import external_urls
 from expectations.validation import ValidationFailed, build_data_docs
 from flows import pipeline
 from flows.pipeline import RunRequest
@@ -106,6 +107,10 @@ def test_a_bad_candle_is_rejected_and_main_is_left_exactly_as_it_was(
     assert len(tags) == 1 and tags[0]["name"].startswith(wap.REJECTED_TAG_PREFIX)
     rejected = spark.read.option("versionAsOf", tags[0]["name"]).table(table)
     assert rejected.where(F.col("low") > F.col("high")).count() == 1
+    # the failed run's own data docs page shows, offline, what was checked and the culprit
+    page = failure.value.report.result_page
+    assert page is not None and str(page) in message
+    _assert_failed_page_shows_the_culprit(page, table)
 
     # When: the next, honest run comes, it recomputes the same trades and publishes them
     monkeypatch.setattr(pipeline, "generate", generate)
@@ -148,6 +153,37 @@ def test_reconciliation_catches_a_candle_that_disagrees_with_the_rollup(
         pipeline.require_valid(validation)
 
 
+def _assert_failed_page_shows_the_culprit(page: Path, table: str) -> None:
+    site = page.parents[4]  # validations/<suite>/<run name>/<run time>/<page>
+    assert (site / "index.html").is_file()
+    assert external_urls(site) == {}, "a data docs page still points outside the site"
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "data-docs-failed-run.png"
+    screenshot.unlink(missing_ok=True)
+    browser = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run(
+        [*browser, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    subprocess.run(
+        [*browser, "--window-size=1400,1400", f"--screenshot={screenshot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+    assert f"Data asset: {table} (audit branch)" in text, "the asset is named after the table"
+    summary = dom[dom.index('id="ohlcv-summary"') :]
+    summary = summary[: summary.index("Values seen")]
+    assert "FAILED" in summary and "high &gt;= low" in summary
+    assert "symbol=BTC-USD" in summary, "the offending candle's key is on the page"
+    assert "60000000.0" not in dom and ">60000000<" in dom, "integer limits print as integers"
+    assert screenshot.stat().st_size > 10_000
+
+
 def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if path := shutil.which(name):
@@ -166,6 +202,7 @@ def test_data_docs_list_every_suite_and_latest_results_in_a_real_browser(
 
     index = build_data_docs(run_settings.gx_root, run_settings.web_cache_dir)
     assert index.is_file()
+    assert external_urls(index.parent) == {}, "a data docs page still points outside the site"
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "data-docs-index.png"
     screenshot.unlink(missing_ok=True)
