@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
 from infra import stack
 from infra.artifacts import Artifact, ArtifactError, ensure_artifacts
@@ -91,6 +92,9 @@ def test_stack_up_serves_flow_runs_through_its_own_prefect_server_and_down_stops
         run = _ohlcv(env, "run", "1m")
         assert run.returncode == 0, run.stdout + run.stderr
         assert "published snapshot" in run.stdout
+        # the terminal gets the CLI's summary; Prefect's run log lines go to its server only
+        assert "Beginning flow run" not in run.stdout + run.stderr
+        assert "Finished in state" not in run.stdout + run.stderr
         # Then: the flow run is recorded by the stack's own Prefect server (it outlives the
         # command), with its database in the data directory
         request = urllib.request.Request(
@@ -102,6 +106,19 @@ def test_stack_up_serves_flow_runs_through_its_own_prefect_server_and_down_stops
             runs = json.load(response)
         assert [r["state_type"] for r in runs] == ["COMPLETED"], runs
         assert any((tmp_path / "prefect").glob("*.db"))
+        logs = urllib.request.Request(
+            "http://127.0.0.1:14213/api/logs/filter",
+            data=json.dumps({"limit": 200}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(logs, timeout=30) as response:
+            messages = [entry["message"] for entry in json.load(response)]
+        assert any("Beginning flow run" in m for m in messages), messages
+        # and the server deletes runs past the retention by itself (months of runs)
+        with urllib.request.urlopen("http://127.0.0.1:14213/api/admin/settings") as response:
+            vacuum = json.load(response)["server"]["services"]["db_vacuum"]
+        assert "flow_runs" in vacuum["enabled"], vacuum
+        assert vacuum["retention_period"] == 30 * 86400.0, vacuum
         status = _ohlcv(env, "stack", "status")
         assert "Spark Connect running" in status.stdout and "Prefect running" in status.stdout
     finally:
@@ -135,6 +152,25 @@ def test_a_client_without_the_right_token_is_refused(
     with pytest.raises(ConnectError, match="refused the session: missing or wrong token") as e:
         connect(intruder)
     assert token not in str(e.value)
+
+
+def test_the_server_logs_warnings_not_every_job(
+    server: stack.StackStatus, spark: SparkSession, settings: Settings
+) -> None:
+    spark.sql("SELECT 1").collect()
+    log = settings.stack_dir.joinpath("server.log").read_text(errors="replace")
+    assert " INFO " not in log, "Spark's INFO lines fill gigabytes over months of runs"
+
+
+def test_a_long_log_is_rotated_before_a_server_starts(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    stack.rotate_log(log, max_bytes=10)  # no log yet: nothing to do
+    log.write_text("short")
+    stack.rotate_log(log, max_bytes=10)
+    assert log.read_text() == "short"
+    log.write_text("x" * 11)
+    stack.rotate_log(log, max_bytes=10)
+    assert not log.exists() and log.with_name("server.log.1").read_text() == "x" * 11
 
 
 def test_the_token_stays_out_of_logs_process_lists_and_status(
