@@ -118,7 +118,7 @@ def test_stack_up_serves_flow_runs_through_its_own_prefect_server_and_down_stops
         with urllib.request.urlopen("http://127.0.0.1:14213/api/admin/settings") as response:
             vacuum = json.load(response)["server"]["services"]["db_vacuum"]
         assert "flow_runs" in vacuum["enabled"], vacuum
-        assert vacuum["retention_period"] == 30 * 86400.0, vacuum
+        assert vacuum["retention_period"] == "P30D", vacuum
         status = _ohlcv(env, "stack", "status")
         assert "Spark Connect running" in status.stdout and "Prefect running" in status.stdout
     finally:
