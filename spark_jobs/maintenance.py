@@ -224,7 +224,11 @@ def _sealed(name: str, now: datetime) -> tuple[str, datetime]:
 
 
 def _system(tables: Tables) -> str:
-    """Where Iceberg's procedures live (the catalog is a validated identifier, see Settings)."""
+    """Where Iceberg's procedures live (the catalog is a validated identifier, see Settings).
+
+    Procedures get qualified table names: given "namespace.name", Iceberg first tries the
+    namespace as a catalog and logs that failure with a stack trace on every call.
+    """
     return f"`{tables.catalog}`.system"
 
 
@@ -236,7 +240,7 @@ def _expire(
         f"CALL {_system(tables)}.expire_snapshots("
         "table => :table, older_than => :older_than, retain_last => :retain_last)",
         args={
-            "table": f"{tables.namespace}.{name}",
+            "table": tables.name(name),
             "older_than": older_than,
             "retain_last": retain_last,
         },
@@ -251,7 +255,7 @@ def _compact(
         f"CALL {_system(tables)}.rewrite_data_files(table => :table, where => :where, "
         "options => map('min-input-files', :min_files, 'partial-progress.enabled', 'true'))",
         args={
-            "table": f"{tables.namespace}.{name}",
+            "table": tables.name(name),
             "where": where,
             "min_files": str(policy.min_files_to_compact),
         },
@@ -262,7 +266,7 @@ def _compact(
 def _rewrite_manifests(spark: SparkSession, tables: Tables, name: str) -> int:
     row = spark.sql(
         f"CALL {_system(tables)}.rewrite_manifests(table => :table)",
-        args={"table": f"{tables.namespace}.{name}"},
+        args={"table": tables.name(name)},
     ).collect()[0]
     return int(row["rewritten_manifests_count"])
 
@@ -270,6 +274,6 @@ def _rewrite_manifests(spark: SparkSession, tables: Tables, name: str) -> int:
 def _remove_orphans(spark: SparkSession, tables: Tables, name: str, older_than: datetime) -> int:
     rows = spark.sql(
         f"CALL {_system(tables)}.remove_orphan_files(table => :table, older_than => :older_than)",
-        args={"table": f"{tables.namespace}.{name}", "older_than": older_than},
+        args={"table": tables.name(name), "older_than": older_than},
     ).collect()
     return len(rows)

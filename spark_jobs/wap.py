@@ -64,11 +64,13 @@ def publish(spark: SparkSession, table: str, branch: str = AUDIT_BRANCH) -> int 
         raise ValueError(f"{table} has no branch {branch!r} to publish: run start_audit first")
     if audited == main_snapshot_id(spark, table):
         return audited  # nothing new on the branch
-    catalog, namespace, name = table.split(".")
+    catalog = table.split(".")[0]
     _checked(table)
+    # The qualified name: given "namespace.name", Iceberg first tries the namespace as a
+    # catalog and logs the failure with a stack trace on every publish.
     spark.sql(
         f"CALL `{catalog}`.system.fast_forward(table => :table, branch => 'main', to => :branch)",
-        args={"table": f"{namespace}.{name}", "branch": branch},
+        args={"table": table, "branch": branch},
     ).collect()
     return main_snapshot_id(spark, table)
 

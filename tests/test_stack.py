@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
+from core.tables import Tables
 from infra import stack
 from infra.artifacts import Artifact, ArtifactError, ensure_artifacts
 from infra.session import ConnectError, connect
@@ -155,11 +156,16 @@ def test_a_client_without_the_right_token_is_refused(
 
 
 def test_the_server_logs_warnings_not_every_job(
-    server: stack.StackStatus, spark: SparkSession, settings: Settings
+    server: stack.StackStatus, spark: SparkSession, settings: Settings, tables: Tables
 ) -> None:
     spark.sql("SELECT 1").collect()
+    spark.sql(
+        f"CALL `{tables.catalog}`.system.rewrite_manifests(table => :table)",
+        args={"table": tables.trades},  # as maintenance and publish call procedures
+    ).collect()
     log = settings.stack_dir.joinpath("server.log").read_text(errors="replace")
     assert " INFO " not in log, "Spark's INFO lines fill gigabytes over months of runs"
+    assert "CatalogNotFoundException" not in log, "a procedure call logged a stack trace"
 
 
 def test_a_long_log_is_rotated_before_a_server_starts(tmp_path: Path) -> None:
