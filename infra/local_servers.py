@@ -71,6 +71,20 @@ class LocalServer:
         running = pid is not None and alive(pid)
         return StackStatus(running, pid if running else None, url, self.log_file(settings))
 
+    def refuse_a_taken_port(self, settings: Settings, port: int) -> None:
+        """Fail in one line when another process holds ``port`` (this data directory's own
+        running server may). Checked before anything is fetched or written.
+
+        Raises:
+            StackError: naming the port and the setting that moves it.
+        """
+        pid = self._pid(settings)
+        if (pid is None or not alive(pid)) and port_open(HOST, port):
+            raise StackError(
+                f"port {port} on {HOST} is used by another process, so the {self.title} cannot "
+                f"start: stop it or choose another port with {self.port_variable}"
+            )
+
     def start(
         self,
         settings: Settings,
@@ -93,11 +107,7 @@ class LocalServer:
         if pid is not None and alive(pid):
             self._wait_healthy(settings, pid, healthy)
             return pid
-        if port_open(HOST, port):
-            raise StackError(
-                f"port {port} on {HOST} is used by another process, so the {self.title} cannot "
-                f"start: stop it or choose another port with {self.port_variable}"
-            )
+        self.refuse_a_taken_port(settings, port)
         settings.stack_dir.mkdir(parents=True, exist_ok=True)
         write_private(self.config_file(settings), java_properties(config))
         pid = spawn(settings, self.log_file(settings), cmd, env, umask=umask)

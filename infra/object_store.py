@@ -83,6 +83,7 @@ def refuses_anonymous(settings: Settings) -> bool:
 
 def up(settings: Settings) -> StackStatus:
     """Start the local S3 server with the bucket ``warehouse`` (or reuse a running one)."""
+    SERVER.refuse_a_taken_port(settings, settings.s3_port)
     access_key_id, secret = ensure_credentials(settings)
     for directory in (blob_dir(settings), blob_dir(settings) / LOCAL_S3_BUCKET):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)

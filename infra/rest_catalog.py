@@ -86,6 +86,7 @@ def up(settings: Settings) -> StackStatus:
             "the local REST catalog keeps its tables on S3: set OHLCV_STORAGE=s3 (a local S3 "
             "server) or OHLCV_S3_ENDPOINT, or use OHLCV_CATALOG_TYPE=sqlite"
         )
+    SERVER.refuse_a_taken_port(settings, settings.rest_port)
     token = ensure_token(settings)
     jars = ensure_jar_set(settings.jar_cache_dir, REST_CATALOG_JARS)
     config = {

@@ -10,6 +10,7 @@ S3FileIO, PyIceberg through its own S3 client, both signed with the generated cr
 from __future__ import annotations
 
 import random
+import socket
 import urllib.error
 import urllib.request
 import uuid
@@ -92,6 +93,26 @@ def _s3_files(settings: Settings, namespace: str) -> list[Path]:
         for p in bucket.rglob("*")
         if p.is_file() and any(part.startswith(namespace) for part in p.parts)
     ]
+
+
+def test_a_taken_port_fails_in_one_line_naming_it_and_its_setting(tmp_path: Path) -> None:
+    with socket.socket() as s3_holder, socket.socket() as rest_holder:
+        for holder in (s3_holder, rest_holder):
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+        s3_port, rest_port = s3_holder.getsockname()[1], rest_holder.getsockname()[1]
+        settings = Settings(
+            data_dir=tmp_path,
+            catalog_type=CatalogType.REST,
+            storage=StorageType.S3,
+            s3_port=s3_port,
+            rest_port=rest_port,
+            spark_remote=None,
+        )
+        with pytest.raises(stack.StackError, match=rf"port {s3_port} .*OHLCV_S3_PORT"):
+            object_store.up(settings)
+        with pytest.raises(stack.StackError, match=rf"port {rest_port} .*OHLCV_REST_PORT"):
+            rest_catalog.up(settings)
 
 
 def test_the_stack_runs_rest_and_s3_on_loopback(rs_settings: Settings) -> None:
