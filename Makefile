@@ -25,6 +25,7 @@ test-deps:
 	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
 test: setup test-deps
+	$(UV) run ohlcv setup --all  # the REST catalog + S3 tests' jars too
 	$(UV) run pytest
 
 # The tests that need no JVM (no Spark Connect server, no spark-submit): seconds, not minutes.

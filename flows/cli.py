@@ -26,7 +26,7 @@ from core.ranges import backfill_ranges
 from core.time import parse_instant
 from core.timeframes import TIMEFRAMES, timeframe
 from infra import prefect_server, stack
-from settings import Settings
+from settings import CatalogType, Settings, StorageType
 
 RUN_LOGGING = Path(__file__).with_name("run_logging.yml")
 
@@ -196,12 +196,34 @@ def stack_up(
             "(default: OHLCV_WORKERS, 0 = local mode)"
         ),
     ] = None,
+    catalog: Annotated[
+        CatalogType | None,
+        typer.Option(
+            help="The Iceberg catalog (default: OHLCV_CATALOG_TYPE); rest without "
+            "OHLCV_CATALOG_URI also starts a local REST catalog"
+        ),
+    ] = None,
+    storage: Annotated[
+        StorageType | None,
+        typer.Option(
+            help="The warehouse (default: OHLCV_STORAGE); s3 without OHLCV_S3_ENDPOINT also "
+            "starts a local S3 server"
+        ),
+    ] = None,
 ) -> None:
     """Start the local Spark Connect and Prefect servers (reuses running ones)."""
     settings = _settings(ctx)
     if workers is not None:
         settings = settings.model_copy(update={"workers": workers})
+    chosen = {"catalog_type": catalog, "storage": storage}
+    settings = settings.model_copy(update={k: v for k, v in chosen.items() if v is not None})
     _start_stack(settings)
+    if catalog is not None or storage is not None:
+        console.print(
+            "the other commands use the same shape when it is in their settings: export "
+            f"OHLCV_CATALOG_TYPE={settings.catalog_type.value} "
+            f"OHLCV_STORAGE={settings.storage.value}"
+        )
     cluster = stack.cluster_pids(settings)
     if cluster["workers"]:
         console.print(
@@ -215,6 +237,7 @@ def _start_stack(settings: Settings) -> None:
     with console.status("starting the Spark Connect server ..."):
         running = stack.up(settings)
         _prepare_tables(settings)
+    _print_storage_and_catalog(settings)
     console.print(f"Spark Connect {running.describe()} ({time.monotonic() - started:.1f} s)")
     theirs = prefect_server.user_url()
     if theirs:
@@ -226,12 +249,24 @@ def _start_stack(settings: Settings) -> None:
     console.print(f"Prefect {prefect.describe()} ({time.monotonic() - started:.1f} s)")
 
 
+def _print_storage_and_catalog(settings: Settings) -> None:
+    """Status lines of the local S3 server and REST catalog (when configured or running)."""
+    from infra import object_store, rest_catalog
+
+    s3, rest = object_store.status(settings), rest_catalog.status(settings)
+    if settings.local_s3 or s3.running:
+        console.print(f"S3 {s3.describe()}")
+    if settings.local_rest or rest.running:
+        console.print(f"REST catalog {rest.describe()}")
+
+
 @stack_app.command("down")
 @_friendly_errors
 def stack_down(ctx: typer.Context) -> None:
     """Stop the local Spark Connect and Prefect servers."""
     settings = _settings(ctx)
     console.print(f"Spark Connect {stack.down(settings).describe()}")
+    _print_storage_and_catalog(settings)
     console.print(f"Prefect {prefect_server.down(settings).describe()}")
 
 
@@ -240,18 +275,42 @@ def stack_down(ctx: typer.Context) -> None:
 def stack_status(ctx: typer.Context) -> None:
     """Show whether the local servers run, their URLs and log files."""
     settings = _settings(ctx)
+    _print_storage_and_catalog(settings)
     console.print(f"Spark Connect {stack.status(settings).describe()}")
     console.print(f"Prefect {prefect_server.status(settings).describe()}")
 
 
 @app.command()
 @_friendly_errors
-def setup(ctx: typer.Context) -> None:
-    """Fetch the pinned JVM artifacts into the cache (done by `stack up` too)."""
-    from infra.artifacts import ensure_artifacts
+def setup(
+    ctx: typer.Context,
+    all_shapes: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Also fetch the local S3 server's and REST catalog's jars (about 200 MB), "
+            "whatever the settings use",
+        ),
+    ] = False,
+) -> None:
+    """Fetch the pinned JVM artifacts the configured stack uses (done by `stack up` too)."""
+    from infra.artifacts import (
+        REST_CATALOG_JARS,
+        S3PROXY_JARS,
+        ensure_artifacts,
+        ensure_jar_set,
+        server_artifacts,
+    )
 
-    for path in ensure_artifacts(_settings(ctx).jar_cache_dir):
+    settings = _settings(ctx)
+    cache = settings.jar_cache_dir
+    for path in ensure_artifacts(cache, server_artifacts(s3=all_shapes or settings.uses_s3)):
         console.print(f"ok {path}")
+    wanted = [(S3PROXY_JARS, settings.local_s3), (REST_CATALOG_JARS, settings.local_rest)]
+    for jar_set, used in wanted:  # the local S3 server's and REST catalog's classpaths
+        if all_shapes or used:
+            jars = ensure_jar_set(cache, jar_set)
+            console.print(f"ok {jar_set.name}: {len(jars)} jars in {jars[0].parent}")
 
 
 # ingestion -----------------------------------------------------------------------------------

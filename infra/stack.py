@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.artifacts import ensure_artifacts, spark_env, spark_home
+from infra.artifacts import ensure_artifacts, server_artifacts, spark_env, spark_home
 from infra.net import port_open
 from settings import CatalogType, Settings, redact
 
@@ -131,8 +132,41 @@ def server_conf(settings: Settings) -> dict[str, str]:
     }
 
 
+_SECRET_KEY = re.compile(r"secret|password|token", re.IGNORECASE)
+"""Spark settings whose values are secrets (the keys Spark's own UI redacts)."""
+
+
+def split_secret_conf(conf: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(public, secret) settings: secret ones go to the server in a mode-600 properties file."""
+    public = {k: v for k, v in conf.items() if not _SECRET_KEY.search(k)}
+    return public, {k: v for k, v in conf.items() if _SECRET_KEY.search(k)}
+
+
+def _secrets_file(settings: Settings) -> Path:
+    return settings.stack_dir / "server-secrets.conf"
+
+
 def _redacted(cmd: list[str]) -> str:
     return " ".join("password=***" if "password=" in part else part for part in cmd)
+
+
+def _start_storage_and_catalog(settings: Settings) -> None:
+    """The local S3 server and REST catalog, when the settings ask for them (before Spark)."""
+    if settings.local_s3:
+        from infra import object_store
+
+        object_store.up(settings)
+    if settings.local_rest:
+        from infra import rest_catalog
+
+        rest_catalog.up(settings)
+
+
+def _stop_storage_and_catalog(settings: Settings) -> None:
+    from infra import object_store, rest_catalog
+
+    rest_catalog.down(settings)
+    object_store.down(settings)
 
 
 def up(settings: Settings) -> StackStatus:
@@ -145,6 +179,7 @@ def up(settings: Settings) -> StackStatus:
             f"SPARK_REMOTE is set ({redact(settings.remote)}): the stack commands manage "
             "only the local server; unset SPARK_REMOTE to use it"
         )
+    _start_storage_and_catalog(settings)
     current = status(settings)
     if current.running:
         _wait_ready(settings, current.pid)
@@ -158,7 +193,7 @@ def up(settings: Settings) -> StackStatus:
             "stop it or choose another port with OHLCV_CONNECT_PORT"
         )
 
-    jars = ensure_artifacts(settings.jar_cache_dir)
+    jars = ensure_artifacts(settings.jar_cache_dir, server_artifacts(s3=settings.uses_s3))
     from infra.catalog import open_catalog
 
     catalog = open_catalog(settings)  # creates the catalog's own tables the server expects
@@ -188,13 +223,25 @@ def up(settings: Settings) -> StackStatus:
         "--jars",
         ",".join(str(j) for j in jars),
     ]
-    for key, value in server_conf(settings).items():
+    public, secret = split_secret_conf(server_conf(settings))
+    for key, value in public.items():
         cmd += ["--conf", f"{key}={value}"]
+    if secret:
+        # Passwords, keys and tokens on the command line would show in `ps`.
+        from infra.local_servers import java_properties, write_private
+
+        write_private(_secrets_file(settings), java_properties(secret))
+        cmd += ["--properties-file", str(_secrets_file(settings))]
     cmd.append("spark-internal")
 
     # spark-submit execs into the JVM, so this pid is the server's. The token travels in the
     # environment: a --conf value would show in `ps`.
-    pid = _spawn(settings, _log_file(settings), cmd, {"SPARK_CONNECT_AUTHENTICATE_TOKEN": token})
+    env = {"SPARK_CONNECT_AUTHENTICATE_TOKEN": token}
+    if settings.local_s3:
+        from infra.object_store import SDK_ENV
+
+        env.update(SDK_ENV)
+    pid = spawn(settings, _log_file(settings), cmd, env)
     _pid_file(settings).write_text(json.dumps({"pid": pid, "port": settings.connect_port}))
     try:
         _wait_ready(settings, pid)
@@ -222,10 +269,15 @@ def cluster_pids(settings: Settings) -> dict[str, list[int]]:
     return {"master": list(data.get("master", [])), "workers": list(data.get("workers", []))}
 
 
-def _spawn(
-    settings: Settings, log: Path, cmd: list[str], extra_env: dict[str, str] | None = None
+def spawn(
+    settings: Settings,
+    log: Path,
+    cmd: list[str],
+    extra_env: dict[str, str] | None = None,
+    umask: int = -1,
 ) -> int:
-    """Start ``cmd`` in a process group of its own (so `down` stops its children too)."""
+    """Start ``cmd`` in a process group of its own (so `down` stops its children too);
+    ``umask`` (-1: inherited) sets the mode of the files it creates."""
     rotate_log(log)
     with log.open("ab") as out:
         out.write(f"\n=== starting: {_redacted(cmd)}\n".encode())
@@ -238,6 +290,7 @@ def _spawn(
             env={**spark_env(), **(extra_env or {})},
             cwd=settings.stack_dir,
             start_new_session=True,  # a worker's executors die with its process group
+            umask=umask,
         )
     _STARTED[proc.pid] = proc
     return proc.pid
@@ -245,7 +298,7 @@ def _spawn(
 
 def _spark_class(settings: Settings, name: str, args: list[str]) -> int:
     cmd = [str(spark_home() / "bin" / "spark-class"), *args]
-    return _spawn(settings, settings.stack_dir / f"{name}.log", cmd)
+    return spawn(settings, settings.stack_dir / f"{name}.log", cmd)
 
 
 def alive_workers(settings: Settings) -> int:
@@ -398,10 +451,12 @@ def stop_process(pid: int, timeout_s: float = 30.0) -> None:
 
 
 def down(settings: Settings) -> StackStatus:
-    """Stop the local server (and its standalone cluster, if any); a no-op otherwise."""
+    """Stop the local server (its standalone cluster, S3 server and REST catalog, if any); a
+    no-op otherwise."""
     pid = _read_pid(settings)
     if pid is not None and alive(pid):
         stop_process(pid)
     _pid_file(settings).unlink(missing_ok=True)
     _stop_cluster(settings)
+    _stop_storage_and_catalog(settings)
     return status(settings)

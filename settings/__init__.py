@@ -6,6 +6,7 @@ the same code at a cluster means setting ``SPARK_REMOTE`` and the ``OHLCV_CATALO
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from enum import StrEnum
@@ -25,6 +26,17 @@ class CatalogType(StrEnum):
     SQLITE = "sqlite"
     POSTGRES = "postgres"
     REST = "rest"
+
+
+class StorageType(StrEnum):
+    """Where the warehouse lives when no OHLCV_WAREHOUSE names it."""
+
+    LOCAL = "local"
+    S3 = "s3"
+
+
+LOCAL_S3_BUCKET = "warehouse"
+"""The bucket of the local S3 server (the same name the compose file's object store uses)."""
 
 
 class Settings(BaseSettings):
@@ -109,6 +121,26 @@ class Settings(BaseSettings):
     )
     catalog_user: str | None = None
     catalog_password: SecretStr | None = None
+    catalog_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the REST catalog. Unset with the local REST catalog: one "
+        "is generated per data directory (<data_dir>/stack/rest-token, mode 600).",
+    )
+    rest_port: int = Field(
+        default=8181,
+        ge=1,
+        le=65535,
+        description="Port of the local REST catalog `stack up` starts on 127.0.0.1 when "
+        "OHLCV_CATALOG_TYPE=rest and OHLCV_CATALOG_URI is unset.",
+    )
+    storage: StorageType = Field(
+        default=StorageType.LOCAL,
+        description="local: a warehouse directory. s3: S3-compatible object storage; without "
+        "OHLCV_S3_ENDPOINT, `stack up` starts a local S3 server (bucket 'warehouse').",
+    )
+    s3_port: int = Field(
+        default=9000, ge=1, le=65535, description="Port of the local S3 server on 127.0.0.1."
+    )
     warehouse: str | None = Field(
         default=None, description="Warehouse location. Unset: file:<data_dir>/warehouse."
     )
@@ -231,7 +263,71 @@ class Settings(BaseSettings):
     def warehouse_location(self) -> str:
         if self.warehouse:
             return self.warehouse
+        if self.storage is StorageType.S3:
+            return f"s3://{LOCAL_S3_BUCKET}/"
         return (self.data_dir.resolve() / "warehouse").as_uri()
+
+    # The local REST catalog and S3 server (infra/rest_catalog.py, infra/object_store.py) -----
+
+    @property
+    def uses_s3(self) -> bool:
+        """Whether the warehouse is on S3-compatible storage (the local server or another)."""
+        return self.storage is StorageType.S3 or self.s3_endpoint is not None
+
+    @property
+    def local_s3(self) -> bool:
+        """True when `stack up` runs the S3 server (S3 storage without an endpoint of its own)."""
+        return self.storage is StorageType.S3 and self.s3_endpoint is None
+
+    @property
+    def local_rest(self) -> bool:
+        """True when `stack up` runs the REST catalog (REST without a catalog URL)."""
+        return self.catalog_type is CatalogType.REST and self.catalog_uri is None
+
+    @property
+    def s3_endpoint_url(self) -> str:
+        return self.s3_endpoint or f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def s3_credentials_file(self) -> Path:
+        return self.stack_dir / "s3-credentials.json"
+
+    @property
+    def rest_token_file(self) -> Path:
+        return self.stack_dir / "rest-token"
+
+    def s3_credentials(self) -> tuple[str, str] | None:
+        """(access key id, secret): the settings, else the local S3 server's generated pair."""
+        if self.s3_access_key_id and self.s3_secret_access_key:
+            return self.s3_access_key_id, self.s3_secret_access_key.get_secret_value()
+        if not self.local_s3:
+            return None
+        try:
+            pair = json.loads(self.s3_credentials_file.read_text())
+        except FileNotFoundError:
+            return None
+        return str(pair["access_key_id"]), str(pair["secret_access_key"])
+
+    def rest_token(self) -> str | None:
+        """The REST catalog's bearer token: the setting, else the local catalog's own."""
+        if self.catalog_token:
+            return self.catalog_token.get_secret_value()
+        if not self.local_rest:
+            return None
+        try:
+            return self.rest_token_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def secrets(self) -> list[str]:
+        """Every secret value these settings hold or lead to (for leak checks and redaction)."""
+        values = [self.local_token(), self.rest_token()]
+        if self.catalog_password:
+            values.append(self.catalog_password.get_secret_value())
+        credentials = self.s3_credentials()
+        if credentials:
+            values.append(credentials[1])
+        return [v for v in values if v]
 
     def spark_catalog_conf(self) -> dict[str, str]:
         """Spark session settings that register the Iceberg catalog."""
@@ -246,6 +342,8 @@ class Settings(BaseSettings):
         if self.catalog_type is CatalogType.REST:
             conf[f"{prefix}.type"] = "rest"
             conf[f"{prefix}.uri"] = self._require_uri()
+            if token := self.rest_token():
+                conf[f"{prefix}.token"] = token
             return conf
         conf[f"{prefix}.type"] = "jdbc"
         if self.catalog_type is CatalogType.SQLITE:
@@ -268,6 +366,8 @@ class Settings(BaseSettings):
         props = {"warehouse": self.warehouse_location, **self._s3_properties(spark=False)}
         if self.catalog_type is CatalogType.REST:
             props.update(type="rest", uri=self._require_uri())
+            if token := self.rest_token():
+                props["token"] = token
             return props
         props["type"] = "sql"
         if self.catalog_type is CatalogType.SQLITE:
@@ -289,12 +389,16 @@ class Settings(BaseSettings):
         props["uri"] = f"postgresql+psycopg2://{auth}{jdbc.removeprefix('jdbc:postgresql://')}"
         return props
 
+    def iceberg_io_properties(self) -> dict[str, str]:
+        """Java Iceberg FileIO properties (S3FileIO) of the warehouse; empty for a directory."""
+        return self._s3_properties(spark=True)
+
     def _s3_properties(self, *, spark: bool) -> dict[str, str]:
         """Iceberg FileIO properties for S3-compatible storage (empty without an endpoint)."""
-        if not self.s3_endpoint:
+        if not self.uses_s3:
             return {}
         props = {
-            "s3.endpoint": self.s3_endpoint,
+            "s3.endpoint": self.s3_endpoint_url,
             "s3.path-style-access": str(self.s3_path_style_access).lower(),
         }
         if spark:
@@ -302,13 +406,16 @@ class Settings(BaseSettings):
             props["client.region"] = self.s3_region
         else:
             props["s3.region"] = self.s3_region
-        if self.s3_access_key_id:
+        credentials = self.s3_credentials()
+        if credentials:
+            props["s3.access-key-id"], props["s3.secret-access-key"] = credentials
+        elif self.s3_access_key_id:
             props["s3.access-key-id"] = self.s3_access_key_id
-        if self.s3_secret_access_key:
-            props["s3.secret-access-key"] = self.s3_secret_access_key.get_secret_value()
         return props
 
     def _require_uri(self) -> str:
+        if self.local_rest:
+            return f"http://127.0.0.1:{self.rest_port}"
         if not self.catalog_uri:
             raise ValueError(
                 f"OHLCV_CATALOG_TYPE={self.catalog_type.value} needs OHLCV_CATALOG_URI "

@@ -30,7 +30,7 @@ PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
 TEST_PORT = 15012 + PORT_OFFSET
 TEST_UI_PORT = 14052 + PORT_OFFSET
 # Fixtures that start (or are) a Spark Connect server; using one makes a test `spark`.
-SERVER_FIXTURES = {"server", "cluster", "pg_settings"}
+SERVER_FIXTURES = {"server", "cluster", "pg_settings", "rs_settings"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.artifacts import ICEBERG_SPARK_RUNTIME
-from infra.stack import ABANDONED_OPERATIONS_CONF
-from settings import Settings
+from infra import object_store, rest_catalog
+from infra.artifacts import ICEBERG_AWS_BUNDLE, ICEBERG_SPARK_RUNTIME, server_artifacts
+from infra.stack import ABANDONED_OPERATIONS_CONF, server_conf
+from settings import CatalogType, Settings, StorageType
 
 COMPOSE_DIR = Path(__file__).resolve().parent.parent / "infra" / "compose"
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\?[^}]*)?\}")
@@ -70,6 +71,38 @@ def test_the_client_settings_are_fields_the_code_reads_and_match_the_server(
     assert services["ohlcv"]["network_mode"] == "service:spark-connect"
 
 
+def test_the_tested_local_rest_and_s3_shape_gives_the_server_the_compose_settings(
+    tmp_path: Path,
+) -> None:
+    """The shape tests/test_rest_s3.py runs (a local REST catalog and S3 server) derives the
+    same catalog and S3 settings for the server as the compose file holds; only where the
+    servers are differs, and the local REST catalog's bearer token (the compose file's REST
+    fixture image checks no credentials)."""
+    server = _conf(_compose()["services"]["spark-connect"]["command"])
+    compose = {k: v for k, v in server.items() if k.startswith("spark.sql.catalog.")}
+    local = Settings(
+        data_dir=tmp_path,
+        catalog_type=CatalogType.REST,
+        storage=StorageType.S3,
+        spark_remote=None,
+    )
+    object_store.ensure_credentials(local)  # as `stack up` does first
+    rest_catalog.ensure_token(local)
+    derived = server_conf(local)
+    ours = {k: v for k, v in derived.items() if k.startswith("spark.sql.catalog.")}
+    token_key = "spark.sql.catalog.ohlcv.token"
+    assert ours.pop(token_key) == local.rest_token()
+    assert set(ours) == set(compose)
+    where = {"uri", "s3.endpoint", "s3.access-key-id", "s3.secret-access-key"}
+    for key, value in compose.items():
+        if key.removeprefix("spark.sql.catalog.ohlcv.") not in where:
+            assert ours[key] == value, key
+    assert derived["spark.sql.defaultCatalog"] == server["spark.sql.defaultCatalog"]
+    # The server of the local shape gets the AWS SDK as compose's does (--packages there)
+    assert ICEBERG_AWS_BUNDLE in server_artifacts(s3=local.uses_s3)
+    assert ICEBERG_AWS_BUNDLE not in server_artifacts(s3=Settings(spark_remote=None).uses_s3)
+
+
 def test_images_are_pinned_to_the_versions_the_code_uses_and_health_checked() -> None:
     services = _compose()["services"]
     for name, service in services.items():
@@ -87,7 +120,7 @@ def test_images_are_pinned_to_the_versions_the_code_uses_and_health_checked() ->
     ]
     runtime = ICEBERG_SPARK_RUNTIME
     assert runtime.coordinate in packages.split(",")
-    assert f"org.apache.iceberg:iceberg-aws-bundle:{runtime.version}" in packages.split(",")
+    assert ICEBERG_AWS_BUNDLE.coordinate in packages.split(",")
 
 
 def test_no_secret_is_written_into_the_compose_file() -> None:

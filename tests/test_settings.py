@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from settings import CatalogType, Settings
+from settings import CatalogType, Settings, StorageType
 
 
 def test_defaults_are_the_embedded_stack(tmp_path: Path) -> None:
@@ -48,17 +48,38 @@ def test_postgres_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "p@ss" not in repr(s)
 
 
-def test_rest_catalog_needs_a_uri() -> None:
-    s = Settings(catalog_type=CatalogType.REST)
-    with pytest.raises(ValueError, match="OHLCV_CATALOG_URI"):
-        s.spark_catalog_conf()
+def test_rest_catalog_without_a_uri_is_the_local_one(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, catalog_type=CatalogType.REST, rest_port=18181)
+    assert s.local_rest and not s.local_s3
+    assert s.spark_catalog_conf()["spark.sql.catalog.ohlcv.uri"] == "http://127.0.0.1:18181"
+    assert "spark.sql.catalog.ohlcv.token" not in s.spark_catalog_conf()  # none generated yet
+    s.rest_token_file.parent.mkdir(parents=True)
+    s.rest_token_file.write_text("generated")
+    assert s.spark_catalog_conf()["spark.sql.catalog.ohlcv.token"] == "generated"
+    assert s.pyiceberg_catalog_properties()["token"] == "generated"
     s = Settings(catalog_type=CatalogType.REST, catalog_uri="http://rest:8181")
+    assert not s.local_rest
     assert s.spark_catalog_conf()["spark.sql.catalog.ohlcv.type"] == "rest"
     assert s.pyiceberg_catalog_properties() == {
         "warehouse": s.warehouse_location,
         "type": "rest",
         "uri": "http://rest:8181",
     }
+
+
+def test_s3_storage_without_an_endpoint_is_the_local_server(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, storage=StorageType.S3, s3_port=19000)
+    assert s.local_s3 and s.uses_s3 and s.warehouse_location == "s3://warehouse/"
+    assert s.spark_catalog_conf()["spark.sql.catalog.ohlcv.s3.endpoint"] == "http://127.0.0.1:19000"
+    s.s3_credentials_file.parent.mkdir(parents=True)
+    s.s3_credentials_file.write_text('{"access_key_id": "id", "secret_access_key": "sec"}')
+    props = s.pyiceberg_catalog_properties()
+    assert (props["s3.access-key-id"], props["s3.secret-access-key"]) == ("id", "sec")
+    assert "sec" in s.secrets()
+    # An endpoint of one's own is used as it is, with its own credentials, never the files'
+    own = Settings(data_dir=tmp_path, s3_endpoint="http://minio:9000", warehouse="s3://w/")
+    assert own.uses_s3 and not own.local_s3 and own.s3_credentials() is None
+    assert own.spark_catalog_conf()["spark.sql.catalog.ohlcv.s3.endpoint"] == "http://minio:9000"
 
 
 def test_identifiers_are_checked() -> None:
