@@ -675,12 +675,14 @@ def _read_candle_table(settings: Settings, query: Any) -> Any:
 
 
 def _print_candle_table(rows: Any, title: str) -> None:
-    from read.export import text_rows
+    """The columns that fit a terminal (CSV and Parquet have them all)."""
+    from read.export import TABLE_COLUMNS, text_rows
 
+    shown = rows.select([c for c in TABLE_COLUMNS if c in rows.column_names])
     out = Table(title=title)
-    for column in rows.column_names:
+    for column in shown.column_names:
         out.add_column(column, no_wrap=True)
-    for row in text_rows(rows):
+    for row in text_rows(shown):
         out.add_row(*row)
     console.print(out)
 
@@ -689,7 +691,9 @@ def _print_candle_table(rows: Any, title: str) -> None:
 @_friendly_errors
 def candles_command(
     ctx: typer.Context,
-    symbols: Annotated[list[str], typer.Argument(help="One or more symbols, e.g. BTC-USD")],
+    symbols: Annotated[
+        list[str], typer.Argument(help="One or more symbols, e.g. BTC-USD", metavar="SYMBOL")
+    ],
     tf: Annotated[
         str, typer.Option("--tf", help="1m, 5m, 30m, 1h or 1d", callback=_usage(timeframe))
     ] = "1m",
@@ -730,7 +734,8 @@ def candles_command(
         str | None,
         typer.Option(
             "--format",
-            help="csv (default), table or parquet (default with --output *.parquet)",
+            help="csv (default), table (the main columns, for a terminal) or parquet "
+            "(default with --output *.parquet)",
             callback=_usage(_output_format),
         ),
     ] = None,

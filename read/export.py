@@ -18,6 +18,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 FORMATS = ("csv", "table", "parquet")
+TABLE_COLUMNS = (
+    "symbol",
+    "window_start",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "trade_count",
+    "provisional",
+)
+"""What ``--format table`` shows: the columns that fit a terminal."""
 
 
 def output_format(name: str) -> str:

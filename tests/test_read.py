@@ -269,6 +269,15 @@ def test_the_candles_command_exports_exact_csv_and_parquet(
     first = expected_candles(story.first, ONE_MINUTE)[(EXCHANGE, "BTC-USD", _us(LATE_WINDOW))]
     assert Decimal(late["volume"]) == first["volume"]
 
+    # --live (a Spark session): nothing pending after the second run, so all published
+    done = _cli(story.settings, monkeypatch, "BTC-USD", *window, "--live")
+    assert done.exit_code == 0, done.output
+    live = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert {r["provisional"] for r in live} == {"false"}
+    assert [r["close"] for r in live] == [r["close"] for r in rows]
+    done = _cli(story.settings, monkeypatch, "BTC-USD", *window, "--format", "table")
+    assert done.exit_code == 0 and "trade_count" in done.stdout, done.output
+
     # An as-of time older than the history kept: one line, exit code 1
     done = _cli(story.settings, monkeypatch, "BTC-USD", "--as-of", START.isoformat())
     assert done.exit_code == 1
