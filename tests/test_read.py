@@ -276,7 +276,7 @@ def test_the_candles_command_exports_exact_csv_and_parquet(
     assert {r["provisional"] for r in live} == {"false"}
     assert [r["close"] for r in live] == [r["close"] for r in rows]
     done = _cli(story.settings, monkeypatch, "BTC-USD", *window, "--format", "table")
-    assert done.exit_code == 0 and "trade_count" in done.stdout, done.output
+    assert done.exit_code == 0 and "candles of BTC-USD" in done.stdout, done.output
 
     # An as-of time older than the history kept: one line, exit code 1
     done = _cli(story.settings, monkeypatch, "BTC-USD", "--as-of", START.isoformat())
