@@ -35,7 +35,7 @@ test-fast: setup
 lint: setup
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
-	$(UV) run mypy core flows ingest spark_jobs expectations infra settings tests bench
+	$(UV) run mypy core flows ingest read spark_jobs expectations infra settings tests bench
 
 docs: setup
 	$(UV) run ohlcv docs

@@ -46,6 +46,7 @@ QUOTE_VOLUME = DecimalType(38, 16)  # sum of price * quantity, DECIMAL(37, 16) e
 
 TRADES = "trades"
 TRADES_REJECTED = "trades_rejected"
+CANDLE_REVISIONS = "candle_revisions"
 TRADE_KEY = ("exchange", "symbol", "trade_id")
 CANDLE_KEY = ("exchange", "symbol", "window_start")
 
@@ -94,6 +95,32 @@ CANDLE_SCHEMA = Schema(
 )
 CANDLE_VALUE_COLUMNS = tuple(
     f.name for f in CANDLE_SCHEMA.fields if f.name not in CANDLE_KEY and f.name != "computed_at"
+)
+
+# What a published candle looked like before and after a run changed it (a late trade), one row
+# per revised candle; optional columns, as Spark writes them. Only candles published after their
+# window had closed count: one published while its window was still open is expected to grow
+# (see spark_jobs/revisions.py).
+_REVISED_FIELDS = [f for f in CANDLE_SCHEMA.fields if f.name not in CANDLE_KEY]
+REVISED_COLUMNS = tuple(f.name for f in _REVISED_FIELDS)
+"""Candle columns a revision records twice, as ``old_<column>`` and ``new_<column>``."""
+_REVISION_KEY_FIELDS = (
+    NestedField(1, "timeframe", StringType()),
+    NestedField(2, "exchange", StringType()),
+    NestedField(3, "symbol", StringType()),
+    NestedField(4, "window_start", TimestamptzType()),
+)
+_REVISION_VALUE_FIELDS = tuple(
+    NestedField(5 + 2 * i + side, f"{prefix}_{f.name}", f.field_type)
+    for i, f in enumerate(_REVISED_FIELDS)
+    for side, prefix in enumerate(("old", "new"))
+)
+REVISIONS_SCHEMA = Schema(
+    *_REVISION_KEY_FIELDS,
+    *_REVISION_VALUE_FIELDS,
+    NestedField(100, "revised_at", TimestamptzType()),
+    NestedField(101, "candle_snapshot_id", LongType()),
+    NestedField(102, "trades_snapshot_id", LongType()),
 )
 
 _TRANSFORMS: dict[str, Transform[Any, Any]] = {
@@ -150,6 +177,10 @@ class Tables:
     def trades_rejected(self) -> str:
         return self.name(TRADES_REJECTED)
 
+    @property
+    def candle_revisions(self) -> str:
+        return self.name(CANDLE_REVISIONS)
+
     def candles(self, tf: Timeframe) -> str:
         return self.name(tf.table)
 
@@ -198,7 +229,8 @@ def _ensure(
 
 
 def ensure_tables(catalog: Catalog, namespace: str) -> dict[str, Table]:
-    """Create the namespace, ``trades``, ``trades_rejected`` and the five candle tables if missing.
+    """Create the namespace, ``trades``, ``trades_rejected``, the five candle tables and
+    ``candle_revisions`` if missing.
 
     Idempotent: an existing table is only changed when its properties are older than
     :data:`LONG_LIFE_PROPERTIES` and its own table's (one commit, once); otherwise nothing is
@@ -221,6 +253,17 @@ def ensure_tables(catalog: Catalog, namespace: str) -> dict[str, Table]:
             catalog, (namespace, TRADES_REJECTED), LONG_LIFE_PROPERTIES, schema=REJECTED_SCHEMA
         ),
     }
+    revised_at = REVISIONS_SCHEMA.find_field("revised_at").field_id
+    # Revisions are rare (late trades): month partitions keep their files few.
+    tables[CANDLE_REVISIONS] = _ensure(
+        catalog,
+        (namespace, CANDLE_REVISIONS),
+        LONG_LIFE_PROPERTIES,
+        schema=REVISIONS_SCHEMA,
+        partition_spec=PartitionSpec(
+            PartitionField(revised_at, 1000, MonthTransform(), "revised_at_month")
+        ),
+    )
     for tf in TIMEFRAMES.values():
         tables[tf.table] = _ensure(
             catalog,

@@ -687,6 +687,162 @@ def docs_command(
         webbrowser.open(index.as_uri())
 
 
+# reading candles ----------------------------------------------------------------------------
+
+
+def _output_format(name: str) -> str:
+    from read.export import output_format
+
+    return output_format(name)
+
+
+def _candle_window(
+    start: str | None, end: str | None, last: str | None, tf: Timeframe
+) -> tuple[datetime | None, datetime | None]:
+    """[start, end) from --start/--end, or from --last (whole windows up to now)."""
+    from core.ranges import align_down
+
+    if last is None:
+        return (parse_instant(start) if start else None, parse_instant(end) if end else None)
+    if start is not None or end is not None:
+        raise typer.BadParameter("--last and --start/--end exclude each other: give one of them")
+    return align_down(datetime.now(UTC) - parse_duration(last), tf), None
+
+
+def _chosen_format(fmt: str | None, output: Path | None) -> str:
+    """The format asked for, else the output file's (.parquet), else CSV."""
+    chosen = fmt or ("parquet" if output and output.suffix == ".parquet" else "csv")
+    if chosen == "parquet" and output is None:
+        raise typer.BadParameter("--format parquet writes a file: add --output FILE")
+    if chosen == "table" and output is not None:
+        raise typer.BadParameter("--format table prints to the terminal: drop --output")
+    return chosen
+
+
+def _read_candle_table(settings: Settings, query: Any) -> Any:
+    """The query's candles as an Arrow table: PyIceberg, or a Spark session for --live."""
+    from read.api import candles_frame, normalized, read_candles_arrow
+
+    if not query.live:
+        from infra.catalog import open_catalog
+
+        return read_candles_arrow(open_catalog(settings), settings.namespace, query)
+    from core.tables import Tables
+    from infra.session import session
+
+    with session(settings) as spark:
+        tables = Tables(settings.catalog_name, settings.namespace)
+        return normalized(candles_frame(spark, tables, query).toArrow(), live=True)
+
+
+def _print_candle_table(rows: Any, title: str) -> None:
+    """The columns that fit a terminal (CSV and Parquet have them all)."""
+    from read.export import TABLE_COLUMNS, text_rows
+
+    shown = rows.select([c for c in TABLE_COLUMNS if c in rows.column_names])
+    out = Table(title=title)
+    for column in shown.column_names:
+        out.add_column(column, no_wrap=True)
+    for row in text_rows(shown):
+        out.add_row(*row)
+    console.print(out)
+
+
+@app.command("candles")
+@_friendly_errors
+def candles_command(
+    ctx: typer.Context,
+    symbols: Annotated[
+        list[str], typer.Argument(help="One or more symbols, e.g. BTC-USD", metavar="SYMBOL")
+    ],
+    tf: Annotated[
+        str, typer.Option("--tf", help="1m, 5m, 30m, 1h or 1d", callback=_usage(timeframe))
+    ] = "1m",
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="First window start, ISO-8601 (UTC without offset)", callback=_usage(parse_instant)
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option(help="Windows starting before this, ISO-8601", callback=_usage(parse_instant)),
+    ] = None,
+    last: Annotated[
+        str | None,
+        typer.Option(
+            help="The windows of the last DURATION, e.g. 2h", callback=_usage(parse_duration)
+        ),
+    ] = None,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="Add the live tail: candles not published yet, computed now from the trades "
+            "(column provisional; needs the Spark Connect server)",
+        ),
+    ] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="The candles as published at this time, ISO-8601",
+            callback=_usage(parse_instant),
+        ),
+    ] = None,
+    exchange: Annotated[str | None, typer.Option(help="Only this exchange")] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="csv (default), table (the main columns, for a terminal) or parquet "
+            "(default with --output *.parquet)",
+            callback=_usage(_output_format),
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Write to this file instead of standard output", dir_okay=False),
+    ] = None,
+) -> None:
+    """Print or export candles: exact decimals, the candle tables' columns, CSV by default.
+
+    Reads the published candles through PyIceberg (no Spark needed); --live also needs the
+    Spark Connect server.
+    """
+    from read.api import CandleQuery
+
+    settings = _settings(ctx)
+    tf_ = timeframe(tf)
+    chosen = _chosen_format(fmt, output)
+    first, stop = _candle_window(start, end, last, tf_)
+    try:
+        query = CandleQuery.of(tf_, symbols, first, stop, exchange=exchange, as_of=as_of, live=live)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    rows = _read_candle_table(settings, query)
+    if rows.num_rows == 0:
+        err.print(f"no {query.describe()}")
+    if chosen == "table":
+        _print_candle_table(rows, query.describe())
+    elif chosen == "parquet":
+        from read.export import write_parquet
+
+        assert output is not None  # _chosen_format insists
+        write_parquet(rows, output)
+    elif output is None:
+        from read.export import write_csv
+
+        write_csv(rows, sys.stdout)
+    else:
+        from read.export import write_csv
+
+        with output.open("w", newline="") as out:
+            write_csv(rows, out)
+    if output is not None:
+        err.print(f"{rows.num_rows} candles written to {output}")
+
+
 def main() -> None:
     """The `ohlcv` command."""
     import os

@@ -4,7 +4,8 @@
   changed into the audit branch (with the late-trade watermark in its snapshot summary);
 - validate: the GX invariant suite on exactly the windows written, read from the audit branch,
   plus (5m and longer) reconciliation with the next smaller timeframe's published candles;
-- publish: fast-forward ``main`` to the audit branch.
+- publish: fast-forward ``main`` to the audit branch, then record the published candles the run
+  revised (late trades) in ``candle_revisions``.
 
 A failed validation raises :class:`ValidationFailed`, leaves ``main`` exactly as it was (its
 snapshot, so also its watermark: the next run recomputes the same trades) and tags the
@@ -22,7 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -34,7 +35,7 @@ from expectations.frames import invariant_frame, reconciliation_frame
 from expectations.suites import invariant_suite, reconciliation_suite
 from expectations.validation import ValidationFailed, ValidationReport, run_checkpoint
 from settings import Settings
-from spark_jobs import jobs, wap
+from spark_jobs import jobs, revisions, wap
 from spark_jobs.snapshots import main_snapshot_id, only_compacted_since, watermark
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ _RUN_FIGURES = (
     "inserted",
     "updated",
     "unchanged",
+    "revised",
     "trades_snapshot_id",
 )
 
@@ -150,6 +152,9 @@ class RunMetrics:
         values: dict[str, Any] = {"timeframe": self.timeframe}
         if self.run is not None:
             values.update({name: getattr(self.run, name) for name in _RUN_FIGURES})
+            values["revised_windows"] = revisions.describe_revisions(
+                self.run.revisions, self.run.revised
+            )
         values.update(
             expectations_passed=self.expectations_passed,
             expectations_evaluated=self.expectations_evaluated,
@@ -275,6 +280,23 @@ def publish(spark: SparkSession, settings: Settings, tf: Timeframe) -> int | Non
     return wap.publish(spark, tables_for(settings).candles(tf))
 
 
+def record_revisions(
+    spark: SparkSession, settings: Settings, tf: Timeframe, run: jobs.RunResult, published: int
+) -> int:
+    """Append the candles the published run revised to ``candle_revisions`` (none: no-op)."""
+    if run.revisions is None:
+        return 0
+    return revisions.record_revisions(
+        spark,
+        tables_for(settings),
+        tf,
+        run.revisions,
+        revised_at=datetime.now(UTC),
+        candle_snapshot_id=published,
+        trades_snapshot_id=run.trades_snapshot_id,
+    )
+
+
 class Steps:
     """How the three steps execute. This one calls the step functions directly.
 
@@ -297,6 +319,16 @@ class Steps:
 
     def publish(self, spark: SparkSession, settings: Settings, tf: Timeframe) -> int | None:
         return publish(spark, settings, tf)
+
+    def record_revisions(
+        self,
+        spark: SparkSession,
+        settings: Settings,
+        tf: Timeframe,
+        run: jobs.RunResult,
+        published: int,
+    ) -> int:
+        return record_revisions(spark, settings, tf, run, published)
 
 
 @contextmanager
@@ -329,6 +361,8 @@ def run_pipeline(
         try:
             with _timed(seconds, "publish_candles"):
                 main_after = steps.publish(spark, settings, tf)
+                if main_after is not None and main_after != base:
+                    steps.record_revisions(spark, settings, tf, run, main_after)
             return PipelineResult(run, validation, base, main_after, seconds)
         except Exception:
             # Maintenance compacted main under this run, so the audit branch can no longer

@@ -13,6 +13,9 @@ Correctness rules (see the README's "How candles stay exact"):
 - Bounded catch-up: a run processes at most ``max_new_trades`` newly appended trades (windows
   are still recomputed whole); the rest is left for the next runs, which continue where it
   stopped (see :class:`spark_jobs.snapshots.Progress`).
+- Revisions: a changed candle that had been published after its window closed is a revision
+  (a late trade corrected it); the diff that finds changed candles also keeps their old values,
+  so a run knows its revisions without another query (:mod:`spark_jobs.revisions`).
 
 A run has three steps: plan (which windows, from the lookback and the watermark), diff (fresh
 candles against stored ones) and write (MERGE the changed candles with the new watermark).
@@ -26,11 +29,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from core.ranges import Range, backfill_ranges, coalesce_ranges, lookback_range, window_of
-from core.tables import CANDLE_KEY, CANDLE_VALUE_COLUMNS, Tables
+from core.tables import CANDLE_KEY, CANDLE_VALUE_COLUMNS, REVISED_COLUMNS, Tables
 from core.time import from_us
 from core.timeframes import Timeframe
 from spark_jobs.candles import CANDLE_COLUMNS, TradeIdRange, candles, window_start_us
@@ -43,6 +47,10 @@ from spark_jobs.snapshots import (
     snapshot_exists,
     snapshot_properties,
 )
+
+MAX_REVISIONS_KEPT = 100_000
+"""Revisions a run keeps for the record (all are counted): a backfill that rewrites history
+should not pull millions of rows into the client."""
 
 
 @dataclass
@@ -63,6 +71,10 @@ class RunResult:
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
+    revised: int = 0
+    """Updated candles that had been published after their window closed (late trades)."""
+    revisions: pa.Table | None = None
+    """Those candles' keys with ``old_``/``new_`` values (at most ``MAX_REVISIONS_KEPT``)."""
     candle_snapshot_id: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -249,6 +261,8 @@ def _run(
         if not result.written:
             _record_progress(spark, table, branch, before, after, result)
             return result
+        if result.revised:
+            result.revisions = _revisions(compared, result)
         _write_changes(spark, target, compared, groups, after)
     finally:
         compared.unpersist()
@@ -369,9 +383,11 @@ def _sealed(
 
 
 def _compare(fresh: DataFrame, existing: DataFrame) -> DataFrame:
-    """Label each fresh candle insert / update / unchanged against the stored one."""
+    """Label each fresh candle insert / update / unchanged against the stored one, and flag
+    the updates that revise a candle published after its window closed (``_revision``; a
+    candle published while its window was open is expected to grow), keeping the old values."""
     stored = existing.select(
-        *[F.col(c).alias(f"_old_{c}") for c in (*CANDLE_KEY, *CANDLE_VALUE_COLUMNS)]
+        *[F.col(c).alias(f"_old_{c}") for c in (*CANDLE_KEY, *REVISED_COLUMNS)]
     )
     on = [fresh[c] == stored[f"_old_{c}"] for c in CANDLE_KEY]
     same = F.lit(True)
@@ -382,8 +398,15 @@ def _compare(fresh: DataFrame, existing: DataFrame) -> DataFrame:
         .when(same, F.lit("unchanged"))
         .otherwise(F.lit("update"))
     )
+    revision = (change == F.lit("update")) & (
+        stored["_old_computed_at"] >= stored["_old_window_end"]
+    )
     return fresh.join(stored, on, "left").select(
-        *CANDLE_COLUMNS, "computed_at", change.alias("_change")
+        *CANDLE_COLUMNS,
+        "computed_at",
+        change.alias("_change"),
+        F.coalesce(revision, F.lit(False)).alias("_revision"),
+        *[stored[f"_old_{c}"] for c in REVISED_COLUMNS],
     )
 
 
@@ -396,6 +419,7 @@ def _count_changes(compared: DataFrame, result: RunResult) -> dict[str, Row]:
             F.count(F.lit(1)).alias("n"),
             F.min("window_start").alias("lo"),
             F.max("window_start").alias("hi"),
+            F.sum(F.col("_revision").cast("long")).alias("revised"),
         )
         .collect()
     }
@@ -404,7 +428,32 @@ def _count_changes(compared: DataFrame, result: RunResult) -> dict[str, Row]:
     result.updated = counts.get("update", 0)
     result.unchanged = counts.get("unchanged", 0)
     result.windows_recomputed = result.inserted + result.updated + result.unchanged
+    result.revised = sum(int(r["revised"] or 0) for r in groups.values())
     return groups
+
+
+def _revisions(compared: DataFrame, result: RunResult) -> pa.Table:
+    """The revised candles: key, then ``old_<c>`` and ``new_<c>`` for each revised column.
+
+    Arrow, not Rows: collected timestamps would come back naive, in local time.
+    """
+    if result.revised > MAX_REVISIONS_KEPT:
+        result.notes.append(
+            f"{result.revised} candles revised; the first {MAX_REVISIONS_KEPT} (oldest windows "
+            "first) are recorded in candle_revisions"
+        )
+    pairs = [
+        column
+        for c in REVISED_COLUMNS
+        for column in (F.col(f"_old_{c}").alias(f"old_{c}"), F.col(c).alias(f"new_{c}"))
+    ]
+    return (
+        compared.where(F.col("_revision"))
+        .select(*CANDLE_KEY, *pairs)
+        .orderBy("window_start", "exchange", "symbol")
+        .limit(MAX_REVISIONS_KEPT)
+        .toArrow()
+    )
 
 
 # Write ---------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ reads slow down. Per table, :func:`maintain_table`:
   ``trades``, every snapshot from the oldest one a candle table still needs (its watermark or
   catch-up target) on: late trades are found by reading the ``trades`` snapshots appended since
   a watermark, so those must survive; for a candle table, the snapshot that records its
-  progress (below any compactions);
+  progress (below any compactions) and the one ``main`` held when the retention window
+  began, so ``as_of`` reads (:mod:`read.api`) work for every time within the retention;
 - compacts small data files in sealed partitions (:func:`_sealed`): ``trades`` days that
   ended over an hour ago, a candle table's partitions its lookback left over an hour ago.
   Each 1m run adds a small file, so candle tables need it too. A compaction moves ``main``;
@@ -34,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from core.tables import TRADES, TRADES_REJECTED, Tables
+from core.tables import CANDLE_REVISIONS, TRADES, TRADES_REJECTED, Tables
 from core.time import from_us, utc
 from core.timeframes import TIMEFRAMES
 from spark_jobs.snapshots import progress_snapshot, protected_trades_snapshots
@@ -143,11 +144,12 @@ def maintain_table(
     table = tables.name(name)
     done = TableMaintenance(name, table_state(spark, table), table_state(spark, table))
     older_than = wall - policy.snapshot_age
-    keep_from = _oldest_needed(spark, tables, name)
+    keep_from = _oldest_needed(spark, tables, name, older_than)
     if keep_from is not None and keep_from < older_than:
         done.notes.append(
             f"kept snapshots from {keep_from:%Y-%m-%d %H:%M:%S} UTC on: the pipeline still "
-            "reads from them (a watermark or a candle table's recorded progress)"
+            "reads from them (a watermark, a candle table's recorded progress, or what main "
+            "held when the retention window began, for as-of reads)"
         )
         older_than = keep_from
     done.snapshots_expired = _expire(spark, tables, name, older_than, policy.retain_last)
@@ -165,7 +167,7 @@ def maintain_table(
 
 def all_tables() -> list[str]:
     """Every table of the project, in the order maintenance visits them."""
-    return [TRADES, TRADES_REJECTED, *(tf.table for tf in TIMEFRAMES.values())]
+    return [TRADES, TRADES_REJECTED, *(tf.table for tf in TIMEFRAMES.values()), CANDLE_REVISIONS]
 
 
 def chosen_tables(names: list[str] | None) -> list[str]:
@@ -178,13 +180,17 @@ def chosen_tables(names: list[str] | None) -> list[str]:
     return names
 
 
-def _oldest_needed(spark: SparkSession, tables: Tables, name: str) -> datetime | None:
-    """Commit time of the oldest snapshot of table ``name`` the pipeline still reads from."""
+def _oldest_needed(
+    spark: SparkSession, tables: Tables, name: str, cutoff: datetime
+) -> datetime | None:
+    """Commit time of the oldest snapshot of table ``name`` the pipeline still reads from
+    (for a candle table, also ``main``'s snapshot at ``cutoff``: as-of reads need it)."""
     table = tables.name(name)
     if name == TRADES:
         needed = protected_trades_snapshots(spark, tables)
     elif name in CANDLE_TABLES:
-        needed = {s for s in (progress_snapshot(spark, table)[0],) if s is not None}
+        candidates = (progress_snapshot(spark, table)[0], _main_at(spark, table, cutoff))
+        needed = {s for s in candidates if s is not None}
     else:
         return None
     if not needed:
@@ -199,6 +205,22 @@ def _oldest_needed(spark: SparkSession, tables: Tables, name: str) -> datetime |
     return from_us(row["at"]) if row["at"] is not None else None
 
 
+def _main_at(spark: SparkSession, table: str, at: datetime) -> int | None:
+    """The snapshot ``main`` held at ``at`` (its snapshot log), None if none is known.
+
+    Expiry drops the log entries of the snapshots it removes, and everything before them, so
+    keeping this snapshot keeps the log, and with it every as-of read, from ``at`` on.
+    """
+    rows = (
+        spark.read.table(f"{table}.history")
+        .where(F.col("made_current_at") <= F.lit(at))
+        .orderBy(F.desc("made_current_at"))
+        .limit(1)
+        .collect()
+    )
+    return int(rows[0]["snapshot_id"]) if rows else None
+
+
 SEAL_MARGIN = timedelta(hours=1)
 """How long after a partition's last scheduled write it counts as sealed (late trades may still
 land in it later: a compaction never loses them, see the module docstring)."""
@@ -209,7 +231,7 @@ def _sealed(name: str, now: datetime) -> tuple[str, datetime]:
     a scheduled run. ``trades`` days are sealed an hour after they end; a candle table's
     partitions an hour after its lookback has left them."""
     if name not in CANDLE_TABLES:
-        column = "ts" if name == TRADES else "rejected_at"
+        column = {TRADES: "ts", CANDLE_REVISIONS: "revised_at"}.get(name, "rejected_at")
         return column, (now - SEAL_MARGIN).replace(hour=0, minute=0, second=0, microsecond=0)
     tf = CANDLE_TABLES[name]
     reach = now - tf.lookback - SEAL_MARGIN
