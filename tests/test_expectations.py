@@ -150,7 +150,9 @@ def test_correct_candles_pass_and_failures_name_rows_on_both_engines(
     # Then: the message names the failed expectation, its invariant and the offending row
     assert "expect_column_pair_values_a_to_be_greater_than_b (high >= low)" in message
     assert "SOL-USD" in message
-    assert str(report.data_docs) in message
+    # and the data docs page of this very validation
+    assert report.result_page is not None and report.result_page.is_file()
+    assert str(report.result_page) in message
 
 
 def test_validation_results_are_kept_newest_first_up_to_the_limit(
