@@ -62,7 +62,9 @@ def test_every_flow_publishes_candles_equal_to_the_oracle_with_artifacts(
     metrics_rows = {row["metric"]: row["value"] for row in json.loads(str(by_key[keys[0]].data))}
     assert metrics_rows["windows_recomputed"] != "0" and "generate_candles_s" in metrics_rows
     assert "ohlcv_1d_invariants" in str(by_key[keys[1]].data)
-    assert "Data docs" in str(by_key[keys[1]].data)
+    # the artifact links this run's own data docs page, and the index of all validations
+    assert re.search(r"\[its data docs page\]\(file:///[^)]+\.html\)", str(by_key[keys[1]].data))
+    assert "[data docs index](file:///" in str(by_key[keys[1]].data)
     # The Connect token never reaches Prefect: not in artifacts, not in the run logs
     token = flow_env.local_token()
     assert token
