@@ -178,12 +178,13 @@ def test_rest_catalog_and_s3_refuse_requests_without_valid_credentials(
     assert s3(secret).open_input_stream(key).read() == stored.read_bytes()
 
 
-# The third core oracle test (every timeframe through late trades and reruns) runs on SQLite
-# and PostgreSQL; it took 226 s here on REST + S3 (2 shared cores: every Iceberg commit is a
-# REST call whose metadata write goes through S3Proxy), which is not worth the suite's time.
+# The same core oracle tests as on SQLite and PostgreSQL. The first is the slowest here (every
+# Iceberg commit is a REST call whose metadata write goes through S3Proxy): 226 s on 2 cores
+# shared with other test suites.
 @pytest.mark.parametrize(
     "oracle_test",
     [
+        test_candles.test_every_timeframe_equals_oracle_through_late_trades_and_reruns,
         test_candles.test_batch_run_replaces_only_its_windows,
         test_candles.test_backfill_in_chunks_equals_oracle,
     ],
