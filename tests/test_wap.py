@@ -157,8 +157,21 @@ def _assert_failed_page_shows_the_culprit(page: Path, table: str) -> None:
     site = page.parents[4]  # validations/<suite>/<run name>/<run time>/<page>
     assert (site / "index.html").is_file()
     assert external_urls(site) == {}, "a data docs page still points outside the site"
+    dom, screenshot = _open_in_chromium(page, "data-docs-failed-run.png", height=1400)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+    assert f"Data asset: {table} (audit branch)" in text, "the asset is named after the table"
+    summary = dom[dom.index('id="ohlcv-summary"') :]
+    summary = summary[: summary.index("Values seen")]
+    assert "FAILED" in summary and "high &gt;= low" in summary
+    assert "symbol=BTC-USD" in summary, "the offending candle's key is on the page"
+    assert "60000000.0" not in dom and ">60000000<" in dom, "integer limits print as integers"
+    assert screenshot.stat().st_size > 10_000
+
+
+def _open_in_chromium(page: Path, screenshot_name: str, height: int) -> tuple[str, Path]:
+    """The page's DOM after its scripts ran in headless Chromium, and a screenshot of it."""
     ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / "data-docs-failed-run.png"
+    screenshot = ARTIFACTS / screenshot_name
     screenshot.unlink(missing_ok=True)
     browser = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
     dom = subprocess.run(
@@ -169,19 +182,12 @@ def _assert_failed_page_shows_the_culprit(page: Path, table: str) -> None:
         check=True,
     ).stdout
     subprocess.run(
-        [*browser, "--window-size=1400,1400", f"--screenshot={screenshot}", page.as_uri()],
+        [*browser, f"--window-size=1400,{height}", f"--screenshot={screenshot}", page.as_uri()],
         capture_output=True,
         timeout=120,
         check=True,
     )
-    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
-    assert f"Data asset: {table} (audit branch)" in text, "the asset is named after the table"
-    summary = dom[dom.index('id="ohlcv-summary"') :]
-    summary = summary[: summary.index("Values seen")]
-    assert "FAILED" in summary and "high &gt;= low" in summary
-    assert "symbol=BTC-USD" in summary, "the offending candle's key is on the page"
-    assert "60000000.0" not in dom and ">60000000<" in dom, "integer limits print as integers"
-    assert screenshot.stat().st_size > 10_000
+    return dom, screenshot
 
 
 def _chromium() -> str:
@@ -203,23 +209,7 @@ def test_data_docs_list_every_suite_and_latest_results_in_a_real_browser(
     index = build_data_docs(run_settings.gx_root, run_settings.web_cache_dir)
     assert index.is_file()
     assert external_urls(index.parent) == {}, "a data docs page still points outside the site"
-    ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / "data-docs-index.png"
-    screenshot.unlink(missing_ok=True)
-    browser = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
-    dom = subprocess.run(
-        [*browser, "--virtual-time-budget=5000", "--dump-dom", index.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    subprocess.run(
-        [*browser, "--window-size=1400,1800", f"--screenshot={screenshot}", index.as_uri()],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
+    dom, screenshot = _open_in_chromium(index, "data-docs-index.png", height=1800)
 
     suites = [f"ohlcv_{tf}_invariants" for tf in TIMEFRAMES] + [
         f"ohlcv_{tf}_reconciliation" for tf in ("5m", "30m", "1h", "1d")
