@@ -44,8 +44,9 @@ from core.timeframes import Timeframe, timeframe
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow.compute as pc
     from pyiceberg.catalog import Catalog
-    from pyiceberg.table import Table
+    from pyiceberg.table import DataScan, FileScanTask, Table
     from pyspark.sql import Column, DataFrame, SparkSession
 
     from settings import Settings
@@ -266,7 +267,94 @@ def read_candles_arrow(catalog: Catalog, namespace: str, query: CandleQuery) -> 
     if snapshot is None:
         return normalized(candle_arrow_schema().empty_table())
     scan = table.scan(row_filter=row_filter(query), snapshot_id=snapshot)
-    return normalized(scan.to_arrow())
+    return normalized(read_scan(table, scan, query))
+
+
+def read_scan(table: Table, scan: DataScan, query: CandleQuery) -> pa.Table:
+    """The scan's rows, read by Arrow's multithreaded scanner where that is provably the same.
+
+    PyIceberg reads a scan's files one Python task at a time, about 6 ms a file here: a day of
+    1m candles before maintenance compacts it is 288 files (one per five-minute commit), 1.8 s
+    of a ~3 s command. Arrow's dataset scanner reads the same files with the same filter in
+    0.3-0.5 s. It is used only when it cannot differ from Iceberg's reading: local Parquet
+    files, no delete files, and columns never renamed or retyped (files written before a
+    column was added lack it; both readers give nulls). Otherwise PyIceberg reads.
+    """
+    tasks = list(scan.plan_files())
+    paths = arrow_readable(table, tasks)
+    if paths is None:
+        return scan.to_arrow()
+    import pyarrow.dataset as ds
+    from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+    schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
+    return ds.dataset(paths, schema=schema, format="parquet").to_table(filter=arrow_filter(query))
+
+
+def arrow_readable(table: Table, tasks: Sequence[FileScanTask]) -> list[str] | None:
+    """The tasks' files as local paths if Arrow reads them as Iceberg would, else None."""
+    from pyiceberg.manifest import FileFormat
+
+    paths = [_local_path(task.file.file_path) for task in tasks]
+    if (
+        not tasks
+        or any(task.delete_files for task in tasks)
+        or any(task.file.file_format != FileFormat.PARQUET for task in tasks)
+        or not columns_never_changed(table)
+    ):
+        return None
+    local = [p for p in paths if p is not None]
+    return local if len(local) == len(paths) else None
+
+
+def columns_never_changed(table: Table) -> bool:
+    """Every column of every schema the table had keeps its name and type in the others.
+
+    Arrow matches a file's columns by name, Iceberg by field id: the two agree unless a
+    column was renamed, retyped or dropped and re-added under an old name.
+    """
+    seen: dict[int, tuple[str, str]] = {}
+    names: dict[str, int] = {}
+    for schema in table.schemas().values():
+        for field in schema.fields:
+            shape = (field.name, str(field.field_type))
+            if seen.setdefault(field.field_id, shape) != shape:
+                return False
+            if names.setdefault(field.name, field.field_id) != field.field_id:
+                return False
+    return True
+
+
+def _local_path(location: str) -> str | None:
+    """A ``file:`` (or bare) location as a local path; None for object storage."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme == "":
+        return location
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return unquote(parsed.path)
+    return None
+
+
+def arrow_filter(query: CandleQuery) -> pc.Expression:
+    """:func:`row_filter` as an Arrow expression (the same four terms)."""
+    import pyarrow.compute as pc
+
+    utc_us = pa.timestamp("us", tz="UTC")
+    terms: list[pc.Expression] = []
+    if query.start is not None:
+        terms.append(pc.field("window_start") >= pa.scalar(query.start, utc_us))
+    if query.end is not None:
+        terms.append(pc.field("window_start") < pa.scalar(query.end, utc_us))
+    if query.symbols:
+        terms.append(pc.field("symbol").isin(list(query.symbols)))
+    if query.exchange is not None:
+        terms.append(pc.field("exchange") == query.exchange)
+    expression = pc.scalar(True)
+    for term in terms:
+        expression = expression & term
+    return expression
 
 
 def read_candles(

@@ -382,3 +382,77 @@ def test_as_of_picks_the_state_main_held_then_or_names_the_oldest_kept() -> None
 def test_read_arguments_are_refused_with_what_to_pass(call: Any, says: str) -> None:
     with pytest.raises(ValueError, match=re.escape(says)):
         call()
+
+
+def _stored_candles(symbols: int, start: datetime, minutes: int, note: str | None = None) -> Any:
+    """Candles as the pipeline stores them (every column), with arbitrary exact values."""
+    import pyarrow as pa
+
+    from read.api import candle_arrow_schema
+
+    rows = []
+    for s in range(symbols):
+        for m in range(minutes):
+            window = start + timedelta(minutes=m)
+            price = Decimal(100 + s) + Decimal(m) / 1000 + Decimal("0.00000001")
+            rows.append(
+                {
+                    "exchange": EXCHANGE,
+                    "symbol": f"S{s}-USD",
+                    "window_start": window,
+                    "window_end": window + timedelta(minutes=1),
+                    **dict.fromkeys(("open", "high", "low", "close", "vwap"), price),
+                    "volume": Decimal("1.5"),
+                    "quote_volume": (price * Decimal("1.5")).quantize(Decimal("1e-16")),
+                    "trade_count": 1 + m,
+                    "open_ts": window,
+                    "close_ts": window + timedelta(seconds=59),
+                    "computed_at": window + timedelta(minutes=2),
+                }
+            )
+    schema = candle_arrow_schema().append(pa.field("computed_at", pa.timestamp("us", "UTC")))
+    table = pa.Table.from_pylist(rows, schema=schema)
+    return table if note is None else table.append_column("note", pa.array([note] * len(rows)))
+
+
+def test_arrow_reads_a_scan_exactly_as_pyiceberg_does(catalog: Catalog) -> None:
+    from pyiceberg.types import StringType
+
+    from read.api import arrow_readable, columns_never_changed, read_scan
+
+    # Given: a 1m table written by six commits (as the pipeline writes, a file each), then a
+    # column added (older files lack it) and two more commits
+    namespace = f"r_{uuid.uuid4().hex[:12]}"
+    table = ensure_tables(catalog, namespace)[ONE_MINUTE.table]
+    for step in range(6):
+        table.append(_stored_candles(3, START + timedelta(minutes=5 * step), 5))
+    with table.update_schema() as update:
+        update.add_column("note", StringType())
+    for step in range(6, 8):
+        table.append(_stored_candles(3, START + timedelta(minutes=5 * step), 5, note="added"))
+    table = catalog.load_table((namespace, ONE_MINUTE.table))
+    assert columns_never_changed(table)
+
+    # When: the same queries are read by Arrow's scanner and by PyIceberg
+    queries = [
+        CandleQuery.of(
+            "1m", ["S1-USD", "S2-USD"], START + timedelta(minutes=3), START + timedelta(minutes=33)
+        ),
+        CandleQuery.of("1m", exchange=EXCHANGE),
+        CandleQuery.of("1m", "S0-USD", end=START + timedelta(minutes=1)),
+        CandleQuery.of("1m", "NOPE-USD"),
+    ]
+    for query in queries:
+        scan = table.scan(row_filter=row_filter(query))
+        tasks = list(scan.plan_files())
+        assert query.symbols == ("NOPE-USD",) or arrow_readable(table, tasks), "Arrow must read"
+        fast, reference = read_scan(table, scan, query), scan.to_arrow()
+        # Then: the same rows, every column (the new one null in the older files)
+        order = [(c, "ascending") for c in ("symbol", "window_start")]
+        assert fast.sort_by(order).equals(reference.sort_by(order)), query.describe()
+    assert read_scan(table, table.scan(), CandleQuery.of("1m")).num_rows == 3 * 40
+
+    # And: once a column is renamed, names no longer identify columns: PyIceberg reads
+    with table.update_schema() as update:
+        update.rename_column("note", "remark")
+    assert not columns_never_changed(catalog.load_table((namespace, ONE_MINUTE.table)))
