@@ -410,8 +410,7 @@ def _stored_candles(symbols: int, start: datetime, minutes: int, note: str | Non
                     "computed_at": window + timedelta(minutes=2),
                 }
             )
-    schema = candle_arrow_schema().append(pa.field("computed_at", pa.timestamp("us", "UTC")))
-    table = pa.Table.from_pylist(rows, schema=schema)
+    table = pa.Table.from_pylist(rows, schema=candle_arrow_schema())
     return table if note is None else table.append_column("note", pa.array([note] * len(rows)))
 
 
