@@ -12,7 +12,10 @@ the step times the run's metrics artifact records, and prints the medians of the
 - GX: the validate step (the suites on the written windows, results stored, data docs);
 - WAP: the publish step (fast-forward main, revisions);
 - Prefect and the session: the rest of the flow run (engine, task runs, the superseded
-  check, the writer's lease, opening and closing the Connect session, the artifact).
+  check, the writer's lease, opening and closing the Connect session, the artifact);
+
+and the CPU seconds the run cost (`serve`, its flow-run child, the Connect server), which a
+shared machine disturbs far less than the wall time.
 
     uv run python bench/flow_overhead.py [--runs 20]
 """
@@ -50,6 +53,28 @@ def _configure(work: Path) -> None:
     # How often `serve` looks for runs to start: the pick-up delay is not part of a run's time,
     # only of the bench's.
     os.environ["PREFECT_RUNNER_POLL_FREQUENCY"] = "2"
+
+
+def _cpu_s(*pids: int) -> float:
+    """CPU seconds of these processes and their finished children (user + system).
+
+    `serve` runs each flow run in a child process; with the Connect server that is all the
+    work a run does. On a shared machine a run's wall time also measures its neighbours.
+    """
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _reaped_cpu_s(serve_pid: int, server_pid: int, timeout_s: float = 30) -> float:
+    """:func:`_cpu_s` once `serve` has reaped the flow run's process (its CPU counts then)."""
+    children = Path(f"/proc/{serve_pid}/task/{serve_pid}/children")
+    deadline = time.monotonic() + timeout_s
+    while children.read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _cpu_s(serve_pid, server_pid)
 
 
 def _wait_for_deployments(client: Any, names: list[str], timeout_s: float = 180) -> dict[str, Any]:
@@ -144,10 +169,13 @@ def main() -> None:
             for name, deployment in found.items():
                 if name != "ohlcv-1m":
                     client.pause_deployment(deployment.id)
+            server_pid = stack.status(settings).pid
+            assert server_pid is not None
             for n in range(args.warmup + args.runs):
                 now = datetime.now(UTC)
                 deliver(delivered_to, now)
                 delivered_to = now
+                cpu = _cpu_s(serve.pid, server_pid)
                 # (typed sync-or-async; called outside an event loop it returns the run)
                 flow_run = cast("FlowRun", run_deployment(DEPLOYMENT, timeout=600, poll_interval=1))
                 state = flow_run.state
@@ -163,6 +191,7 @@ def main() -> None:
                     "total_s": round(total, 2),
                     **steps,
                     "Prefect and session": round(total - sum(steps.values()), 2),
+                    "cpu_s": round(_reaped_cpu_s(serve.pid, server_pid) - cpu, 2),
                     "trades_read": int(metrics.get("trades_read", "0")),
                 }
                 runs.append(row)
@@ -178,7 +207,7 @@ def main() -> None:
         stack.down(settings)
 
     counted = [r for r in runs if not r["warmup"]]
-    parts = ["total_s", *STEPS.values(), "Prefect and session"]
+    parts = ["total_s", *STEPS.values(), "Prefect and session", "cpu_s"]
     summary = {
         "runs": len(counted),
         **{f"median_{p}": round(statistics.median(r[p] for r in counted), 2) for p in parts},

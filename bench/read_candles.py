@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -76,8 +77,12 @@ def build(data_dir: Path, symbols: int, compacted: bool) -> int:
     return 24 * 60 // minutes
 
 
-def time_command(data_dir: Path, repeat: int) -> list[float]:
-    """Wall time of `ohlcv candles SYM0-USD --tf 1m --start DAY --end DAY+1d` > pipe."""
+def time_command(data_dir: Path, repeat: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU time of `ohlcv candles SYM0-USD --tf 1m --start DAY --end DAY+1d` > pipe.
+
+    The CPU time (user + system of the process) is the work the command does; on a shared
+    machine its wall time also measures the neighbours.
+    """
     command = [
         sys.executable,
         "-c",
@@ -92,16 +97,19 @@ def time_command(data_dir: Path, repeat: int) -> list[float]:
         (DAY + timedelta(days=1)).isoformat(),
     ]
     env = {**os.environ, "OHLCV_DATA_DIR": str(data_dir)}
-    times = []
+    times, cpu = [], []
     for _ in range(repeat):
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
         done = subprocess.run(
             command, cwd=ROOT, env=env, capture_output=True, text=True, check=True
         )
         times.append(time.monotonic() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime)
         lines = done.stdout.count("\n")
         assert lines == 24 * 60 + 1, f"expected a header and 1440 candles, got {lines} lines"
-    return times
+    return times, cpu
 
 
 def main() -> None:
@@ -122,7 +130,7 @@ def main() -> None:
         if not (data_dir / "catalog.db").exists():
             commits = build(data_dir, args.symbols, args.compacted)
         built = time.monotonic() - started
-        times = time_command(data_dir, args.repeat)
+        times, cpu = time_command(data_dir, args.repeat)
     print(
         json.dumps(
             {
@@ -132,6 +140,8 @@ def main() -> None:
                 "build_s": round(built, 1),
                 "command_s": [round(t, 2) for t in times],
                 "command_median_s": round(statistics.median(times), 2),
+                "command_cpu_s": [round(t, 2) for t in cpu],
+                "command_cpu_median_s": round(statistics.median(cpu), 2),
             }
         )
     )
