@@ -200,6 +200,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=BENCH_PORT)
     parser.add_argument("--driver-memory", default="4g")
     parser.add_argument("--only-bare", action="store_true", help="stop after the bare candle step")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="keep the generated trades here and reuse them when the same arguments run again",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
 
@@ -226,9 +231,15 @@ def main() -> None:
         steps.pid = stack.status(settings).pid
         end = datetime(2026, 11, 20, tzinfo=UTC)
         start = end - timedelta(days=args.days)
-        parquet = work / "trades.parquet"
+        data = args.data_dir or work
+        data.mkdir(parents=True, exist_ok=True)
+        parquet, ticks_file = data / "trades.parquet", data / "ticks.parquet"
         with steps.step("generate") as row:
-            ticks = generate(args, start, end, parquet)
+            if parquet.exists() and ticks_file.exists():  # --data-dir from an earlier run
+                ticks = pq.read_table(ticks_file)
+            else:
+                ticks = generate(args, start, end, parquet)
+                pq.write_table(ticks, ticks_file)
             body_rows = pq.ParquetFile(parquet).metadata.num_rows
             row["trades"] = body_rows
         info["trades"] = body_rows
