@@ -15,11 +15,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core.timeframes import TIMEFRAMES
-from spark_jobs.candles import INTEGER_SUMS_MAX_TRADES, TradeIdRange, candles
+from spark_jobs.candles import (
+    INTEGER_SUMS_MAX_TRADES,
+    TradeIdRange,
+    _integer_sums_allowed,
+    candles,
+)
 from tests.helpers import ALL, EXCHANGE, START, random_trades, to_arrow
 from tests.oracle import Trade, candle_rows, diff, expected_candles
 
 INT64_MAX = 2**63 - 1
+ONE_MINUTE = TIMEFRAMES["1m"]
 UNIT = Decimal("1e-8")
 
 
@@ -82,19 +88,18 @@ def test_integer_sums_equal_decimal_sums_and_the_oracle(spark: SparkSession) -> 
     for tf in ALL:
         integer = candles(df, tf, ids)  # the default: integer limbs
         decimal = candles(df, tf, ids, max_trades=INTEGER_SUMS_MAX_TRADES)  # the fallback
+        assert integer.schema == decimal.schema
         assert not diff(expected_candles(trades, tf), candle_rows(integer))
         assert not diff(expected_candles(trades, tf), candle_rows(decimal))
-        assert _same(integer, decimal)
-        assert integer.schema == decimal.schema
+    assert _same(candles(df, ONE_MINUTE, ids), candles(df, ONE_MINUTE, ids, max_trades=2**31))
 
 
 def test_sums_whose_64_bit_units_overflow_stay_exact(spark: SparkSession) -> None:
     rng = random.Random(37)
     trades = _huge_trades(rng)
     # Given: windows where a plain sum of unscaled 64-bit units would wrap
-    for symbol in ("BTC-USD", "SOL-USD"):
-        units = sum(int(t.quantity / UNIT) for t in trades if t.symbol == symbol)
-        assert units > INT64_MAX
+    volume_units = sum(int(t.quantity / UNIT) for t in trades if t.symbol == "BTC-USD")
+    assert volume_units > INT64_MAX
     for symbol in ("ETH-USD", "SOL-USD"):
         assert all(
             int(t.price / UNIT) * int(t.quantity / UNIT) > INT64_MAX
@@ -104,7 +109,7 @@ def test_sums_whose_64_bit_units_overflow_stay_exact(spark: SparkSession) -> Non
     # ... mixed with ordinary trades
     trades += random_trades(rng, START, START + timedelta(minutes=30), 300, first_id=90_000)
     df = _frame(spark, trades)
-    for tf in (TIMEFRAMES["1m"], TIMEFRAMES["1h"], TIMEFRAMES["1d"]):
+    for tf in (ONE_MINUTE, TIMEFRAMES["1d"]):
         # When: the candles are computed on integer limbs, and on decimals
         integer = candles(df, tf, max_trades=len(trades))
         decimal = candles(df, tf, max_trades=INTEGER_SUMS_MAX_TRADES)
@@ -112,7 +117,6 @@ def test_sums_whose_64_bit_units_overflow_stay_exact(spark: SparkSession) -> Non
         expected = expected_candles(trades, tf)
         assert not diff(expected, candle_rows(integer))
         assert not diff(expected, candle_rows(decimal))
-        assert _same(integer, decimal)
 
 
 def test_amounts_of_other_decimal_types(spark: SparkSession) -> None:
@@ -120,8 +124,10 @@ def test_amounts_of_other_decimal_types(spark: SparkSession) -> None:
     trades = random_trades(rng, START, START + timedelta(hours=1), 300, first_id=1)
     tf = TIMEFRAMES["5m"]
     expected = expected_candles(trades, tf)
-    # DECIMAL(38, 18) cannot be proven to cast exactly to DECIMAL(18, 8): summed on decimals;
+    # DECIMAL(20, 10) might hold digits DECIMAL(18, 8) cannot: summed on decimals;
     # DECIMAL(15, 8) always casts exactly: summed on integer limbs.
-    for amount_type in ("decimal(38,18)", "decimal(15,8)"):
-        result = candles(_frame(spark, trades, amount_type), tf)
+    for amount_type, integer in (("decimal(20,10)", False), ("decimal(15,8)", True)):
+        df = _frame(spark, trades, amount_type)
+        assert _integer_sums_allowed(df, None) is integer
+        result = candles(df, tf)
         assert not diff(expected, candle_rows(result))
