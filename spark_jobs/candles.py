@@ -53,7 +53,7 @@ CANDLE_COLUMNS = (
 )
 
 
-INTEGER_SUMS_MAX_TRADES = 2**31
+INTEGER_SUMS_MAX_TRADES = 2**28
 """The integer sums are proven exact for windows of fewer trades than this (see the module)."""
 
 _SCALE = 8  # decimal places of price and quantity
@@ -144,29 +144,54 @@ def _integer_sum_limbs(price_units: Column, quantity_units: Column) -> dict[str,
     }
 
 
-def _from_limbs(limbs: list[str], scale: int, whole_digits: int) -> Column:
-    """The decimal sum(limb_i * 2^(31 i)) * 10^-scale, exactly, as DECIMAL(whole + scale, scale).
+def _decimal_times(
+    value: Column, factor: Decimal, digits: int, scale: int, value_digits: int = 19
+) -> Column:
+    """``value`` (a long of at most ``value_digits`` digits) times an exact decimal ``factor``
+    of ``scale`` places, typed DECIMAL(digits, scale).
 
-    All arithmetic is on DECIMAL(p, 0) (Spark never rounds those; it fails or gives null on
-    overflow, as its own decimal sums do) until the integer units are split into whole units
-    and the remainder below 10^scale, which become the result's two exact parts. Spark keeps a
-    sum of DECIMAL(w, 0) and DECIMAL(s + 17, s) at scale s only while w + s + 1 <= 38, hence
-    ``whole_digits`` (the caller's result type may need one digit less).
+    Spark types DECIMAL(p1, 0) * DECIMAL(p2, s) as DECIMAL(p1 + p2 + 1, s), exact while that is
+    at most 38 digits (asserted here); the caller's bounds make the cast to ``digits`` exact.
     """
-    units: Column | None = None
-    for i, name in enumerate(limbs):
-        term = F.col(name).cast("decimal(38,0)")
-        if i:
-            term = term * F.lit(Decimal(2 ** (_LIMB_BITS * i)))
-        units = term if units is None else units + term
-    assert units is not None
-    unit = F.lit(Decimal(10**scale))
-    below = F.pmod(units, unit)  # 0 <= below < 10^scale
-    whole = ((units - below) / unit).cast(f"decimal({whole_digits},0)")  # exact: divisible
-    fraction = below.cast(f"decimal({scale},0)") * F.lit(Decimal(1).scaleb(-scale)).cast(
-        f"decimal({scale},{scale})"
+    whole = len(str(abs(int(factor)))) if abs(factor) >= 1 else 0
+    assert value_digits + whole + scale + 1 <= 38, "Spark would round this product"
+    factor_type = f"decimal({whole + scale},{scale})"
+    product = value.cast(f"decimal({value_digits},0)") * F.lit(format(factor, "f")).cast(
+        factor_type
     )
-    return whole + fraction
+    return product.cast(f"decimal({digits},{scale})")
+
+
+def _integer_sums(volume_limbs: list[str], quote_limbs: list[str]) -> dict[str, Column]:
+    """Volume and quote volume of a window from its limb sums, exactly (see the module).
+
+    The carries between limbs are propagated in 64-bit integers (each limb sum is below 2^63
+    for windows of fewer than ``INTEGER_SUMS_MAX_TRADES`` trades), which leaves
+    volume units = v1 * 2^31 + v0 and quote units = hi * 2^62 + lo with 0 <= v0 < 2^31,
+    0 <= lo < 2^62; only those two pairs become decimals, in four exact multiplications by
+    constants. A window whose quote volume would need ``hi`` of 10^18 or more (a quote volume
+    above 2.6 * 10^20 in one candle) fails the query.
+    """
+    mask = F.lit(_LIMB_MASK)
+    v0, v1 = (F.col(c) for c in volume_limbs)
+    q0, q1, q2, q3 = (F.col(c) for c in quote_limbs)
+    c1 = q1 + F.shiftright(q0, _LIMB_BITS)
+    c2 = q2 + F.shiftright(c1, _LIMB_BITS)
+    top = q3 + F.shiftright(c2, _LIMB_BITS)  # quote units = top * 2^93 + (c2 & M) * 2^62 + ...
+    hi = F.shiftleft(top, _LIMB_BITS) + c2.bitwiseAND(mask)
+    lo = F.shiftleft(c1.bitwiseAND(mask), _LIMB_BITS) + q0.bitwiseAND(mask)
+    unit = Decimal(1).scaleb(-2 * _SCALE)
+    quote = _decimal_times(hi, Decimal(2**62) * unit, 37, 2 * _SCALE, value_digits=18)
+    quote = quote + _decimal_times(lo, unit, 19, 2 * _SCALE)
+    too_large = (top >= F.lit(1 << 32)) | (top <= F.lit(-(1 << 32)))
+    too_large = too_large | (hi >= F.lit(10**18)) | (hi <= F.lit(-(10**18)))
+    refused = F.raise_error(
+        F.lit("a quote volume above 2.6e20 in one candle: beyond the exact integer sums")
+    )
+    volume_high = v1 + F.shiftright(v0, _LIMB_BITS)  # < 2^60
+    volume = _decimal_times(volume_high, Decimal(2**31) * Decimal(1).scaleb(-_SCALE), 30, _SCALE)
+    volume = volume + _decimal_times(v0.bitwiseAND(mask), Decimal(1).scaleb(-_SCALE), 11, _SCALE)
+    return {"volume": volume, "quote_volume": F.when(too_large, refused).otherwise(quote)}
 
 
 def _integer_sums_allowed(trades: DataFrame, max_trades: int | None) -> bool:
@@ -237,10 +262,9 @@ def candles(
                 "are not proven exact; pass max_trades to sum on decimals"
             )
         )
-        volume = F.when(too_many, refused).otherwise(_from_limbs(["_v0", "_v1"], _SCALE, 20))
-        quote_volume = F.when(too_many, refused).otherwise(
-            _from_limbs(["_q0", "_q1", "_q2", "_q3"], 2 * _SCALE, 21)
-        )
+        exact = _integer_sums(["_v0", "_v1"], ["_q0", "_q1", "_q2", "_q3"])
+        volume = F.when(too_many, refused).otherwise(exact["volume"])
+        quote_volume = F.when(too_many, refused).otherwise(exact["quote_volume"])
     else:
         volume, quote_volume = F.col("_quantity"), F.col("_quote")
     sums = aggregated.withColumns(
