@@ -8,15 +8,16 @@ trade ids fit, a packed 64-bit integer that orders the same way and lets Spark h
 (about 2x faster on 10 M trades here).
 
 Volume and quote volume are exact sums. Spark sums DECIMAL(28, 8) and DECIMAL(38, 16) on
-``java.math.BigDecimal`` (most of the candle step's time), so by default they are summed as
-64-bit integers instead: each price and quantity becomes its exact count of 1e-8 units (below
-10^18, so 60 bits), and the 120-bit product and the units are cut into 31-bit limbs. A window's
-sum of such limbs stays below 2^63 for fewer than 2^31 trades, so no sum can overflow (wrap or
-round) within that bound; the limbs are put back together as decimals once per window. Where
-that bound cannot be proven (a caller says there may be 2^31 trades or more, or prices and
-quantities are not DECIMAL(18, 8)-compatible), the sums run on decimals as Spark does them:
-slower, equally exact. A window that would hold 2^31 trades or more on the integer path fails
-the query rather than produce a number nobody proved.
+``java.math.BigDecimal``, so by default they are summed as 64-bit integers instead: each price
+and quantity becomes its exact count of 1e-8 units (below 10^18, so 60 bits), and the units and
+the 120-bit product are cut into 31-bit limbs. A window's sum of such limbs stays below 2^63 for
+fewer than ``INTEGER_SUMS_MAX_TRADES`` (2^28) trades, so no sum can overflow (wrap or round)
+within that bound; per window, the carries are propagated in 64-bit integers and the result
+becomes a decimal through four exact products. Where that bound cannot be proven (a caller says
+there may be 2^28 trades or more, or prices and quantities are not DECIMAL(18, 8)-compatible),
+the sums run on decimals as Spark does them: equally exact. A window that would hold 2^28
+trades or more on the integer path, or a quote volume above 2.6e20 in one candle, fails the
+query rather than produce a number nobody proved.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def _integer_sum_limbs(price_units: Column, quantity_units: Column) -> dict[str,
 
     With |units| < 2^60, quantity = v1 * 2^31 + v0 and price * quantity =
     q3 * 2^93 + q2 * 2^62 + q1 * 2^31 + q0, every limb below 2^32 in magnitude: summed over
-    fewer than 2^31 trades, none can leave the 64-bit range.
+    fewer than 2^28 trades, none can leave the 64-bit range.
     """
     p_hi, p_lo = _split(price_units)
     q_hi, q_lo = _split(quantity_units)
@@ -196,7 +197,7 @@ def _integer_sums(volume_limbs: list[str], quote_limbs: list[str]) -> dict[str, 
 
 def _integer_sums_allowed(trades: DataFrame, max_trades: int | None) -> bool:
     """True when the integer sums are exact for ``trades``: amounts that cast exactly to
-    DECIMAL(18, 8), and no promise of 2^31 trades or more."""
+    DECIMAL(18, 8), and no promise of 2^28 trades or more."""
     if max_trades is not None and max_trades >= INTEGER_SUMS_MAX_TRADES:
         return False
     for name in ("price", "quantity"):

@@ -91,7 +91,10 @@ def test_integer_sums_equal_decimal_sums_and_the_oracle(spark: SparkSession) -> 
         assert integer.schema == decimal.schema
         assert not diff(expected_candles(trades, tf), candle_rows(integer))
         assert not diff(expected_candles(trades, tf), candle_rows(decimal))
-    assert _same(candles(df, ONE_MINUTE, ids), candles(df, ONE_MINUTE, ids, max_trades=2**31))
+    assert _same(
+        candles(df, ONE_MINUTE, ids),
+        candles(df, ONE_MINUTE, ids, max_trades=INTEGER_SUMS_MAX_TRADES),
+    )
 
 
 def test_sums_whose_64_bit_units_overflow_stay_exact(spark: SparkSession) -> None:
