@@ -1,37 +1,51 @@
-"""Benchmark: candle throughput through Spark Connect into Iceberg, against DuckDB as reference.
+"""Benchmark: the candle pipeline end to end, against DuckDB on the same trades as reference.
 
 Not a test: it prints a table and writes JSON (bench/results/). It runs its own local stack
 (own data directory and port), so it never touches a demo or test server.
 
-    uv run python bench/bench_candles.py                   # 10 M trades, 50 symbols, 7 days
-    uv run python bench/bench_candles.py --trades 1000000  # a quick run
+    uv run python bench/bench_candles.py                    # 10 M trades, 50 symbols, 7 days
+    uv run python bench/bench_candles.py --trades 1000000   # a quick run
+    uv run python bench/bench_candles.py --trades 100000000 --days 28 --driver-memory 8g
 
-Measures:
-- ingest throughput (PyIceberg, with validation and de-duplication);
-- 1m backfill throughput (trades/s), Spark Connect -> Iceberg MERGE;
-- wall time of one steady-state incremental 1m run (10-minute lookback, one new minute of
-  trades) with 1 M and with all N trades in the table (median of several runs);
-- the bare 1m candle step, Parquet in / Parquet out, in Spark over Connect and in DuckDB.
+Steps, each with its wall time and the Connect server's peak RSS (sampled every 0.2 s):
+- generate the trades (day by day) into one Parquet file;
+- the bare 1m candle step, Parquet in / Parquet out, in Spark over Connect and in DuckDB,
+  alternating, ``--bare-repeats`` times each after a warm-up: medians and their ratio;
+  also once with the decimal sums (the exact fallback) for the record;
+- ingest (PyIceberg, full validation and de-duplication) in batches of ``--ingest-batch``
+  rows, each batch's rate beside the number of data files already in ``trades``;
+- the 1m backfill through the real path (Iceberg in, audit branch, first-fill write or MERGE,
+  GX validation, publish), chunks of ``--chunk-trades`` trades: throughput and its share of
+  the bare step's (medians);
+- the backfill of every other timeframe the same way;
+- steady-state incremental 1m runs (10-minute lookback, one new minute of trades each): median.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.tables import Tables, ensure_tables
+from core.tables import TRADES, Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
+from flows import pipeline
 from infra import stack
 from infra.catalog import open_catalog
 from infra.session import connect
@@ -39,21 +53,73 @@ from ingest import ingest
 from ingest.demo import demo_trades
 from settings import Settings
 from spark_jobs import jobs
-from spark_jobs.candles import TradeIdRange, candles
+from spark_jobs.candles import INTEGER_SUMS_MAX_TRADES, TradeIdRange, candles
 
 ONE_MINUTE = TIMEFRAMES["1m"]
 BENCH_PORT = 15022
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _timed(label: str, results: dict[str, float], func):  # type: ignore[no-untyped-def]
-    started = time.perf_counter()
-    value = func()
-    results[label] = round(time.perf_counter() - started, 3)
-    print(f"  {label}: {results[label]:.2f} s", flush=True)
-    return value
+def _us(t: datetime) -> int:
+    return (t - EPOCH) // timedelta(microseconds=1)
 
 
-def duckdb_candles(parquet_glob: str, out: Path) -> None:
+class RssSampler:
+    """Peak resident memory of one process, sampled in a background thread."""
+
+    def __init__(self, pid: int | None, every_s: float = 0.2) -> None:
+        self.pid, self.every_s, self.peak = pid, every_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> int:
+        if self.pid is None:
+            return 0
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+class Steps:
+    """Wall time and the server's peak RSS of each step."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.rows: list[dict[str, Any]] = []
+
+    @contextmanager
+    def step(self, name: str, **figures: Any) -> Iterator[dict[str, Any]]:
+        row: dict[str, Any] = {"step": name, **figures}
+        print(f"- {name} ...", flush=True)
+        started = time.perf_counter()
+        with RssSampler(self.pid) as rss:
+            yield row
+        row["wall_s"] = round(time.perf_counter() - started, 3)
+        row["server_peak_rss_gib"] = round(rss.peak / 2**30, 2)
+        self.rows.append(row)
+        shown = {k: v for k, v in row.items() if k != "step"}
+        print(f"  {name}: {shown}", flush=True)
+
+
+def duckdb_candles(parquet: Path, out: Path) -> None:
     """The same 1m candles in DuckDB, (ts, trade_id) ordering by struct, exact decimals."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -68,12 +134,56 @@ def duckdb_candles(parquet_glob: str, out: Path) -> None:
                  sum(quantity) AS volume,
                  sum(CAST(price AS DECIMAL(38, 8)) * quantity) AS quote_volume,
                  count(*) AS trade_count, min(ts) AS open_ts, max(ts) AS close_ts
-          FROM read_parquet('{parquet_glob}')
+          FROM read_parquet('{parquet}')
           GROUP BY ALL
         ) TO '{out}' (FORMAT parquet)
         """
     )
     con.close()
+
+
+def _memory_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def _timed(func: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    func()
+    return time.perf_counter() - started
+
+
+def generate(args: argparse.Namespace, start: datetime, end: datetime, path: Path) -> pa.Table:
+    """Write the body of the trades (all but the last ``repeats`` minutes) to ``path`` day by
+    day; return the held-back minutes (the steady-state ticks)."""
+    per_minute = args.trades / (args.days * 24 * 60) / args.symbols
+    symbols = [f"S{i:02d}-USD" for i in range(args.symbols)]
+    ticks_start = end - timedelta(minutes=args.repeats)
+    held: list[pa.Table] = []
+    writer: pq.ParquetWriter | None = None
+    day = start
+    while day < end:
+        day_end = min(day + timedelta(days=1), end)
+        trades = demo_trades(
+            start=day,
+            end=day_end,
+            symbols=symbols,
+            trades_per_minute=per_minute,
+            seed=int(_us(day) // 1_000_000),
+            late_fraction=0.0,
+            duplicate_fraction=0.0,
+            bad_rows=0,
+        )
+        trades = trades.replace_schema_metadata(None).sort_by("ts")
+        ts = pc.cast(trades["ts"], pa.int64())
+        body = trades.filter(pc.less(ts, _us(ticks_start)))
+        held.append(trades.filter(pc.greater_equal(ts, _us(ticks_start))))
+        if writer is None:
+            writer = pq.ParquetWriter(path, body.schema)
+        writer.write_table(body, row_group_size=1_000_000)
+        day = day_end
+    assert writer is not None
+    writer.close()
+    return pa.concat_tables(held)
 
 
 def main() -> None:
@@ -83,92 +193,155 @@ def main() -> None:
     parser.add_argument("--trades", type=int, default=10_000_000)
     parser.add_argument("--symbols", type=int, default=50)
     parser.add_argument("--days", type=float, default=7)
-    parser.add_argument("--repeats", type=int, default=5, help="incremental runs per table size")
+    parser.add_argument("--repeats", type=int, default=5, help="steady-state incremental runs")
+    parser.add_argument("--bare-repeats", type=int, default=3, help="bare-step runs per engine")
+    parser.add_argument("--ingest-batch", type=int, default=10_000_000)
+    parser.add_argument("--chunk-trades", type=int, default=10_000_000)
+    parser.add_argument("--port", type=int, default=BENCH_PORT)
+    parser.add_argument("--driver-memory", default="4g")
+    parser.add_argument("--only-bare", action="store_true", help="stop after the bare candle step")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="keep the generated trades here and reuse them when the same arguments run again",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ohlcv-bench-"))
-    settings = Settings(data_dir=work / "data", connect_port=BENCH_PORT, spark_remote=None)
-    results: dict[str, float] = {}
-    info: dict[str, object] = {"trades": args.trades, "symbols": args.symbols, "days": args.days}
+    settings = Settings(
+        data_dir=work / "data",
+        connect_port=args.port,
+        ui_port=args.port - 10_000,
+        driver_memory=args.driver_memory,
+        spark_remote=None,
+    )
+    steps = Steps()
+    info: dict[str, Any] = {
+        "machine": f"{os.cpu_count()} cores, {_memory_gib():.0f} GiB",
+        "trades_requested": args.trades,
+        "symbols": args.symbols,
+        "days": args.days,
+    }
+    figures: dict[str, Any] = {}
     try:
         print(f"work dir {work}", flush=True)
-        _timed("stack_up_s", results, lambda: stack.up(settings))
+        with steps.step("stack_up"):
+            stack.up(settings)
+        steps.pid = stack.status(settings).pid
         end = datetime(2026, 11, 20, tzinfo=UTC)
         start = end - timedelta(days=args.days)
-        minutes = args.days * 24 * 60
-        per_minute = args.trades / minutes / args.symbols
-        symbols = [f"S{i:02d}-USD" for i in range(args.symbols)]
-        trades = _timed(
-            "generate_s",
-            results,
-            lambda: demo_trades(
-                start=start,
-                end=end,
-                symbols=symbols,
-                trades_per_minute=per_minute,
-                seed=1,
-                late_fraction=0.0,
-                duplicate_fraction=0.0,
-                bad_rows=0,
-            ),
-        )
-        trades = trades.sort_by("ts")
-        n = trades.num_rows
-        info["trades"] = n
-
-        # The newest minute is held back: it is what the steady-state runs append, tick by tick.
+        data = args.data_dir or work
+        data.mkdir(parents=True, exist_ok=True)
+        parquet, ticks_file = data / "trades.parquet", data / "ticks.parquet"
+        with steps.step("generate") as row:
+            if parquet.exists() and ticks_file.exists():  # --data-dir from an earlier run
+                ticks = pq.read_table(ticks_file)
+            else:
+                ticks = generate(args, start, end, parquet)
+                pq.write_table(ticks, ticks_file)
+            body_rows = pq.ParquetFile(parquet).metadata.num_rows
+            row["trades"] = body_rows
+        info["trades"] = body_rows
         ticks_start = end - timedelta(minutes=args.repeats)
-        ts_us = pc.cast(trades["ts"], pa.int64())
-        cut_us = int((ticks_start - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
-        body = trades.filter(pc.less(ts_us, cut_us))
-        parquet_dir = work / "parquet"
-        parquet_dir.mkdir()
-        pq.write_table(body, parquet_dir / "trades.parquet", row_group_size=1_000_000)
+
+        spark = connect(settings)
+        # Bare candle step, Parquet in / Parquet out, no Iceberg. The trade-id range is what a
+        # run knows from its own stats (the packed ordering key needs it).
+        ids_table = pq.read_table(parquet, columns=["trade_id"])
+        low, high = (v.as_py() for v in pc.min_max(ids_table["trade_id"]).values())
+        del ids_table
+        ids = TradeIdRange(low, high)
+        df = spark.read.parquet(str(parquet))
+
+        def spark_bare(max_trades: int | None = None) -> None:
+            candles(df, ONE_MINUTE, ids, max_trades=max_trades).write.mode("overwrite").parquet(
+                str(work / "spark-out")
+            )
+
+        def duck_bare() -> None:
+            duckdb_candles(parquet, work / "duck.parquet")
+
+        with steps.step("bare_1m_step") as row:
+            spark_bare()  # warm-up: JIT, file listing
+            duck_bare()
+            spark_s, duck_s = [], []
+            for _ in range(args.bare_repeats):  # alternating: both see the same machine load
+                spark_s.append(_timed(spark_bare))
+                duck_s.append(_timed(duck_bare))
+            decimal_s = _timed(lambda: spark_bare(INTEGER_SUMS_MAX_TRADES))
+            row.update(
+                spark_s=[round(s, 2) for s in spark_s],
+                duckdb_s=[round(s, 2) for s in duck_s],
+                spark_decimal_sums_s=round(decimal_s, 2),
+            )
+        spark_median = statistics.median(spark_s)
+        duck_median = statistics.median(duck_s)
+        figures.update(
+            bare_spark_median_s=round(spark_median, 3),
+            bare_duckdb_median_s=round(duck_median, 3),
+            bare_spark_over_duckdb=round(spark_median / duck_median, 2),
+            bare_spark_trades_per_s=round(body_rows / spark_median),
+            bare_duckdb_trades_per_s=round(body_rows / duck_median),
+            bare_spark_decimal_sums_over_duckdb=round(decimal_s / duck_median, 2),
+        )
+        print(f"  bare step: Spark/DuckDB = {figures['bare_spark_over_duckdb']}", flush=True)
+        if args.only_bare:
+            spark.stop()
+            return
 
         catalog = open_catalog(settings)
         tables = Tables(settings.catalog_name, settings.namespace)
         ensure_tables(catalog, settings.namespace)
-        spark = connect(settings)
+        trades_table = catalog.load_table((settings.namespace, TRADES))
 
-        # Bare candle step, Parquet in / Parquet out, no Iceberg.
-        df = spark.read.parquet(str(parquet_dir / "trades.parquet"))
-        low, high = pc.min_max(body["trade_id"]).values()
-        ids = TradeIdRange(low.as_py(), high.as_py())
-        for attempt in range(2):  # the first run warms the JVM
-            _timed(
-                f"spark_parquet_1m_s_run{attempt + 1}",
-                results,
-                lambda: (
-                    candles(df, ONE_MINUTE, ids)
-                    .write.mode("overwrite")
-                    .parquet(str(work / "spark-out"))
-                ),
-            )
-        for attempt in range(2):
-            _timed(
-                f"duckdb_parquet_1m_s_run{attempt + 1}",
-                results,
-                lambda: duckdb_candles(str(parquet_dir / "trades.parquet"), work / "duck.parquet"),
-            )
+        source = pq.ParquetFile(parquet)
+        batches = source.iter_batches(batch_size=args.ingest_batch)
+        ingest_rates = []
+        for i, batch in enumerate(batches):
+            files_before = len(trades_table.refresh().inspect.files()) if i else 0
+            with steps.step(
+                f"ingest_batch_{i}", rows=batch.num_rows, files_before=files_before
+            ) as row:
+                result = ingest(
+                    catalog,
+                    settings.namespace,
+                    pa.Table.from_batches([batch]),
+                    source="bench",
+                    now=end,
+                )
+                assert result.accepted == batch.num_rows, result
+            ingest_rates.append(batch.num_rows / steps.rows[-1]["wall_s"])
+            steps.rows[-1]["rows_per_s"] = round(ingest_rates[-1])
+        figures["ingest_rows_per_s_median"] = round(statistics.median(ingest_rates))
 
-        # 1 M trades in the table, then steady-state incremental runs.
-        first_n = min(1_000_000, body.num_rows)
-        first, rest = body.slice(0, first_n), body.slice(first_n)
-        _timed(
-            "ingest_1m_rows_s",
-            results,
-            lambda: ingest(catalog, settings.namespace, first, source="bench", now=end),
+        chunk_trades = args.chunk_trades
+        backfills: dict[str, dict[str, Any]] = {}
+        for tf in TIMEFRAMES.values():
+            with steps.step(f"backfill_{tf.name}") as row:
+                results = list(
+                    pipeline.backfill_timeframe(
+                        spark, settings, tf, start, ticks_start, chunk_trades=chunk_trades
+                    )
+                )
+                row["chunks"] = len(results)
+                row["candles"] = sum(r.run.inserted + r.run.updated for r in results)
+                for step in ("generate_candles", "validate_candles", "publish_candles"):
+                    row[step] = round(sum(r.seconds.get(step, 0.0) for r in results), 2)
+            backfills[tf.name] = steps.rows[-1]
+        backfill_s = backfills["1m"]["wall_s"]
+        figures.update(
+            backfill_1m_trades_per_s=round(body_rows / backfill_s),
+            backfill_1m_share_of_bare_step=round(spark_median / backfill_s, 2),
         )
 
-        def steady(label: str, table_rows_end: datetime, tick_source: pa.Table) -> None:
-            jobs.refresh_candles(spark, tables, ONE_MINUTE, now=table_rows_end)  # catch up
+        with steps.step("incremental_1m") as row:
             times = []
-            tick_us = pc.cast(tick_source["ts"], pa.int64())
+            tick_us = pc.cast(ticks["ts"], pa.int64())
             for i in range(args.repeats):
-                t0 = table_rows_end + timedelta(minutes=i)
-                lo = int((t0 - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
-                tick = tick_source.filter(
+                t0 = ticks_start + timedelta(minutes=i)
+                lo = _us(t0)
+                tick = ticks.filter(
                     pc.and_(pc.greater_equal(tick_us, lo), pc.less(tick_us, lo + 60_000_000))
                 )
                 ingest(catalog, settings.namespace, tick, source="bench-tick", now=end)
@@ -180,54 +353,35 @@ def main() -> None:
                     f"{run.inserted} inserted, {run.updated} updated",
                     flush=True,
                 )
-            results[label] = round(statistics.median(times), 3)
-            print(f"  {label}: {results[label]:.2f} s (median of {len(times)})", flush=True)
-
-        first_end = datetime.fromtimestamp(first["ts"][-1].value / 1e6, UTC)
-        # Ticks for the small table come from just after its last trade.
-        steady("incremental_1m_s_at_1M", first_end, rest)
-
-        # All N trades: ingest the rest (minus what the ticks above already appended), backfill.
-        _timed(
-            "ingest_rest_s",
-            results,
-            lambda: ingest(catalog, settings.namespace, rest, source="bench", now=end),
-        )
-        results["ingest_trades_per_s"] = round(
-            n / (results["ingest_1m_rows_s"] + results["ingest_rest_s"])
-        )
-        backfill_runs = _timed(
-            "backfill_1m_s",
-            results,
-            lambda: list(
-                jobs.backfill(
-                    spark, tables, ONE_MINUTE, start, ticks_start, chunk=timedelta(days=1)
-                )
-            ),
-        )
-        results["backfill_1m_trades_per_s"] = round(body.num_rows / results["backfill_1m_s"])
-        info["backfill_candles"] = sum(r.inserted + r.updated + r.unchanged for r in backfill_runs)
-        steady("incremental_1m_s_at_N", ticks_start, trades)
-
-        spark_best = min(results["spark_parquet_1m_s_run1"], results["spark_parquet_1m_s_run2"])
-        duck_best = min(results["duckdb_parquet_1m_s_run1"], results["duckdb_parquet_1m_s_run2"])
-        results["spark_parquet_1m_trades_per_s"] = round(body.num_rows / spark_best)
-        results["duckdb_parquet_1m_trades_per_s"] = round(body.num_rows / duck_best)
-        results["spark_over_duckdb_time_ratio"] = round(spark_best / duck_best, 2)
+            row["runs_s"] = [round(t, 2) for t in times]
+            row["median_s"] = round(statistics.median(times), 3)
+        figures["incremental_1m_median_s"] = steps.rows[-1]["median_s"]
         spark.stop()
     finally:
         stack.down(settings)
         shutil.rmtree(work, ignore_errors=True)
-
-    report = {"measured_at": datetime.now(UTC).isoformat(timespec="seconds"), **info, **results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    path.write_text(json.dumps(report, indent=2))
-    print()
-    width = max(len(k) for k in report)
-    for key, value in report.items():
-        print(f"{key:<{width}}  {value}")
-    print(f"\nwritten to {path}")
+        info["client_peak_rss_gib"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
+        )
+        report = {
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **info,
+            **figures,
+            "steps": steps.rows,
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+        path.write_text(json.dumps(report, indent=2, default=str))
+        print()
+        for row in steps.rows:
+            print(
+                f"{row['step']:<18} {row.get('wall_s', '-'):>9} s  "
+                f"server peak RSS {row.get('server_peak_rss_gib', '-')} GiB"
+            )
+        print()
+        for key, value in {**info, **figures}.items():
+            print(f"{key:<40}  {value}")
+        print(f"\nwritten to {path}")
 
 
 if __name__ == "__main__":

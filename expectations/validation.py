@@ -186,14 +186,51 @@ def run_checkpoint(
     )
     data: Any = frame.toPandas() if chosen == "pandas" else frame
     if chosen == "spark":
-        rows = frame.count() if rows < 0 else rows
+        # Every expectation runs Spark jobs of its own over the frame: cached, they read the
+        # candles from memory instead of from the table each time (nothing is collected).
+        data = frame.cache()
+        rows = data.count() if rows < 0 else rows
+    try:
+        return _checkpoint(
+            context,
+            root,
+            name,
+            suite,
+            data,
+            chosen,
+            rows,
+            frame.columns,
+            web_cache,
+            examples,
+            run_name,
+            asset,
+        )
+    finally:
+        if chosen == "spark":
+            data.unpersist()
+
+
+def _checkpoint(
+    context: FileDataContext,
+    root: Path,
+    name: str,
+    suite: gx.ExpectationSuite,
+    data: Any,
+    chosen: Literal["spark", "pandas"],
+    rows: int,
+    columns: list[str],
+    web_cache: Path,
+    examples: int,
+    run_name: str | None,
+    asset: str | None,
+) -> ValidationReport:
 
     stored_suite = context.suites.add_or_update(suite)
     batch = _batch_definition(context, chosen, name)
     definition = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=f"{name}_{chosen}", data=batch, suite=stored_suite)
     )
-    key_columns = [c for c in CANDLE_KEY if c in frame.columns]
+    key_columns = [c for c in CANDLE_KEY if c in columns]
     checkpoint = context.checkpoints.add_or_update(
         gx.Checkpoint(
             name=name,

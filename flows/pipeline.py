@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,6 +55,8 @@ class RunRequest:
     window_range: Range | None = None
     trades_snapshot_id: int | None = None
     completes: Range | None = None
+    stats: jobs.TradeStats | None = None
+    """The chunk's trades, when the backfill counted them already (:func:`jobs.plan_chunks`)."""
 
 
 @dataclass
@@ -185,6 +187,7 @@ def generate(
             branch=wap.AUDIT_BRANCH,
             trades_snapshot=request.trades_snapshot_id,
             completes=request.completes,
+            stats=request.stats,
         )
     return jobs.refresh_candles(
         spark,
@@ -381,16 +384,26 @@ def backfill_timeframe(
     end: datetime,
     *,
     chunk: timedelta = timedelta(days=1),
+    chunk_trades: int | None = None,
 ) -> Iterator[PipelineResult]:
     """Backfill [start, end) chunk by chunk, each chunk audited and published on its own.
 
     Every chunk reads the trades snapshot current at the start; the last one records it as the
-    watermark of a table that has none, when the backfill covered every trade.
+    watermark of a table that has none, when the backfill covered every trade. Chunks are
+    ``chunk`` long or, with ``chunk_trades``, hold about that many trades each.
     """
-    chunks = backfill_ranges(tf, start, end, chunk)
     pinned = main_snapshot_id(spark, tables_for(settings).trades)
-    for request in backfill_requests(chunks, pinned):
-        yield run_pipeline(spark, settings, tf, request)
+    if chunk_trades is not None and pinned is not None:
+        planned = jobs.plan_chunks(
+            spark, tables_for(settings), tf, start, end, pinned, chunk_trades
+        )
+        chunks = [c.window_range for c in planned]
+        stats: list[jobs.TradeStats | None] = [c.stats for c in planned]
+    else:
+        chunks = backfill_ranges(tf, start, end, chunk)
+        stats = [None] * len(chunks)
+    for request, known in zip(backfill_requests(chunks, pinned), stats, strict=True):
+        yield run_pipeline(spark, settings, tf, replace(request, stats=known))
 
 
 def backfill_requests(chunks: list[Range], trades_snapshot_id: int | None) -> list[RunRequest]:

@@ -6,14 +6,28 @@ not keep a sort order through an aggregation, SPARK-53060). The key is a struct 
 which is always exact but forces a sort-based aggregation, or, when the caller proves that the
 trade ids fit, a packed 64-bit integer that orders the same way and lets Spark hash-aggregate
 (about 2x faster on 10 M trades here).
+
+Volume and quote volume are exact sums. Spark sums DECIMAL(28, 8) and DECIMAL(38, 16) on
+``java.math.BigDecimal``, so by default they are summed as 64-bit integers instead: each price
+and quantity becomes its exact count of 1e-8 units (below 10^18, so 60 bits), and the units and
+the 120-bit product are cut into 31-bit limbs. A window's sum of such limbs stays below 2^63 for
+fewer than ``INTEGER_SUMS_MAX_TRADES`` (2^28) trades, so no sum can overflow (wrap or round)
+within that bound; per window, the carries are propagated in 64-bit integers and the result
+becomes a decimal through four exact products. Where that bound cannot be proven (a caller says
+there may be 2^28 trades or more, or prices and quantities are not DECIMAL(18, 8)-compatible),
+the sums run on decimals as Spark does them: equally exact. A window that would hold 2^28
+trades or more on the integer path, or a quote volume above 2.6e20 in one candle, fails the
+query rather than produce a number nobody proved.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import DecimalType
 
 from core.tables import PRICE, QUOTE_VOLUME, VOLUME
 from core.timeframes import Timeframe
@@ -38,6 +52,14 @@ CANDLE_COLUMNS = (
     "open_ts",
     "close_ts",
 )
+
+
+INTEGER_SUMS_MAX_TRADES = 2**28
+"""The integer sums are proven exact for windows of fewer trades than this (see the module)."""
+
+_SCALE = 8  # decimal places of price and quantity
+_LIMB_BITS = 31
+_LIMB_MASK = (1 << _LIMB_BITS) - 1
 
 
 @dataclass(frozen=True)
@@ -79,7 +101,118 @@ def _ordering_key(tf: Timeframe, window_us: Column, ids: TradeIdRange | None) ->
     return F.shiftleft(offset, packed_key_bits(tf)) + checked
 
 
-def candles(trades: DataFrame, tf: Timeframe, trade_ids: TradeIdRange | None = None) -> DataFrame:
+def _units(amount: Column) -> Column:
+    """An exact DECIMAL(18, 8) value as its int64 count of 1e-8 units (|units| < 10^18).
+
+    The integer part comes from a truncating cast and the fraction from a subtraction of two
+    same-scale decimals, both on Spark's 64-bit decimal representation. The fraction is k/10^8
+    with |k| < 10^8: as a double it is within 2^-53 of that, so (fraction * 10^8) lies within
+    10^-7 of the integer k and rounding it gives k exactly.
+    """
+    amount = amount.cast(f"decimal(18,{_SCALE})")
+    whole = amount.cast("long")
+    fraction = (amount - whole.cast(f"decimal(18,{_SCALE})")).cast("double")
+    return whole * F.lit(10**_SCALE) + F.rint(fraction * F.lit(float(10**_SCALE))).cast("long")
+
+
+def _split(value: Column) -> tuple[Column, Column]:
+    """(high, low) with value = high * 2^31 + low and 0 <= low < 2^31 (floor semantics)."""
+    return F.shiftright(value, _LIMB_BITS), value.bitwiseAND(F.lit(_LIMB_MASK))
+
+
+def _integer_sum_limbs(price_units: Column, quantity_units: Column) -> dict[str, Column]:
+    """Per-trade limbs whose per-window sums give volume and quote volume exactly.
+
+    With |units| < 2^60, quantity = v1 * 2^31 + v0 and price * quantity =
+    q3 * 2^93 + q2 * 2^62 + q1 * 2^31 + q0, every limb below 2^32 in magnitude: summed over
+    fewer than 2^28 trades, none can leave the 64-bit range.
+    """
+    p_hi, p_lo = _split(price_units)
+    q_hi, q_lo = _split(quantity_units)
+    low = p_lo * q_lo  # < 2^62
+    middle = p_lo * q_hi + p_hi * q_lo  # |.| < 2^61
+    high = p_hi * q_hi  # |.| < 2^58
+    low_hi, low_lo = _split(low)
+    middle_hi, middle_lo = _split(middle)
+    high_hi, high_lo = _split(high)
+    return {
+        "_v0": q_lo,
+        "_v1": q_hi,
+        "_q0": low_lo,
+        "_q1": low_hi + middle_lo,
+        "_q2": middle_hi + high_lo,
+        "_q3": high_hi,
+    }
+
+
+def _decimal_times(
+    value: Column, factor: Decimal, digits: int, scale: int, value_digits: int = 19
+) -> Column:
+    """``value`` (a long of at most ``value_digits`` digits) times an exact decimal ``factor``
+    of ``scale`` places, typed DECIMAL(digits, scale).
+
+    Spark types DECIMAL(p1, 0) * DECIMAL(p2, s) as DECIMAL(p1 + p2 + 1, s), exact while that is
+    at most 38 digits (asserted here); the caller's bounds make the cast to ``digits`` exact.
+    """
+    whole = len(str(abs(int(factor)))) if abs(factor) >= 1 else 0
+    assert value_digits + whole + scale + 1 <= 38, "Spark would round this product"
+    factor_type = f"decimal({whole + scale},{scale})"
+    product = value.cast(f"decimal({value_digits},0)") * F.lit(format(factor, "f")).cast(
+        factor_type
+    )
+    return product.cast(f"decimal({digits},{scale})")
+
+
+def _integer_sums(volume_limbs: list[str], quote_limbs: list[str]) -> dict[str, Column]:
+    """Volume and quote volume of a window from its limb sums, exactly (see the module).
+
+    The carries between limbs are propagated in 64-bit integers (each limb sum is below 2^63
+    for windows of fewer than ``INTEGER_SUMS_MAX_TRADES`` trades), which leaves
+    volume units = v1 * 2^31 + v0 and quote units = hi * 2^62 + lo with 0 <= v0 < 2^31,
+    0 <= lo < 2^62; only those two pairs become decimals, in four exact multiplications by
+    constants. A window whose quote volume would need ``hi`` of 10^18 or more (a quote volume
+    above 2.6 * 10^20 in one candle) fails the query.
+    """
+    mask = F.lit(_LIMB_MASK)
+    v0, v1 = (F.col(c) for c in volume_limbs)
+    q0, q1, q2, q3 = (F.col(c) for c in quote_limbs)
+    c1 = q1 + F.shiftright(q0, _LIMB_BITS)
+    c2 = q2 + F.shiftright(c1, _LIMB_BITS)
+    top = q3 + F.shiftright(c2, _LIMB_BITS)  # quote units = top * 2^93 + (c2 & M) * 2^62 + ...
+    hi = F.shiftleft(top, _LIMB_BITS) + c2.bitwiseAND(mask)
+    lo = F.shiftleft(c1.bitwiseAND(mask), _LIMB_BITS) + q0.bitwiseAND(mask)
+    unit = Decimal(1).scaleb(-2 * _SCALE)
+    quote = _decimal_times(hi, Decimal(2**62) * unit, 37, 2 * _SCALE, value_digits=18)
+    quote = quote + _decimal_times(lo, unit, 19, 2 * _SCALE)
+    too_large = (top >= F.lit(1 << 32)) | (top <= F.lit(-(1 << 32)))
+    too_large = too_large | (hi >= F.lit(10**18)) | (hi <= F.lit(-(10**18)))
+    refused = F.raise_error(
+        F.lit("a quote volume above 2.6e20 in one candle: beyond the exact integer sums")
+    )
+    volume_high = v1 + F.shiftright(v0, _LIMB_BITS)  # < 2^60
+    volume = _decimal_times(volume_high, Decimal(2**31) * Decimal(1).scaleb(-_SCALE), 30, _SCALE)
+    volume = volume + _decimal_times(v0.bitwiseAND(mask), Decimal(1).scaleb(-_SCALE), 11, _SCALE)
+    return {"volume": volume, "quote_volume": F.when(too_large, refused).otherwise(quote)}
+
+
+def _integer_sums_allowed(trades: DataFrame, max_trades: int | None) -> bool:
+    """True when the integer sums are exact for ``trades``: amounts that cast exactly to
+    DECIMAL(18, 8), and no promise of 2^28 trades or more."""
+    if max_trades is not None and max_trades >= INTEGER_SUMS_MAX_TRADES:
+        return False
+    for name in ("price", "quantity"):
+        t = trades.schema[name].dataType
+        if not isinstance(t, DecimalType) or t.scale > _SCALE or t.precision - t.scale > 10:
+            return False
+    return True
+
+
+def candles(
+    trades: DataFrame,
+    tf: Timeframe,
+    trade_ids: TradeIdRange | None = None,
+    max_trades: int | None = None,
+) -> DataFrame:
     """Aggregate trades into one candle per (exchange, symbol, window).
 
     Args:
@@ -87,33 +220,61 @@ def candles(trades: DataFrame, tf: Timeframe, trade_ids: TradeIdRange | None = N
         tf: the timeframe; windows are [start, start + width), aligned to the UTC epoch.
         trade_ids: the exact trade_id range of ``trades``, if known. It only selects the faster
             packed ordering key; results are identical with or without it.
+        max_trades: an upper bound on the number of ``trades`` (their count), if known. At
+            ``INTEGER_SUMS_MAX_TRADES`` or more the sums run on decimals; below it, or when
+            unknown, on 64-bit integer limbs (see the module). Results are identical.
 
     Returns:
         The columns of ``CANDLE_COLUMNS`` (without ``computed_at``), typed as the candle tables.
     """
     window_us = window_start_us(F.col("ts"), tf)
-    # The key is computed once per row in a projection, not once per aggregate function.
+    integer_sums = _integer_sums_allowed(trades, max_trades)
+    sum_inputs: dict[str, Column] = (
+        _integer_sum_limbs(_units(F.col("price")), _units(F.col("quantity")))
+        if integer_sums
+        else {"_quantity": F.col("quantity"), "_quote": F.col("price") * F.col("quantity")}
+    )
+    # The key and the sums' inputs are computed once per row in a projection, not once per
+    # aggregate function.
     keyed = trades.select(
         "exchange",
         "symbol",
         "price",
-        "quantity",
         "ts",
         window_us.alias("_window_us"),
         _ordering_key(tf, window_us, trade_ids).alias("_key"),
+        *[column.alias(name) for name, column in sum_inputs.items()],
     )
     aggregated = keyed.groupBy("exchange", "symbol", "_window_us").agg(
         F.min_by("price", "_key").alias("open"),
         F.max("price").alias("high"),
         F.min("price").alias("low"),
         F.max_by("price", "_key").alias("close"),
-        F.sum("quantity").cast(VOLUME_SQL).alias("volume"),
-        F.sum(F.col("price") * F.col("quantity")).cast(QUOTE_VOLUME_SQL).alias("quote_volume"),
+        *[F.sum(name).alias(name) for name in sum_inputs],
         F.count(F.lit(1)).alias("trade_count"),
         F.min("ts").alias("open_ts"),
         F.max("ts").alias("close_ts"),
     )
-    return aggregated.select(
+    if integer_sums:
+        too_many = F.col("trade_count") >= F.lit(INTEGER_SUMS_MAX_TRADES)
+        refused = F.raise_error(
+            F.lit(
+                f"a window holds {INTEGER_SUMS_MAX_TRADES} trades or more: its integer sums "
+                "are not proven exact; pass max_trades to sum on decimals"
+            )
+        )
+        exact = _integer_sums(["_v0", "_v1"], ["_q0", "_q1", "_q2", "_q3"])
+        volume = F.when(too_many, refused).otherwise(exact["volume"])
+        quote_volume = F.when(too_many, refused).otherwise(exact["quote_volume"])
+    else:
+        volume, quote_volume = F.col("_quantity"), F.col("_quote")
+    sums = aggregated.withColumns(
+        {
+            "volume": volume.cast(VOLUME_SQL),
+            "quote_volume": quote_volume.cast(QUOTE_VOLUME_SQL),
+        }
+    )
+    return sums.select(
         "exchange",
         "symbol",
         F.timestamp_micros(F.col("_window_us")).alias("window_start"),

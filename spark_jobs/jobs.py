@@ -19,6 +19,12 @@ Correctness rules (see the README's "How candles stay exact"):
 
 A run has three steps: plan (which windows, from the lookback and the watermark), diff (fresh
 candles against stored ones) and write (MERGE the changed candles with the new watermark).
+
+A backfill chunk whose windows hold no candle yet (the first fill of a range) has nothing to
+diff: its candles are written in one pass (trades -> candles -> files, an overwrite of exactly
+its windows), with no comparison, cache or MERGE. A backfill can size its chunks by trades
+(``chunk_trades``): one aggregation over the range counts the trades per hour (or day), and
+each chunk then knows its trade count and trade_id range without a query of its own.
 """
 
 from __future__ import annotations
@@ -33,7 +39,15 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
-from core.ranges import Range, backfill_ranges, coalesce_ranges, lookback_range, window_of
+from core.ranges import (
+    Range,
+    align_down,
+    align_up,
+    backfill_ranges,
+    coalesce_ranges,
+    lookback_range,
+    window_of,
+)
 from core.tables import CANDLE_KEY, CANDLE_VALUE_COLUMNS, REVISED_COLUMNS, Tables
 from core.time import from_us
 from core.timeframes import Timeframe
@@ -46,11 +60,28 @@ from spark_jobs.snapshots import (
     progress,
     snapshot_exists,
     snapshot_properties,
+    snapshot_summary,
 )
 
 MAX_REVISIONS_KEPT = 100_000
 """Revisions a run keeps for the record (all are counted): a backfill that rewrites history
 should not pull millions of rows into the client."""
+
+
+@dataclass(frozen=True)
+class TradeStats:
+    """What a run would otherwise count first: its trades and their trade_id range."""
+
+    trades: int
+    trade_ids: TradeIdRange | None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One backfill chunk: whole windows, and the stats of the trades in them."""
+
+    window_range: Range
+    stats: TradeStats
 
 
 @dataclass
@@ -142,6 +173,7 @@ def recompute(
     branch: str | None = None,
     trades_snapshot: int | None = None,
     completes: Range | None = None,
+    stats: TradeStats | None = None,
 ) -> RunResult:
     """Recompute every window of ``window_range`` (one backfill chunk); keep the watermark.
 
@@ -152,6 +184,8 @@ def recompute(
             ``trades_snapshot``. On a table that has never recorded a watermark, when every
             trade of that snapshot lies in ``completes``, the chunk records the snapshot as the
             watermark: the next incremental run then reads only trades appended after it.
+        stats: the trades of ``window_range`` at ``trades_snapshot``, when already counted
+            (:func:`plan_chunks`); saves the run counting them itself.
     """
     return _run(
         spark,
@@ -163,6 +197,8 @@ def recompute(
         branch=branch,
         trades_snapshot=trades_snapshot,
         completes=completes,
+        stats=stats,
+        first_fill=True,
     )
 
 
@@ -174,6 +210,7 @@ def backfill(
     end: datetime,
     *,
     chunk: timedelta = timedelta(days=1),
+    chunk_trades: int | None = None,
     computed_at: datetime | None = None,
     branch: str | None = None,
 ) -> Iterator[RunResult]:
@@ -183,11 +220,21 @@ def backfill(
     the start. A watermark is carried over unchanged, so trades appended since the last refresh
     are still picked up by the next refresh; a table without one gets the backfill's snapshot
     when the backfill covered every trade (see :func:`recompute`).
+
+    Chunks are ``chunk`` long, or, with ``chunk_trades``, hold about that many trades each
+    (:func:`plan_chunks`; a busy hour is never split, a quiet week may be one chunk).
     """
-    chunks = backfill_ranges(tf, start, end, chunk)
     pinned = main_snapshot_id(spark, tables.trades)
-    covered = Range(chunks[0].start, chunks[-1].end)
-    for i, window_range in enumerate(chunks):
+    planned: list[tuple[Range, TradeStats | None]]
+    if chunk_trades is not None and pinned is not None:
+        planned = [
+            (c.window_range, c.stats)
+            for c in plan_chunks(spark, tables, tf, start, end, pinned, chunk_trades)
+        ]
+    else:
+        planned = [(r, None) for r in backfill_ranges(tf, start, end, chunk)]
+    covered = Range(planned[0][0].start, planned[-1][0].end)
+    for i, (window_range, stats) in enumerate(planned):
         yield recompute(
             spark,
             tables,
@@ -196,8 +243,66 @@ def backfill(
             computed_at=computed_at,
             branch=branch,
             trades_snapshot=pinned,
-            completes=covered if i == len(chunks) - 1 else None,
+            completes=covered if i == len(planned) - 1 else None,
+            stats=stats,
         )
+
+
+def plan_chunks(
+    spark: SparkSession,
+    tables: Tables,
+    tf: Timeframe,
+    start: datetime,
+    end: datetime,
+    trades_snapshot: int,
+    chunk_trades: int,
+) -> list[Chunk]:
+    """Chunks of whole windows covering [start, end), each with about ``chunk_trades`` trades.
+
+    One aggregation over the range's trades (ts and trade_id only) counts them per slot (an
+    hour, or one window for timeframes of an hour or more); consecutive slots are grouped while
+    their trades fit ``chunk_trades`` (a slot is never split). The chunks tile the range, gaps
+    included, and each knows its trade count and trade_id range.
+    """
+    if chunk_trades < 1:
+        raise ValueError(f"chunk_trades must be at least 1, got {chunk_trades}")
+    whole = Range(align_down(start, tf), align_up(end, tf))
+    slot_us = max(tf.width_us, 3_600_000_000)
+    slot = F.unix_micros(F.col("ts")) - F.pmod(F.unix_micros(F.col("ts")), F.lit(slot_us))
+    rows = (
+        spark.read.option("versionAsOf", trades_snapshot)
+        .table(tables.trades)
+        .where(in_ranges(F.col("ts"), [whole]))
+        .groupBy(slot.alias("slot"))
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.min("trade_id").alias("low"),
+            F.max("trade_id").alias("high"),
+        )
+        .orderBy("slot")
+        .collect()
+    )
+    chunks: list[Chunk] = []
+    cursor = whole.start
+    n, low, high = 0, None, None
+    for i, row in enumerate(rows):
+        n, low, high = (
+            n + int(row["n"]),
+            int(row["low"]) if low is None else min(low, int(row["low"])),
+            int(row["high"]) if high is None else max(high, int(row["high"])),
+        )
+        following = rows[i + 1] if i + 1 < len(rows) else None
+        if following is not None and n + int(following["n"]) <= chunk_trades:
+            continue
+        cut = whole.end if following is None else max(from_us(int(following["slot"])), cursor)
+        if cut > cursor:
+            ids = TradeIdRange(low, high) if low is not None and high is not None else None
+            chunks.append(Chunk(Range(cursor, cut), TradeStats(n, ids)))
+            cursor = cut
+        n, low, high = 0, None, None
+    if cursor < whole.end or not chunks:
+        chunks.append(Chunk(Range(cursor, whole.end), TradeStats(0, None)))
+    return chunks
 
 
 def _run(
@@ -213,6 +318,8 @@ def _run(
     max_new_trades: int | None = None,
     trades_snapshot: int | None = None,
     completes: Range | None = None,
+    stats: TradeStats | None = None,
+    first_fill: bool = False,
 ) -> RunResult:
     table = tables.candles(tf)
     target = on_branch(table, branch)
@@ -238,21 +345,21 @@ def _run(
         .table(tables.trades)
         .where(in_ranges(F.col("ts"), result.ranges))
     )
-    stats = trades.agg(
-        F.count(F.lit(1)).alias("n"),
-        F.min("trade_id").alias("low"),
-        F.max("trade_id").alias("high"),
-    ).collect()[0]
-    result.trades_read = int(stats["n"])
+    if stats is None:
+        stats = _trade_stats(trades)
+    result.trades_read = stats.trades
     if result.trades_read == 0:
         _record_progress(spark, table, branch, before, after, result)
         return result
 
     stamp = computed_at or datetime.now(UTC)
-    fresh = candles(trades, tf, TradeIdRange(int(stats["low"]), int(stats["high"]))).withColumn(
+    fresh = candles(trades, tf, stats.trade_ids, max_trades=stats.trades).withColumn(
         "computed_at", F.lit(stamp)
     )
     existing = spark.read.table(target).where(in_ranges(F.col("window_start"), result.ranges))
+    if first_fill and existing.isEmpty():
+        _write_first_fill(spark, table, branch, fresh, result, after)
+        return result
     # Cached, not localCheckpoint(): with several Connect sessions in one process, pyspark
     # 4.1 binds the checkpointed DataFrame to SparkSession.active(), which may be another one.
     compared = _compare(fresh, existing).cache()
@@ -269,6 +376,44 @@ def _run(
     result.candle_snapshot_id = branch_snapshot_id(spark, table, branch or "main")
     result.watermark = after.watermark
     return result
+
+
+def _trade_stats(trades: DataFrame) -> TradeStats:
+    row = trades.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.min("trade_id").alias("low"),
+        F.max("trade_id").alias("high"),
+    ).collect()[0]
+    n = int(row["n"])
+    return TradeStats(n, TradeIdRange(int(row["low"]), int(row["high"])) if n else None)
+
+
+def _write_first_fill(
+    spark: SparkSession,
+    table: str,
+    branch: str | None,
+    fresh: DataFrame,
+    result: RunResult,
+    after: Progress,
+) -> None:
+    """Write the candles of windows that hold none yet, in one pass, with ``after``.
+
+    An overwrite of exactly the run's windows, not an append: should another writer have
+    filled some of them meanwhile, their candles are replaced (or the commit fails on a file
+    that straddles the range), never duplicated. The count comes from the commit's summary.
+    """
+    target = on_branch(table, branch)
+    options = {f"snapshot-property.{k}": v for k, v in after.properties().items()}
+    fresh.writeTo(target).options(**options).overwrite(
+        in_ranges(F.col("window_start"), result.ranges)
+    )
+    snapshot = branch_snapshot_id(spark, table, branch or "main")
+    assert snapshot is not None
+    summary = snapshot_summary(spark, table, snapshot)
+    result.inserted = result.windows_recomputed = int(summary.get("added-records", 0))
+    result.candle_snapshot_id = snapshot
+    result.watermark = after.watermark
+    result.notes.append("first fill: no stored candle in these windows, written without a diff")
 
 
 # Plan ----------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import timedelta
 from decimal import Decimal
@@ -148,6 +149,56 @@ def test_backfill_in_chunks_equals_oracle(
     assert snapshots.watermark(spark, tables.candles(tf)) == trades_snapshot
     assert jobs.refresh_candles(spark, tables, tf, now=end).new_trades == 0
     assert_matches_oracle(spark, tables, trades, [tf])
+
+
+def test_backfill_in_chunks_of_trades_equals_oracle(
+    spark: SparkSession, catalog: Catalog, tables: Tables
+) -> None:
+    rng = random.Random(7)
+    end = START + timedelta(hours=5)
+    # Given: a busy first hour, a quiet rest, and one hour with no trade at all
+    busy = random_trades(rng, START, START + timedelta(hours=1), 500, first_id=1)
+    quiet = random_trades(rng, START + timedelta(hours=2), end, 300, first_id=10_000)
+    trades = busy + quiet
+    deliver(catalog, tables, trades, now=end)
+    tf = TIMEFRAMES["1m"]
+    pinned = snapshots.main_snapshot_id(spark, tables.trades)
+    assert pinned is not None
+
+    # When: the chunks are planned by trades, at most 350 each (an hour is never split)
+    chunks = jobs.plan_chunks(spark, tables, tf, START, end, pinned, 350)
+    # Then: they tile the range in whole windows, and each knows its trades exactly
+    assert chunks[0].window_range.start == START and chunks[-1].window_range.end == end
+    for before, after in itertools.pairwise(chunks):
+        assert before.window_range.end == after.window_range.start
+    for chunk in chunks:
+        inside = [t for t in trades if chunk.window_range.start <= t.ts < chunk.window_range.end]
+        assert chunk.stats.trades == len(inside)
+        if inside:
+            assert chunk.stats.trade_ids == TradeIdRange(
+                min(t.trade_id for t in inside), max(t.trade_id for t in inside)
+            )
+        assert chunk.stats.trades <= 350 or len({t.ts.hour for t in inside}) == 1
+    # the busy hour (with the empty one after it), then the quiet hours together
+    assert [c.stats.trades for c in chunks] == [500, 300]
+
+    # When: the backfill runs in those chunks on an empty table (a first fill)
+    results = list(jobs.backfill(spark, tables, tf, START, end, chunk_trades=350))
+    # Then: the candles equal the oracle, and the last chunk records the watermark
+    assert [r.ranges[0] for r in results] == [c.window_range for c in chunks]
+    assert sum(r.inserted for r in results) == len(expected_candles(trades, tf))
+    assert sum(r.trades_read for r in results) == len(trades)
+    assert_matches_oracle(spark, tables, trades, [tf])
+    assert snapshots.watermark(spark, tables.candles(tf)) == pinned
+
+    # When: a late trade lands in the first hour and the same backfill runs again (not a
+    # first fill: the stored candles are compared and only what changed is written)
+    late = Trade(EXCHANGE, "BTC-USD", 99_999, Decimal("42.5"), Decimal("2"), "sell", START)
+    deliver(catalog, tables, [late], now=end)
+    again = list(jobs.backfill(spark, tables, tf, START, end, chunk_trades=350))
+    # Then: one candle is updated, nothing else is written, and the oracle still holds
+    assert sum(r.updated for r in again) == 1 and sum(r.inserted for r in again) == 0
+    assert_matches_oracle(spark, tables, [*trades, late], [tf])
 
 
 def test_packed_and_struct_ordering_keys_agree(spark: SparkSession) -> None:
