@@ -88,6 +88,30 @@ def _wait_for_deployments(client: Any, names: list[str], timeout_s: float = 180)
         time.sleep(1)
 
 
+def _only_manual_runs(client: Any, deployment_id: Any) -> None:
+    """Turn the 1m schedule off and delete the runs it already planned: a scheduled run
+    beside the bench's would share the machine with it and skip or delay it."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    for schedule in client.read_deployment_schedules(deployment_id):
+        client.update_deployment_schedule(deployment_id, schedule.id, active=False)
+    planned = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        ),
+    )
+    for run in planned:
+        client.delete_flow_run(run.id)
+
+
 def _metrics(client: Any, flow_run_id: Any) -> dict[str, str]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -123,17 +147,19 @@ def main() -> None:
     from settings import Settings
 
     settings = Settings()
-    os.environ["PREFECT_API_URL"] = prefect_server.api_url(settings)
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.objects import FlowRun
-    from prefect.deployments import run_deployment
-
     serve: subprocess.Popen[bytes] | None = None
     runs: list[dict[str, Any]] = []
     next_id = 1
     try:
         stack.up(settings)
         prefect_server.up(settings)
+        url = prefect_server.api_url(settings)
+        os.environ["PREFECT_API_URL"] = url  # for `ohlcv serve`
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.objects import FlowRun
+        from prefect.deployments import run_deployment
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
         catalog = open_catalog(settings)
         ensure_tables(catalog, settings.namespace)
 
@@ -164,11 +190,15 @@ def main() -> None:
             stdout=(work / "serve.log").open("wb"),
             stderr=subprocess.STDOUT,
         )
-        with get_client(sync_client=True) as client:
+        with (
+            temporary_settings(updates={PREFECT_API_URL: url}),
+            get_client(sync_client=True) as client,
+        ):
             found = _wait_for_deployments(client, [f"ohlcv-{tf}" for tf in TIMEFRAMES])
             for name, deployment in found.items():
                 if name != "ohlcv-1m":
                     client.pause_deployment(deployment.id)
+            _only_manual_runs(client, found["ohlcv-1m"].id)
             server_pid = stack.status(settings).pid
             assert server_pid is not None
             for n in range(args.warmup + args.runs):
