@@ -31,8 +31,8 @@ from pyspark.sql import SparkSession
 from core.ranges import Range, backfill_ranges
 from core.tables import Tables
 from core.timeframes import Timeframe, rollup_source
-from expectations.frames import invariant_frame, reconciliation_frame
-from expectations.suites import invariant_suite, reconciliation_suite
+from expectations.frames import gap_frame, invariant_frame, reconciliation_frame
+from expectations.suites import gap_suite, invariant_suite, reconciliation_suite
 from expectations.validation import ValidationFailed, ValidationReport, run_checkpoint
 from settings import Settings
 from spark_jobs import jobs, revisions, wap
@@ -64,6 +64,10 @@ class Validation:
     invariants: ValidationReport | None = None
     reconciliation: ValidationReport | None = None
     reconciliation_gating: bool = False
+    gaps: ValidationReport | None = None
+    """The gap report's check (never blocking)."""
+    gap_rows: list[dict[str, Any]] = field(default_factory=list)
+    """Per exchange, symbol and local trading date: windows spanned, with trades, without."""
     notes: list[str] = field(default_factory=list)  # informational
     warnings: list[str] = field(default_factory=list)  # a non-gating check failed
 
@@ -86,7 +90,7 @@ class Validation:
 
     @property
     def reports(self) -> list[ValidationReport]:
-        return [r for r in (self.invariants, self.reconciliation) if r is not None]
+        return [r for r in (self.invariants, self.reconciliation, self.gaps) if r is not None]
 
 
 @dataclass
@@ -185,6 +189,7 @@ def generate(
             branch=wap.AUDIT_BRANCH,
             trades_snapshot=request.trades_snapshot_id,
             completes=request.completes,
+            market=settings.market(),
         )
     return jobs.refresh_candles(
         spark,
@@ -194,6 +199,7 @@ def generate(
         lookback=request.lookback,
         branch=wap.AUDIT_BRANCH,
         max_new_trades=settings.max_new_trades_per_run,
+        market=settings.market(),
     )
 
 
@@ -231,12 +237,14 @@ def validate(
             keep_results=settings.validation_results_kept,
         )
 
+    calendars = settings.market().calendars
     validation.invariants = check(
-        invariant_suite(tf), invariant_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
+        invariant_suite(tf),
+        invariant_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH, calendars),
     )
     source = rollup_source(tf)
     rollup_suite = reconciliation_suite(tf)
-    rolled = reconciliation_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
+    rolled = reconciliation_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH, calendars)
     if source is not None and rollup_suite is not None and rolled is not None:
         validation.reconciliation = check(rollup_suite, rolled)
         source_watermark = watermark(spark, tables.candles(source))
@@ -250,6 +258,19 @@ def validate(
                 f"{tf} differs from the rollup of {source}, whose published candles reflect "
                 f"trades snapshot {source_watermark} while this run read {run.watermark}: "
                 f"not blocking; run {source} first to reconcile"
+            )
+    gaps = gap_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
+    if gaps is not None:
+        validation.gap_rows = [
+            r.asDict() for r in gaps.orderBy("exchange", "symbol", "trading_date").collect()
+        ]
+        validation.gaps = check(gap_suite(tf), gaps)
+        empty = sum(int(r["empty_windows"]) for r in validation.gap_rows)
+        if empty:
+            days = sum(1 for r in validation.gap_rows if r["empty_windows"])
+            validation.warnings.append(
+                f"{tf}: {empty} window(s) without trades on {days} symbol-day(s) (gap report; "
+                "not blocking)"
             )
     return validation
 
