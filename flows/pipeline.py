@@ -92,6 +92,16 @@ class Validation:
     def reports(self) -> list[ValidationReport]:
         return [r for r in (self.invariants, self.reconciliation, self.gaps) if r is not None]
 
+    @property
+    def checks(self) -> list[ValidationReport]:
+        """The reports of the candles' correctness (the gap report describes the feed)."""
+        return [r for r in (self.invariants, self.reconciliation) if r is not None]
+
+    @property
+    def empty_windows(self) -> int:
+        """Windows without trades the gap report found."""
+        return sum(int(r["empty_windows"]) for r in self.gap_rows)
+
 
 @dataclass
 class PipelineResult:
@@ -137,10 +147,12 @@ class RunMetrics:
     main_snapshot_id: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time of each step, by task name."""
+    empty_windows: int = 0
+    """Windows without trades in the gap report (a warning, never blocking)."""
 
     @classmethod
     def of(cls, tf: Timeframe, result: PipelineResult) -> RunMetrics:
-        reports = result.validation.reports
+        reports = result.validation.checks
         return cls(
             timeframe=tf.name,
             run=result.run,
@@ -149,6 +161,7 @@ class RunMetrics:
             published=result.published,
             main_snapshot_id=result.main_after,
             seconds=dict(result.seconds),
+            empty_windows=result.validation.empty_windows,
         )
 
     def rows(self) -> list[dict[str, str]]:
@@ -164,6 +177,7 @@ class RunMetrics:
             expectations_evaluated=self.expectations_evaluated,
             published=self.published,
             main_snapshot_id=self.main_snapshot_id,
+            empty_windows=self.empty_windows,
         )
         values.update({f"{step}_s": s for step, s in self.seconds.items()})
         return [{"metric": k, "value": str(v)} for k, v in values.items()]
@@ -265,7 +279,7 @@ def validate(
             r.asDict() for r in gaps.orderBy("exchange", "symbol", "trading_date").collect()
         ]
         validation.gaps = check(gap_suite(tf), gaps)
-        empty = sum(int(r["empty_windows"]) for r in validation.gap_rows)
+        empty = validation.empty_windows
         if empty:
             days = sum(1 for r in validation.gap_rows if r["empty_windows"])
             validation.warnings.append(

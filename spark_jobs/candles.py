@@ -273,7 +273,7 @@ def synthetic_candles(
     Returns:
         Only the synthetic candles, in ``CANDLE_COLUMNS``.
     """
-    width = F.lit(tf.width_us)
+    width = F.lit(tf.width_us).cast("long")  # sequence() wants one integer type throughout
     keys = ["exchange", "symbol"]
     bounds = (
         real.groupBy(*keys)
