@@ -251,20 +251,23 @@ def _run(
         # One span: a changed candle changes the synthetic candles after it, up to the next
         # real one, so everything from the oldest touched window on is recomputed.
         result.ranges = [Range(result.ranges[0].start, result.ranges[-1].end)]
-    wanted = result.ranges
+    wanted = read = result.ranges
     if not calendars.all_utc:
         # The plan is on the UTC grid; a local window overlapping it (a 25-hour day, a window
         # at :30) must be recomputed from all its trades: read one longest window more on each
-        # side, and keep only the windows that overlap the plan.
+        # side, and keep only the windows that overlap the plan. Their starts lie from one
+        # longest window before the plan to its end: the ranges the run reports (validation
+        # reads the windows starting there).
         margin = calendars.max_window(tf)
-        result.ranges = coalesce_ranges([Range(r.start - margin, r.end + margin) for r in wanted])
+        read = coalesce_ranges([Range(r.start - margin, r.end + margin) for r in wanted])
+        result.ranges = coalesce_ranges([Range(r.start - margin, r.end) for r in wanted])
 
     # Pin the read to one snapshot: an append landing mid-run must not slip in under a
     # watermark that does not cover it.
     trades = (
         spark.read.option("versionAsOf", current)
         .table(tables.trades)
-        .where(in_ranges(F.col("ts"), result.ranges))
+        .where(in_ranges(F.col("ts"), read))
     )
     stats = trades.agg(
         F.count(F.lit(1)).alias("n"),
