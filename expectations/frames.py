@@ -56,12 +56,18 @@ def with_window_columns(
     )
     return candles.withColumns(
         {
-            "window_offset_us": F.coalesce(start - want_start, F.lit(-1)),
-            "window_length_error_us": F.coalesce(
-                (end - start) - (want_end - want_start), F.lit(-1)
+            # A null column is the not-null checks' finding alone (these skip it); a window
+            # start the calendar has no window for counts as misplaced (-1).
+            "window_offset_us": F.when(
+                F.col("window_start").isNotNull(), F.coalesce(start - want_start, F.lit(-1))
             ),
-            "trading_date_error_days": F.coalesce(
-                F.datediff(F.col("trading_date"), want_date), F.lit(-1)
+            "window_length_error_us": F.when(
+                F.col("window_start").isNotNull() & F.col("window_end").isNotNull(),
+                F.coalesce((end - start) - (want_end - want_start), F.lit(-1)),
+            ),
+            "trading_date_error_days": F.when(
+                F.col("window_start").isNotNull() & F.col("trading_date").isNotNull(),
+                F.coalesce(F.datediff(F.col("trading_date"), want_date), F.lit(-1)),
             ),
             "volume_real": F.when(~synthetic, F.col("volume")),
             "quote_volume_real": F.when(~synthetic, F.col("quote_volume")),

@@ -4,7 +4,8 @@ Instruments: BTC-USD (UTC, the default), SPY (America/New_York, midnight to midn
 (America/New_York, session 09:30-16:00 Monday to Friday), VOD (Europe/London) and INFY
 (Asia/Kolkata, +05:30). Each trades once in every local minute of a few local days around the
 switches (US: 8 March, 1 November; EU: 29 March, 25 October), plus ties and boundary trades near
-each switch, so the number of one-minute windows of a local day is its length in minutes.
+each switch, so the number of one-minute windows of a local day is its length in minutes
+(AAPL only in the hours around its session's open and close).
 
 The module's story runs once: the five timeframes through the real pipeline (generate,
 validate, publish) with the Spark session's time zone and this process's TZ set to zones no
@@ -76,13 +77,20 @@ LOCAL = {
     ("lse", "VOD"): LocalTime(LONDON),
     ("nse", "INFY"): LocalTime(KOLKATA),
 }
-# Local trading days with trades: the switch days, and a plain day or two beside them.
+# Local trading days with trades: the switch days, chosen to overlap in UTC so the data stays
+# small (a 1m table partition per UTC hour). BTC-USD's and INFY's plain days sit beside them.
 DAYS = {
-    ("crypto", "BTC-USD"): [date(2026, 3, 8), date(2026, 11, 1)],
-    ("us", "SPY"): [date(2026, 3, 7), date(2026, 3, 8), date(2026, 11, 1)],
-    ("us", "AAPL"): [date(2026, 3, 6), date(2026, 3, 9), date(2026, 11, 1)],  # Fri, Mon, Sun
-    ("lse", "VOD"): [date(2026, 3, 29), date(2026, 10, 25)],
-    ("nse", "INFY"): [date(2026, 3, 29), date(2026, 10, 25)],
+    ("crypto", "BTC-USD"): [date(2026, 3, 8)],
+    ("us", "SPY"): [date(2026, 3, 8), date(2026, 11, 1)],  # 23 and 25 hours
+    ("lse", "VOD"): [date(2026, 3, 29), date(2026, 10, 25)],  # 23 and 25 hours
+    ("nse", "INFY"): [date(2026, 3, 29)],
+}
+# AAPL trades only around its session's open and close (local hours), on a Friday before the
+# US switch, the Monday after it (EDT) and the Sunday of the fall-back (no session).
+AAPL_HOURS = {
+    date(2026, 3, 6): ((9, 10), (15, 16)),
+    date(2026, 3, 9): ((9, 10), (15, 16)),
+    date(2026, 11, 1): ((1, 2),),
 }
 # Machine and session zones no instrument uses (Kathmandu is +05:45, Chatham +12:45/+13:45).
 MACHINE_TZ = "Pacific/Chatham"
@@ -98,12 +106,23 @@ def midnight(day: date, zone: str) -> datetime:
 
 
 def day_trades(
-    rng: random.Random, exchange: str, symbol: str, day: date, first_id: int
+    rng: random.Random,
+    exchange: str,
+    symbol: str,
+    day: date,
+    first_id: int,
+    hours: tuple[int, int] | None = None,
 ) -> list[Trade]:
-    """One trade in every minute of the local day (some exactly on the minute), and ties and
-    boundary trades in the hours around 01:00-03:00 local, where the switches happen."""
+    """One trade in every minute of the local day, or of local ``hours`` [from, to) that day
+    (some exactly on the minute), and ties and trades in the hours around 01:00-03:00 local,
+    where the switches happen."""
     zone = local_of(exchange, symbol).zone
     start, end = midnight(day, zone), midnight(day + timedelta(days=1), zone)
+    if hours is not None:
+        tz = ZoneInfo(zone)
+        start = datetime.combine(day, time(hours[0]), tzinfo=tz).astimezone(UTC)
+        end = datetime.combine(day, time(hours[1] - 1, 59), tzinfo=tz).astimezone(UTC)
+        end += timedelta(minutes=1)
     stamps = []
     t = start
     while t < end:
@@ -114,7 +133,7 @@ def day_trades(
     switch = start + timedelta(hours=1)
     for _ in range(40):
         roll = rng.random()
-        if roll < 0.4:
+        if roll < 0.4 or hours is not None:
             stamps.append(rng.choice(stamps))  # a tie on ts: trade_id breaks it
         else:
             stamps.append(switch + timedelta(minutes=rng.randrange(180)))
@@ -158,6 +177,9 @@ def story(
     for (exchange, symbol), days in DAYS.items():
         for day in days:
             trades += day_trades(rng, exchange, symbol, day, first_id=len(trades) * 2 + 1)
+    for day, spans in AAPL_HOURS.items():
+        for span in spans:
+            trades += day_trades(rng, "us", "AAPL", day, len(trades) * 2 + 1, span)
     now = max(t.ts for t in trades) + timedelta(minutes=1)
     deliver(catalog, tables, trades, now=now)
     run_settings = settings.model_copy(
@@ -210,6 +232,7 @@ def test_a_local_day_has_as_many_windows_as_it_has_minutes_and_hours(
             .groupBy("exchange", "symbol", "trading_date")
             .agg(F.count(F.lit(1)).alias("n"))
             .collect()
+            if (r["exchange"], r["symbol"]) in DAYS  # AAPL trades some hours only
         }
         want = {
             (e, s, d): (
@@ -229,7 +252,6 @@ def test_a_local_day_has_as_many_windows_as_it_has_minutes_and_hours(
         .agg(F.count(F.lit(1)).alias("n"))
         .collect()
     }
-    assert one_minute[("SPY", date(2026, 3, 7))] == 1440
     assert one_minute[("SPY", date(2026, 3, 8))] == 1380
     assert one_minute[("SPY", date(2026, 11, 1))] == 1500
     assert one_minute[("VOD", date(2026, 3, 29))] == 1380
@@ -250,7 +272,7 @@ def test_daily_windows_are_local_days_or_sessions_never_split_or_doubled(
     )
     daily = {(r["symbol"], r["trading_date"]): (r["start"], r["end"]) for r in rows.collect()}
     hours = {k: (end - start) / 3_600_000_000 for k, (start, end) in daily.items()}
-    assert hours[("SPY", date(2026, 3, 7))] == 24
+    assert hours[("BTC-USD", date(2026, 3, 8))] == 24
     assert hours[("SPY", date(2026, 3, 8))] == 23
     assert hours[("SPY", date(2026, 11, 1))] == 25
     assert hours[("VOD", date(2026, 3, 29))] == 23
@@ -271,7 +293,7 @@ def test_daily_windows_are_local_days_or_sessions_never_split_or_doubled(
         ),
     }
     # Every 1d window holds exactly one local date: no day is split or doubled.
-    assert len(daily) == sum(len(days) for days in DAYS.values()) - 1  # AAPL's Sunday has none
+    assert len(daily) == sum(len(days) for days in DAYS.values()) + 2  # AAPL: not on Sunday
     # Kolkata's hours start at :30 UTC
     infy_hours = (
         spark.read.table(story.tables.candles(TIMEFRAMES["1h"]))
