@@ -58,6 +58,8 @@ def _candles(symbols: int, start: datetime, minutes: int) -> pa.Table:
                 "open_ts": window + timedelta(seconds=1),
                 "close_ts": window + timedelta(seconds=59),
                 "computed_at": window + timedelta(minutes=1, seconds=30),
+                "trading_date": window.date(),
+                "synthetic": False,
             }
             for k, v in values.items():
                 rows[k].append(v)

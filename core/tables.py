@@ -30,6 +30,8 @@ from pyiceberg.transforms import (
     YearTransform,
 )
 from pyiceberg.types import (
+    BooleanType,
+    DateType,
     DecimalType,
     LongType,
     NestedField,
@@ -92,6 +94,10 @@ CANDLE_SCHEMA = Schema(
     NestedField(13, "open_ts", TimestamptzType()),
     NestedField(14, "close_ts", TimestamptzType()),
     NestedField(15, "computed_at", TimestamptzType()),
+    # Added by issue 14; tables created before get them from ``ensure_tables`` (null in old rows:
+    # a real candle, whose trading date is the UTC date of its window).
+    NestedField(16, "trading_date", DateType(), doc="local trading date of the window"),
+    NestedField(17, "synthetic", BooleanType(), doc="true: no trades (gap policy fill)"),
 )
 CANDLE_VALUE_COLUMNS = tuple(
     f.name for f in CANDLE_SCHEMA.fields if f.name not in CANDLE_KEY and f.name != "computed_at"
@@ -228,13 +234,26 @@ def _ensure(
     return table
 
 
+def _add_missing_columns(table: Table, schema: Schema) -> Table:
+    """Add the columns of ``schema`` a table created by an earlier version lacks (one schema
+    commit, once); a table that has them all is not touched."""
+    present = {f.name for f in table.schema().fields}
+    missing = [f for f in schema.fields if f.name not in present]
+    if not missing:
+        return table
+    with table.update_schema() as update:
+        for f in missing:
+            update.add_column(f.name, f.field_type, doc=f.doc)
+    return table.refresh()
+
+
 def ensure_tables(catalog: Catalog, namespace: str) -> dict[str, Table]:
     """Create the namespace, ``trades``, ``trades_rejected``, the five candle tables and
     ``candle_revisions`` if missing.
 
     Idempotent: an existing table is only changed when its properties are older than
-    :data:`LONG_LIFE_PROPERTIES` and its own table's (one commit, once); otherwise nothing is
-    written.
+    :data:`LONG_LIFE_PROPERTIES` and its own table's, or when it lacks columns this version
+    added (one commit each, once); otherwise nothing is written.
     """
     with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(namespace)
@@ -255,7 +274,7 @@ def ensure_tables(catalog: Catalog, namespace: str) -> dict[str, Table]:
     }
     revised_at = REVISIONS_SCHEMA.find_field("revised_at").field_id
     # Revisions are rare (late trades): month partitions keep their files few.
-    tables[CANDLE_REVISIONS] = _ensure(
+    revisions = _ensure(
         catalog,
         (namespace, CANDLE_REVISIONS),
         LONG_LIFE_PROPERTIES,
@@ -264,12 +283,14 @@ def ensure_tables(catalog: Catalog, namespace: str) -> dict[str, Table]:
             PartitionField(revised_at, 1000, MonthTransform(), "revised_at_month")
         ),
     )
+    tables[CANDLE_REVISIONS] = _add_missing_columns(revisions, REVISIONS_SCHEMA)
     for tf in TIMEFRAMES.values():
-        tables[tf.table] = _ensure(
+        candles = _ensure(
             catalog,
             (namespace, tf.table),
             CANDLE_PROPERTIES,
             schema=CANDLE_SCHEMA,
             partition_spec=_candle_spec(tf),
         )
+        tables[tf.table] = _add_missing_columns(candles, CANDLE_SCHEMA)
     return tables

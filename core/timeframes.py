@@ -12,7 +12,8 @@ from datetime import timedelta
 
 @dataclass(frozen=True)
 class Timeframe:
-    """A candle width, aligned to the UTC epoch (so daily candles start at 00:00 UTC)."""
+    """A candle width. Windows are aligned to each instrument's calendar (UTC by default, so
+    daily candles start at 00:00 UTC; see :mod:`core.calendars`)."""
 
     name: str
     width: timedelta
@@ -86,7 +87,8 @@ TIMEFRAMES: dict[str, Timeframe] = {
             width=timedelta(days=1),
             lookback=timedelta(days=2),
             partition="year",
-            rollup_source="1h",
+            # 30m, not 1h: a session opening on a half hour (NYSE 09:30) splits an hour.
+            rollup_source="30m",
             flow_name="OHLCV 1-Day Pipeline",
             cron="42 0 * * *",
         ),

@@ -17,8 +17,10 @@ from core.tables import CANDLE_KEY
 from core.timeframes import Timeframe, rollup_source
 from spark_jobs.candles import CANDLE_COLUMNS
 
-# Every column of a published candle must be present (computed_at is the writer's stamp).
-NOT_NULL = CANDLE_COLUMNS
+# Every column of a published candle must be present (computed_at is the writer's stamp),
+# except the times of its first and last trade: a synthetic candle has no trade.
+TRADE_TIMES = ("open_ts", "close_ts")
+NOT_NULL = tuple(c for c in CANDLE_COLUMNS if c not in TRADE_TIMES)
 
 # (greater, lesser, or_equal, invariant) pairs: column_A > column_B (or >=).
 ORDERED_PAIRS = (
@@ -34,6 +36,7 @@ ORDERED_PAIRS = (
     ("window_end", "close_ts", False, "close_ts < window_end"),
 )
 
+# Real candles only (the frame's ``<c>_real`` columns are null for synthetic ones).
 POSITIVE = ("volume", "quote_volume")
 
 # Columns compared between a timeframe's candles and the rollup of the next smaller one.
@@ -46,6 +49,10 @@ def suite_name(tf: Timeframe) -> str:
 
 def reconciliation_suite_name(tf: Timeframe) -> str:
     return f"ohlcv_{tf.name}_reconciliation"
+
+
+def gap_suite_name(tf: Timeframe) -> str:
+    return f"ohlcv_{tf.name}_gaps"
 
 
 def _noted(expectation: Expectation, invariant: str) -> Expectation:
@@ -70,15 +77,28 @@ def shared_invariants() -> list[Expectation]:
     ]
     expectations += [
         _noted(
-            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, strict_min=True),
+            gxe.ExpectColumnValuesToBeInSet(column=f"{c}_present", value_set=[True]),
+            f"{c} is not null",
+        )
+        for c in TRADE_TIMES
+    ]
+    expectations += [
+        _noted(
+            gxe.ExpectColumnValuesToBeBetween(column=f"{c}_real", min_value=0, strict_min=True),
             f"{c} > 0",
         )
         for c in POSITIVE
     ]
     expectations.append(
         _noted(
-            gxe.ExpectColumnValuesToBeBetween(column="trade_count", min_value=1),
+            gxe.ExpectColumnValuesToBeBetween(column="trade_count_real", min_value=1),
             "trade_count >= 1",
+        )
+    )
+    expectations.append(
+        _noted(
+            gxe.ExpectColumnValuesToBeInSet(column="synthetic_is_flat", value_set=[True]),
+            "a synthetic candle is flat at the previous close, with no volume and no trades",
         )
     )
     expectations.append(
@@ -91,17 +111,24 @@ def shared_invariants() -> list[Expectation]:
 
 
 def window_checks(tf: Timeframe) -> list[Expectation]:
-    """Windows of ``tf`` are exactly one timeframe long and aligned to it (UTC epoch)."""
+    """Windows of ``tf`` are exactly the windows the instrument's calendar defines: aligned,
+    one timeframe long (a local day: 23 to 25 hours, or the session), on their local date."""
     return [
         _noted(
             gxe.ExpectColumnValuesToBeBetween(
-                column="window_length_us", min_value=tf.width_us, max_value=tf.width_us
+                column="window_length_error_us", min_value=0, max_value=0
             ),
             f"window_end - window_start = {tf.name}",
         ),
         _noted(
             gxe.ExpectColumnValuesToBeBetween(column="window_offset_us", min_value=0, max_value=0),
             f"window_start is aligned to {tf.name}",
+        ),
+        _noted(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="trading_date_error_days", min_value=0, max_value=0
+            ),
+            "trading_date is the window's local date",
         ),
     ]
 
@@ -148,3 +175,17 @@ def reconciliation_suite(tf: Timeframe) -> gx.ExpectationSuite | None:
     if not expectations:
         return None
     return gx.ExpectationSuite(name=reconciliation_suite_name(tf), expectations=expectations)
+
+
+def gap_suite(tf: Timeframe) -> gx.ExpectationSuite:
+    """The gap report as a check: a warning in the data docs, never blocking publication."""
+    return gx.ExpectationSuite(
+        name=gap_suite_name(tf),
+        expectations=[
+            _noted(
+                gxe.ExpectColumnValuesToBeBetween(column="empty_windows", max_value=0),
+                f"every {tf.name} window between a symbol's first and last trade of the day "
+                "has trades (a feed outage shows here; warning, not blocking)",
+            )
+        ],
+    )

@@ -31,6 +31,7 @@ from pyspark.sql import SparkSession
 from core.ranges import Range
 from core.time import assume_utc
 from core.timeframes import TIMEFRAMES, Timeframe
+from expectations.frames import GAP_COLUMNS
 from expectations.validation import ValidationFailed
 from flows import pipeline
 from flows.pipeline import RunMetrics, RunRequest
@@ -174,6 +175,7 @@ def validate_candles(
     for warning in validation.warnings:
         logger.warning(warning)
     _validation_artifact(tf, validation)
+    _gap_artifact(tf, validation)
     interruptible(
         spark,
         tag,
@@ -228,6 +230,8 @@ def _validation_artifact(tf: Timeframe, validation: pipeline.Validation) -> None
         lines.append("Nothing was written, so nothing needed validating.")
     for report in validation.reports:
         verdict = "passed" if report.success else "FAILED"
+        if report is validation.gaps and not report.success:
+            verdict = "warning (not blocking)"
         lines.append(
             f"- **{report.checkpoint}** {verdict}: {report.passed_count}"
             f"/{report.evaluated} expectations on {report.rows} rows ({report.engine})"
@@ -242,6 +246,20 @@ def _validation_artifact(tf: Timeframe, validation: pipeline.Validation) -> None
         lines += ["", f"All validations: [data docs index]({docs.as_uri()})"]
     create_markdown_artifact(
         key=f"ohlcv-{tf.name}-validation", markdown="\n".join(lines), description=f"{tf}"
+    )
+
+
+def _gap_artifact(tf: Timeframe, validation: pipeline.Validation) -> None:
+    """The run's gap report: per symbol and local day, how many windows had no trades."""
+    if validation.gaps is None:
+        return
+    rows = [{c: str(r[c]) for c in GAP_COLUMNS} for r in validation.gap_rows]
+    empty = sum(int(r["empty_windows"]) for r in validation.gap_rows)
+    create_table_artifact(
+        key=f"ohlcv-{tf.name}-gaps",
+        table=rows,
+        description=f"{tf} gap report: {empty} window(s) without trades, per symbol and local "
+        "trading date (windows from the first candle of the day to the last)",
     )
 
 

@@ -31,8 +31,8 @@ from pyspark.sql import SparkSession
 from core.ranges import Range, backfill_ranges
 from core.tables import Tables
 from core.timeframes import Timeframe, rollup_source
-from expectations.frames import invariant_frame, reconciliation_frame
-from expectations.suites import invariant_suite, reconciliation_suite
+from expectations.frames import gap_frame, invariant_frame, reconciliation_frame
+from expectations.suites import gap_suite, invariant_suite, reconciliation_suite
 from expectations.validation import ValidationFailed, ValidationReport, run_checkpoint
 from settings import Settings
 from spark_jobs import jobs, revisions, wap
@@ -66,6 +66,10 @@ class Validation:
     invariants: ValidationReport | None = None
     reconciliation: ValidationReport | None = None
     reconciliation_gating: bool = False
+    gaps: ValidationReport | None = None
+    """The gap report's check (never blocking)."""
+    gap_rows: list[dict[str, Any]] = field(default_factory=list)
+    """Per exchange, symbol and local trading date: windows spanned, with trades, without."""
     notes: list[str] = field(default_factory=list)  # informational
     warnings: list[str] = field(default_factory=list)  # a non-gating check failed
 
@@ -88,7 +92,17 @@ class Validation:
 
     @property
     def reports(self) -> list[ValidationReport]:
+        return [r for r in (self.invariants, self.reconciliation, self.gaps) if r is not None]
+
+    @property
+    def checks(self) -> list[ValidationReport]:
+        """The reports of the candles' correctness (the gap report describes the feed)."""
         return [r for r in (self.invariants, self.reconciliation) if r is not None]
+
+    @property
+    def empty_windows(self) -> int:
+        """Windows without trades the gap report found."""
+        return sum(int(r["empty_windows"]) for r in self.gap_rows)
 
 
 @dataclass
@@ -135,10 +149,12 @@ class RunMetrics:
     main_snapshot_id: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time of each step, by task name."""
+    empty_windows: int = 0
+    """Windows without trades in the gap report (a warning, never blocking)."""
 
     @classmethod
     def of(cls, tf: Timeframe, result: PipelineResult) -> RunMetrics:
-        reports = result.validation.reports
+        reports = result.validation.checks
         return cls(
             timeframe=tf.name,
             run=result.run,
@@ -147,6 +163,7 @@ class RunMetrics:
             published=result.published,
             main_snapshot_id=result.main_after,
             seconds=dict(result.seconds),
+            empty_windows=result.validation.empty_windows,
         )
 
     def rows(self) -> list[dict[str, str]]:
@@ -162,6 +179,7 @@ class RunMetrics:
             expectations_evaluated=self.expectations_evaluated,
             published=self.published,
             main_snapshot_id=self.main_snapshot_id,
+            empty_windows=self.empty_windows,
         )
         values.update({f"{step}_s": s for step, s in self.seconds.items()})
         return [{"metric": k, "value": str(v)} for k, v in values.items()]
@@ -188,6 +206,7 @@ def generate(
             trades_snapshot=request.trades_snapshot_id,
             completes=request.completes,
             stats=request.stats,
+            market=settings.market(),
         )
     return jobs.refresh_candles(
         spark,
@@ -197,6 +216,7 @@ def generate(
         lookback=request.lookback,
         branch=wap.AUDIT_BRANCH,
         max_new_trades=settings.max_new_trades_per_run,
+        market=settings.market(),
     )
 
 
@@ -234,12 +254,14 @@ def validate(
             keep_results=settings.validation_results_kept,
         )
 
+    calendars = settings.market().calendars
     validation.invariants = check(
-        invariant_suite(tf), invariant_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
+        invariant_suite(tf),
+        invariant_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH, calendars),
     )
     source = rollup_source(tf)
     rollup_suite = reconciliation_suite(tf)
-    rolled = reconciliation_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
+    rolled = reconciliation_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH, calendars)
     if source is not None and rollup_suite is not None and rolled is not None:
         validation.reconciliation = check(rollup_suite, rolled)
         source_watermark = watermark(spark, tables.candles(source))
@@ -253,6 +275,19 @@ def validate(
                 f"{tf} differs from the rollup of {source}, whose published candles reflect "
                 f"trades snapshot {source_watermark} while this run read {run.watermark}: "
                 f"not blocking; run {source} first to reconcile"
+            )
+    gaps = gap_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
+    if gaps is not None:
+        validation.gap_rows = [
+            r.asDict() for r in gaps.orderBy("exchange", "symbol", "trading_date").collect()
+        ]
+        validation.gaps = check(gap_suite(tf), gaps)
+        empty = validation.empty_windows
+        if empty:
+            days = sum(1 for r in validation.gap_rows if r["empty_windows"])
+            validation.warnings.append(
+                f"{tf}: {empty} window(s) without trades on {days} symbol-day(s) (gap report; "
+                "not blocking)"
             )
     return validation
 

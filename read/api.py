@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from pyiceberg.table import DataScan, FileScanTask, Table
     from pyspark.sql import Column, DataFrame, SparkSession
 
+    from core.calendars import Calendars
     from settings import Settings
 
 MAX_SYMBOL_LENGTH = 64  # as ingestion accepts (ingest/rules.py)
@@ -168,6 +169,9 @@ def candle_arrow_schema(live: bool = False) -> pa.Schema:
 def normalized(table: pa.Table, live: bool = False) -> pa.Table:
     """``table`` in the result shape: the candle columns in order, UTC timestamps, sorted."""
     schema = candle_arrow_schema(live)
+    for f in schema:
+        if f.name not in table.column_names:  # a table not upgraded yet (see _SPARK_TYPES)
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
     shaped = table.select(schema.names).cast(schema)
     return shaped.sort_by([(c, "ascending") for c in CANDLE_KEY])
 
@@ -405,7 +409,8 @@ def read_candles(
         settings = Settings()
     if spark is not None:
         tables = Tables(settings.catalog_name, settings.namespace)
-        return to_pandas(normalized(candles_frame(spark, tables, query).toArrow(), query.live))
+        frame = candles_frame(spark, tables, query, settings.market().calendars)
+        return to_pandas(normalized(frame.toArrow(), query.live))
     if catalog is None:
         from infra.catalog import open_catalog
 
@@ -445,12 +450,18 @@ def spark_filter(query: CandleQuery) -> Column:
     return condition
 
 
-def candles_frame(spark: SparkSession, tables: Tables, query: CandleQuery) -> DataFrame:
+def candles_frame(
+    spark: SparkSession,
+    tables: Tables,
+    query: CandleQuery,
+    calendars: Calendars | None = None,
+) -> DataFrame:
     """The query on a Spark session: a lazy DataFrame in the result's columns (unsorted).
 
     With ``query.live``, published candles whose trades changed since the last publication
     are replaced by their recomputation (``provisional`` True), and windows not published yet
-    are added; see :func:`spark_jobs.live.live_candles`.
+    are added; see :func:`spark_jobs.live.live_candles` (``calendars``: the instruments'
+    calendars it recomputes with, default UTC).
     """
     from pyspark.sql import functions as F
 
@@ -466,12 +477,25 @@ def candles_frame(spark: SparkSession, tables: Tables, query: CandleQuery) -> Da
             exchange=query.exchange,
             start=query.start,
             end=query.end,
+            calendars=calendars,
         )
     reader = spark.read
     if query.as_of is not None:
         reader = reader.option("versionAsOf", spark_snapshot_as_of(spark, table, query.as_of))
     frame = reader.table(table).where(spark_filter(query))
-    return frame.select(*(F.col(c) for c in candle_arrow_schema().names))
+    # A table not upgraded yet (no trading_date / synthetic) still reads: those come back null.
+    return frame.select(
+        *(
+            F.col(f.name)
+            if f.name in frame.columns
+            else F.lit(None).cast(_SPARK_TYPES[f.name]).alias(f.name)
+            for f in candle_arrow_schema()
+        )
+    )
+
+
+_SPARK_TYPES = {"trading_date": "date", "synthetic": "boolean"}
+"""Spark types of the candle columns added after the first release."""
 
 
 # Revisions --------------------------------------------------------------------------------

@@ -11,11 +11,14 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from core.calendars import Market
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -168,6 +171,19 @@ class Settings(BaseSettings):
         "first: every run adds one, and GX rebuilds the data docs index over all of them.",
     )
 
+    # Market calendars and gaps (core/calendars.py; README "Calendars and gaps")
+    calendars: str | None = Field(
+        default=None,
+        description="Instrument time zones and sessions: a JSON list, or the path of a JSON "
+        'file holding one, e.g. [{"exchange": "nyse", "zone": "America/New_York", '
+        '"session": "09:30-16:00"}]. Unset: every instrument is UTC, no session.',
+    )
+    gap_policy: str = Field(
+        default="",
+        description="Per timeframe, what a window without trades becomes: e.g. "
+        "'1m=previous_close,5m=previous_close'. Unnamed timeframes: none (no candle).",
+    )
+
     # Long life: bounded runs and table maintenance
     max_new_trades_per_run: int = Field(
         default=20_000_000,
@@ -208,6 +224,22 @@ class Settings(BaseSettings):
     validate_retries: int = Field(default=1, ge=0)
     validate_retry_delay_s: float = Field(default=30.0, ge=0)
 
+    @field_validator("calendars")
+    @classmethod
+    def _calendars(cls, value: str | None) -> str | None:
+        from core.calendars import parse_calendars
+
+        parse_calendars(value)  # a bad declaration fails when the settings load, naming it
+        return value
+
+    @field_validator("gap_policy")
+    @classmethod
+    def _gap_policy(cls, value: str) -> str:
+        from core.calendars import parse_gap_policies
+
+        parse_gap_policies(value)
+        return value
+
     @field_validator("catalog_name", "namespace")
     @classmethod
     def _identifier(cls, value: str) -> str:
@@ -218,6 +250,12 @@ class Settings(BaseSettings):
         return value
 
     # Derived values -------------------------------------------------------------------------
+
+    def market(self) -> Market:
+        """The instruments' calendars and the timeframes' gap policies."""
+        from core.calendars import market
+
+        return market(self.calendars, self.gap_policy)
 
     @property
     def stack_dir(self) -> Path:

@@ -25,10 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DecimalType
 
+from core.calendars import DAY_US, Calendar, Calendars, is_daily
 from core.tables import PRICE, QUOTE_VOLUME, VOLUME
 from core.timeframes import Timeframe
 
@@ -51,6 +52,8 @@ CANDLE_COLUMNS = (
     "vwap",
     "open_ts",
     "close_ts",
+    "trading_date",
+    "synthetic",
 )
 
 
@@ -76,14 +79,102 @@ def window_start_us(ts: Column, tf: Timeframe) -> Column:
     return micros - F.pmod(micros, F.lit(tf.width_us))
 
 
+def windows(
+    ts: Column, tf: Timeframe, calendars: Calendars | None = None
+) -> tuple[Column, Column, Column]:
+    """The window holding ``ts``, per instrument calendar: its start and end (epoch
+    microseconds) and its local trading date; all null where ``ts`` is outside its calendar's
+    session.
+
+    Needs ``exchange`` and ``symbol`` columns when a calendar other than UTC is declared.
+    Only unix micros, ``from_utc_timestamp``/``to_utc_timestamp`` with literal zones and
+    ``date_from_unix_date`` are used: none of them reads the session time zone, so the result
+    does not depend on ``spark.sql.session.timeZone`` (nor on the machine's).
+    """
+    if calendars is None or calendars.all_utc:
+        start, end, day = _window(ts, tf, Calendar())
+    else:
+        cases = [
+            ((F.col("exchange") == F.lit(e)) & (F.col("symbol") == F.lit(s)), c)
+            for (e, s), c in calendars.symbols.items()
+        ]
+        cases += [(F.col("exchange") == F.lit(e), c) for e, c in calendars.exchanges.items()]
+        parts = [_window(ts, tf, c) for _, c in cases]
+        fallback = _window(ts, tf, calendars.default)
+        start, end, day = (
+            _case([(cond, p[i]) for (cond, _), p in zip(cases, parts, strict=True)], fallback[i])
+            for i in range(3)
+        )
+    return start, end, day
+
+
+def _case(branches: list[tuple[Column, Column]], otherwise: Column) -> Column:
+    if not branches:
+        return otherwise
+    expr = F.when(branches[0][0], branches[0][1])
+    for cond, value in branches[1:]:
+        expr = expr.when(cond, value)
+    return expr.otherwise(otherwise)
+
+
+def _days(local_us: Column) -> Column:
+    """Whole days since the epoch of a local-time microsecond count (exact integer division)."""
+    return ((local_us - F.pmod(local_us, F.lit(DAY_US))) / F.lit(DAY_US)).cast("int")
+
+
+def _window(ts: Column, tf: Timeframe, calendar: Calendar) -> tuple[Column, Column, Column]:
+    """(start us, end us, trading date) of the window of ``calendar`` holding ``ts``."""
+    micros = F.unix_micros(ts)
+    width = F.lit(tf.width_us)
+    if calendar.is_utc:
+        start = micros - F.pmod(micros, width)
+        return start, start + width, F.date_from_unix_date(_days(start))
+    # The zone's offset at ts: from_utc_timestamp shifts the instant's microseconds by it.
+    local = F.unix_micros(F.from_utc_timestamp(ts, calendar.zone))
+    if not is_daily(tf):
+        # The local wall clock's grid; the zone's offsets are congruent modulo the width
+        # (checked when the calendar is declared), so windows never overlap at a switch.
+        into = F.pmod(local, width)
+        start = micros - into
+        return start, start + width, F.date_from_unix_date(_days(local - into))
+    day = _days(local)
+
+    def instant(local_us: Column) -> Column:
+        # The instant the local clock shows local_us: to_utc_timestamp resolves the zone's
+        # rules at that wall time (a 23- or 25-hour day comes out of it, not of arithmetic).
+        return F.unix_micros(F.to_utc_timestamp(F.timestamp_micros(local_us), calendar.zone))
+
+    midnight = day.cast("long") * F.lit(DAY_US)
+    session = calendar.session
+    if session is None:
+        return instant(midnight), instant(midnight + F.lit(DAY_US)), F.date_from_unix_date(day)
+    tod = local - midnight
+    weekday = F.pmod(day + F.lit(3), F.lit(7))  # 1970-01-01 was a Thursday; Monday = 0
+    inside = (
+        (tod >= F.lit(session.open_us))
+        & (tod < F.lit(session.close_us))
+        & weekday.isin(sorted(session.weekdays))
+    )
+    return (
+        F.when(inside, instant(midnight + F.lit(session.open_us))),
+        F.when(inside, instant(midnight + F.lit(session.close_us))),
+        F.when(inside, F.date_from_unix_date(day)),
+    )
+
+
 def vwap(quote_volume: Column, volume: Column) -> Column:
     """DECIMAL(38,16) / DECIMAL(28,8) is typed DECIMAL(38,8): cast half-up to the price scale."""
     return (quote_volume / volume).cast(PRICE_SQL)
 
 
 def packed_key_bits(tf: Timeframe) -> int:
-    """Bits left for (trade_id - low) once a window's microsecond offset is stored above them."""
-    return 63 - (tf.width_us - 1).bit_length()
+    """Bits left for (trade_id - low) once a window's microsecond offset is stored above them.
+
+    A local day may last 25 hours (a zone that once shifted by two, 26): daily windows reserve
+    room for two days.
+    """
+    longest = 2 * tf.width_us if is_daily(tf) else tf.width_us
+    return 63 - (longest - 1).bit_length()
 
 
 def _ordering_key(tf: Timeframe, window_us: Column, ids: TradeIdRange | None) -> Column:
@@ -211,23 +302,41 @@ def candles(
     trades: DataFrame,
     tf: Timeframe,
     trade_ids: TradeIdRange | None = None,
+    calendars: Calendars | None = None,
     max_trades: int | None = None,
 ) -> DataFrame:
     """Aggregate trades into one candle per (exchange, symbol, window).
 
     Args:
         trades: rows with exchange, symbol, trade_id, price, quantity, ts.
-        tf: the timeframe; windows are [start, start + width), aligned to the UTC epoch.
+        tf: the timeframe.
         trade_ids: the exact trade_id range of ``trades``, if known. It only selects the faster
             packed ordering key; results are identical with or without it.
+        calendars: each instrument's calendar (default: UTC for all). Windows are
+            [start, end) of the instrument's local clock (see :mod:`core.calendars`); trades
+            outside a session are in no daily candle.
         max_trades: an upper bound on the number of ``trades`` (their count), if known. At
             ``INTEGER_SUMS_MAX_TRADES`` or more the sums run on decimals; below it, or when
             unknown, on 64-bit integer limbs (see the module). Results are identical.
 
     Returns:
-        The columns of ``CANDLE_COLUMNS`` (without ``computed_at``), typed as the candle tables.
+        The columns of ``CANDLE_COLUMNS`` (without ``computed_at``), typed as the candle tables;
+        ``synthetic`` is false (every candle here has trades).
     """
-    window_us = window_start_us(F.col("ts"), tf)
+    start, end, day = windows(F.col("ts"), tf, calendars)
+    located = trades.select(
+        "exchange",
+        "symbol",
+        "trade_id",
+        "price",
+        "quantity",
+        "ts",
+        start.alias("_w_start"),
+        end.alias("_w_end"),
+        day.alias("_w_date"),
+    )
+    if calendars is not None and not calendars.all_utc:
+        located = located.where(F.col("_w_start").isNotNull())
     integer_sums = _integer_sums_allowed(trades, max_trades)
     sum_inputs: dict[str, Column] = (
         _integer_sum_limbs(_units(F.col("price")), _units(F.col("quantity")))
@@ -236,16 +345,19 @@ def candles(
     )
     # The key and the sums' inputs are computed once per row in a projection, not once per
     # aggregate function.
-    keyed = trades.select(
+    keyed = located.select(
         "exchange",
         "symbol",
         "price",
         "ts",
-        window_us.alias("_window_us"),
-        _ordering_key(tf, window_us, trade_ids).alias("_key"),
+        "_w_start",
+        "_w_end",
+        "_w_date",
+        _ordering_key(tf, F.col("_w_start"), trade_ids).alias("_key"),
         *[column.alias(name) for name, column in sum_inputs.items()],
     )
-    aggregated = keyed.groupBy("exchange", "symbol", "_window_us").agg(
+    # End and date depend on the start (and the instrument): grouping by them only carries them.
+    aggregated = keyed.groupBy("exchange", "symbol", "_w_start", "_w_end", "_w_date").agg(
         F.min_by("price", "_key").alias("open"),
         F.max("price").alias("high"),
         F.min("price").alias("low"),
@@ -277,8 +389,8 @@ def candles(
     return sums.select(
         "exchange",
         "symbol",
-        F.timestamp_micros(F.col("_window_us")).alias("window_start"),
-        F.timestamp_micros(F.col("_window_us") + F.lit(tf.width_us)).alias("window_end"),
+        F.timestamp_micros(F.col("_w_start")).alias("window_start"),
+        F.timestamp_micros(F.col("_w_end")).alias("window_end"),
         "open",
         "high",
         "low",
@@ -289,4 +401,83 @@ def candles(
         vwap(F.col("quote_volume"), F.col("volume")).alias("vwap"),
         "open_ts",
         "close_ts",
+        F.col("_w_date").alias("trading_date"),
+        F.lit(False).alias("synthetic"),
+    )
+
+
+def synthetic_candles(
+    real: DataFrame,
+    seeds: DataFrame,
+    later: DataFrame,
+    tf: Timeframe,
+    span_end_us: int,
+    calendars: Calendars | None = None,
+) -> DataFrame:
+    """The candles gap policy ``previous_close`` adds: one per window without trades between a
+    symbol's candles, flat at the previous close, volume 0, trade_count 0, ``synthetic`` true.
+
+    Args:
+        real: real candles of windows overlapping the span being recomputed.
+        seeds: per (exchange, symbol), the last stored candle before the span: ``_seed_end``
+            (its window_end, epoch us) and ``_seed_close``. Its close carries forward.
+        later: (exchange, symbol) of symbols with trades after the span: the windows up to the
+            span's end are between two trades too.
+        tf: a timeframe shorter than a day (fixed-width windows).
+        span_end_us: end of the span (epoch us).
+        calendars: the instruments' calendars (their grids).
+
+    Returns:
+        Only the synthetic candles, in ``CANDLE_COLUMNS``.
+    """
+    width = F.lit(tf.width_us).cast("long")  # sequence() wants one integer type throughout
+    keys = ["exchange", "symbol"]
+    bounds = (
+        real.groupBy(*keys)
+        .agg(
+            F.min(F.unix_micros("window_start")).alias("_first"),
+            F.max(F.unix_micros("window_start")).alias("_last"),
+        )
+        .join(seeds, keys, "full_outer")
+        .join(later.select(*keys, F.lit(True).alias("_later")), keys, "left")
+    )
+    # The last window of each instrument's own grid that overlaps the span.
+    last_in_span = windows(F.timestamp_micros(F.lit(span_end_us - 1)), tf, calendars)[0]
+    lo = F.coalesce(F.col("_seed_end"), F.col("_first"))
+    hi = F.when(F.col("_later"), last_in_span).otherwise(F.col("_last"))
+    grid = bounds.where(lo.isNotNull() & hi.isNotNull() & (lo <= hi)).select(
+        *keys, F.explode(F.sequence(lo, hi, width)).alias("_ws")
+    )
+    real_marks = real.select(
+        *keys, F.unix_micros("window_start").alias("_ws"), F.col("close").alias("_close")
+    )
+    empty = grid.join(real_marks.select(*keys, "_ws"), [*keys, "_ws"], "left_anti")
+    marks = real_marks.unionByName(
+        seeds.select(
+            *keys, (F.col("_seed_end") - width).alias("_ws"), F.col("_seed_close").alias("_close")
+        )
+    ).unionByName(empty.withColumn("_close", F.lit(None).cast(PRICE_SQL)))
+    # Window starts are unique per symbol, so "the last close before" is deterministic.
+    before = Window.partitionBy(*keys).orderBy("_ws").rowsBetween(Window.unboundedPreceding, 0)
+    filled = marks.withColumn("_prev", F.last("_close", ignorenulls=True).over(before)).where(
+        F.col("_close").isNull() & F.col("_prev").isNotNull()
+    )
+    day = windows(F.timestamp_micros(F.col("_ws")), tf, calendars)[2]
+    prev = F.col("_prev").cast(PRICE_SQL)
+    return filled.select(
+        *keys,
+        F.timestamp_micros(F.col("_ws")).alias("window_start"),
+        F.timestamp_micros(F.col("_ws") + width).alias("window_end"),
+        prev.alias("open"),
+        prev.alias("high"),
+        prev.alias("low"),
+        prev.alias("close"),
+        F.lit(0).cast(VOLUME_SQL).alias("volume"),
+        F.lit(0).cast(QUOTE_VOLUME_SQL).alias("quote_volume"),
+        F.lit(0).cast("long").alias("trade_count"),
+        prev.alias("vwap"),
+        F.lit(None).cast("timestamp").alias("open_ts"),
+        F.lit(None).cast("timestamp").alias("close_ts"),
+        day.alias("trading_date"),
+        F.lit(True).alias("synthetic"),
     )

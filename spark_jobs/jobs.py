@@ -38,7 +38,9 @@ from typing import Any
 import pyarrow as pa
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import DecimalType, LongType, StringType, StructField, StructType
 
+from core.calendars import UTC_MARKET, Market
 from core.ranges import (
     Range,
     align_down,
@@ -49,10 +51,16 @@ from core.ranges import (
     window_of,
 )
 from core.tables import CANDLE_KEY, CANDLE_VALUE_COLUMNS, REVISED_COLUMNS, Tables
-from core.time import from_us
+from core.time import from_us, to_us
 from core.timeframes import Timeframe
-from spark_jobs.candles import CANDLE_COLUMNS, TradeIdRange, candles, window_start_us
-from spark_jobs.reads import in_ranges, on_branch
+from spark_jobs.candles import (
+    CANDLE_COLUMNS,
+    TradeIdRange,
+    candles,
+    synthetic_candles,
+    window_start_us,
+)
+from spark_jobs.reads import in_ranges, on_branch, overlapping
 from spark_jobs.snapshots import (
     Progress,
     branch_snapshot_id,
@@ -124,6 +132,7 @@ def refresh_candles(
     computed_at: datetime | None = None,
     branch: str | None = None,
     max_new_trades: int | None = None,
+    market: Market = UTC_MARKET,
 ) -> RunResult:
     """Incremental (1m, 5m) or batch (30m, 1h, 1d) run: recompute and MERGE affected windows.
 
@@ -147,6 +156,7 @@ def refresh_candles(
             which is what has been published; the new one travels with the branch snapshot.
         max_new_trades: process at most this many newly appended trades (None: all); the
             rest is caught up by the next runs.
+        market: instrument calendars and gap policies (default: UTC, no gap fill).
     """
     now = now or datetime.now(UTC)
     lookback_window = lookback_range(tf, now, lookback)
@@ -160,6 +170,7 @@ def refresh_candles(
         late_before=lookback_window.start,
         branch=branch,
         max_new_trades=max_new_trades,
+        market=market,
     )
 
 
@@ -174,6 +185,7 @@ def recompute(
     trades_snapshot: int | None = None,
     completes: Range | None = None,
     stats: TradeStats | None = None,
+    market: Market = UTC_MARKET,
 ) -> RunResult:
     """Recompute every window of ``window_range`` (one backfill chunk); keep the watermark.
 
@@ -199,6 +211,7 @@ def recompute(
         completes=completes,
         stats=stats,
         first_fill=True,
+        market=market,
     )
 
 
@@ -213,6 +226,7 @@ def backfill(
     chunk_trades: int | None = None,
     computed_at: datetime | None = None,
     branch: str | None = None,
+    market: Market = UTC_MARKET,
 ) -> Iterator[RunResult]:
     """Recompute every window overlapping [start, end), one bounded chunk at a time.
 
@@ -245,6 +259,7 @@ def backfill(
             trades_snapshot=pinned,
             completes=covered if i == len(planned) - 1 else None,
             stats=stats,
+            market=market,
         )
 
 
@@ -320,8 +335,10 @@ def _run(
     completes: Range | None = None,
     stats: TradeStats | None = None,
     first_fill: bool = False,
+    market: Market = UTC_MARKET,
 ) -> RunResult:
     table = tables.candles(tf)
+    calendars = market.calendars
     target = on_branch(table, branch)
     before = progress(spark, table)
     current = trades_snapshot or main_snapshot_id(spark, tables.trades)
@@ -337,15 +354,30 @@ def _run(
     elif completes is not None and before == Progress():
         after = _sealed(spark, tables, current, completes, result)
     result.ranges = coalesce_ranges(ranges)
+    if market.fills_gaps(tf):
+        # One span: a changed candle changes the synthetic candles after it, up to the next
+        # real one, so everything from the oldest touched window on is recomputed.
+        result.ranges = [Range(result.ranges[0].start, result.ranges[-1].end)]
+    wanted = read = result.ranges
+    if not calendars.all_utc:
+        # The plan is on the UTC grid; a local window overlapping it (a 25-hour day, a window
+        # at :30) must be recomputed from all its trades: read one longest window more on each
+        # side, and keep only the windows that overlap the plan. Their starts lie from one
+        # longest window before the plan to its end: the ranges the run reports (validation
+        # reads the windows starting there).
+        margin = calendars.max_window(tf)
+        read = coalesce_ranges([Range(r.start - margin, r.end + margin) for r in wanted])
+        result.ranges = coalesce_ranges([Range(r.start - margin, r.end) for r in wanted])
 
     # Pin the read to one snapshot: an append landing mid-run must not slip in under a
     # watermark that does not cover it.
     trades = (
         spark.read.option("versionAsOf", current)
         .table(tables.trades)
-        .where(in_ranges(F.col("ts"), result.ranges))
+        .where(in_ranges(F.col("ts"), read))
     )
-    if stats is None:
+    if stats is None or not calendars.all_utc:
+        # (a chunk's counted trades are those of its UTC-grid range: local windows read more)
         stats = _trade_stats(trades)
     result.trades_read = stats.trades
     if result.trades_read == 0:
@@ -353,9 +385,14 @@ def _run(
         return result
 
     stamp = computed_at or datetime.now(UTC)
-    fresh = candles(trades, tf, stats.trade_ids, max_trades=stats.trades).withColumn(
-        "computed_at", F.lit(stamp)
-    )
+    fresh = candles(trades, tf, stats.trade_ids, calendars, max_trades=stats.trades)
+    if not calendars.all_utc:
+        fresh = fresh.where(overlapping(F.col("window_start"), F.col("window_end"), wanted))
+    if market.fills_gaps(tf):
+        fresh = _with_gaps_filled(
+            spark, tables, tf, target, fresh, wanted[0], current, market, result
+        )
+    fresh = fresh.withColumn("computed_at", F.lit(stamp))
     existing = spark.read.table(target).where(in_ranges(F.col("window_start"), result.ranges))
     if first_fill and existing.isEmpty():
         _write_first_fill(spark, table, branch, fresh, result, after)
@@ -522,6 +559,94 @@ def _sealed(
         return Progress()
     result.notes.append(f"the backfill covered every trade of trades snapshot {snapshot}")
     return Progress(watermark=snapshot)
+
+
+# Gap fill ------------------------------------------------------------------------------------
+
+_KEYS = ["exchange", "symbol"]
+_INSTRUMENTS = StructType(
+    [StructField("exchange", StringType()), StructField("symbol", StringType())]
+)
+_SEEDS = StructType(
+    [
+        *_INSTRUMENTS.fields,
+        StructField("_seed_end", LongType()),
+        StructField("_seed_close", DecimalType(18, 8)),
+    ]
+)
+
+
+def _with_gaps_filled(
+    spark: SparkSession,
+    tables: Tables,
+    tf: Timeframe,
+    target: str,
+    real: DataFrame,
+    span: Range,
+    trades_snapshot: int,
+    market: Market,
+    result: RunResult,
+) -> DataFrame:
+    """``real`` plus the synthetic candles of gap policy ``previous_close`` over ``span``.
+
+    The first windows' previous close is the close of the symbol's last stored candle before
+    the span (a synthetic one carries the close it was filled with). When that candle is not
+    right before the span (the symbol had stopped trading, so the windows after it were not
+    filled: no later trade was known), the fill starts right after it, and ``result.ranges``
+    grows to cover those windows. They hold no trade: a trade would have a candle there, or,
+    not yet processed, be in the plan.
+    """
+    later_rows = (
+        spark.read.option("versionAsOf", trades_snapshot)
+        .table(tables.trades)
+        .where(F.col("ts") >= F.lit(span.end))
+        .select(*_KEYS)
+        .distinct()
+        .collect()
+    )
+    later = {(r["exchange"], r["symbol"]) for r in later_rows}
+    need = later | {(r["exchange"], r["symbol"]) for r in real.select(*_KEYS).distinct().collect()}
+    if not need:
+        return real
+    stored = spark.read.table(target)
+    # Usually the candle right before the span exists (gaps are filled): a pruned read finds it.
+    near = stored.where(F.col("window_start") >= F.lit(span.start - 2 * tf.width))
+    seeds = _last_candles(near, span.start)
+    missing = sorted(need - seeds.keys())
+    if missing:
+        symbols = spark.createDataFrame(missing, schema=_INSTRUMENTS)
+        seeds.update(_last_candles(stored.join(symbols, _KEYS, "left_semi"), span.start))
+    seeds = {k: v for k, v in seeds.items() if k in need}
+    if seeds:
+        first = from_us(min(end for end, _ in seeds.values()))
+        if first < result.ranges[0].start:
+            result.ranges = coalesce_ranges([Range(first, result.ranges[0].start), *result.ranges])
+    synthetic = synthetic_candles(
+        real,
+        spark.createDataFrame(
+            [(e, s, end, close) for (e, s), (end, close) in seeds.items()], _SEEDS
+        ),
+        spark.createDataFrame(sorted(later), schema=_INSTRUMENTS),
+        tf,
+        to_us(span.end),
+        market.calendars,
+    )
+    return real.unionByName(synthetic)
+
+
+def _last_candles(candles: DataFrame, before: datetime) -> dict[tuple[str, str], tuple[int, Any]]:
+    """Per (exchange, symbol): (window_end in epoch us, close) of its last candle ending at or
+    before ``before``."""
+    rows = (
+        candles.where(F.col("window_end") <= F.lit(before))
+        .groupBy(*_KEYS)
+        .agg(
+            F.max(F.unix_micros("window_end")).alias("end"),
+            F.max_by("close", "window_start").alias("close"),
+        )
+        .collect()
+    )
+    return {(r["exchange"], r["symbol"]): (int(r["end"]), r["close"]) for r in rows}
 
 
 # Diff ----------------------------------------------------------------------------------------

@@ -18,11 +18,12 @@ from datetime import UTC, datetime
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from core.ranges import align_up, coalesce_ranges, window_of
+from core.calendars import Calendars
+from core.ranges import Range, align_up, coalesce_ranges, window_of
 from core.tables import CANDLE_KEY, Tables
 from core.time import from_us
 from core.timeframes import Timeframe
-from spark_jobs.candles import CANDLE_COLUMNS, candles, window_start_us
+from spark_jobs.candles import CANDLE_COLUMNS, candles, window_start_us, windows
 from spark_jobs.reads import in_ranges
 from spark_jobs.snapshots import main_snapshot_id, progress_snapshot, snapshot_exists
 
@@ -40,6 +41,7 @@ def live_candles(
     start: datetime | None = None,
     end: datetime | None = None,
     now: datetime | None = None,
+    calendars: Calendars | None = None,
 ) -> DataFrame:
     """Published candles with windows starting in [start, end), each replaced by its
     recomputation when trades of it arrived after the last publication, plus the windows not
@@ -48,6 +50,8 @@ def live_candles(
     Args:
         symbols: only these (default: all); exchange likewise.
         now: ``computed_at`` of the provisional candles (default: the clock).
+        calendars: the instruments' calendars, as the pipeline runs with (default: UTC).
+            Provisional candles are real ones: gap policy fills come with the next run.
     """
     table = tables.candles(tf)
     published_at, progress = progress_snapshot(spark, table)
@@ -58,9 +62,14 @@ def live_candles(
     )
     if current is None or (progress.watermark == current and not progress.catching_up):
         return published.withColumn(PROVISIONAL, F.lit(False)).select(*_COLUMNS)
-    fresh = _recomputed(
-        spark, tables, tf, progress.watermark, current, symbols, exchange, start, end
-    )
+    if calendars is not None and not calendars.all_utc:
+        fresh = _recomputed_local(
+            spark, tables, tf, progress.watermark, current, symbols, exchange, start, end, calendars
+        )
+    else:
+        fresh = _recomputed(
+            spark, tables, tf, progress.watermark, current, symbols, exchange, start, end
+        )
     fresh = fresh.withColumn("computed_at", F.lit(now or datetime.now(UTC)))
     kept = published.join(fresh.select(*CANDLE_KEY), list(CANDLE_KEY), "left_anti")
     return (
@@ -108,6 +117,44 @@ def _recomputed(
         .drop("_w")
     )
     return candles(trades, tf)
+
+
+def _recomputed_local(
+    spark: SparkSession,
+    tables: Tables,
+    tf: Timeframe,
+    since: int | None,
+    current: int,
+    symbols: Sequence[str],
+    exchange: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    calendars: Calendars,
+) -> DataFrame:
+    """:func:`_recomputed` for instruments with local calendars: windows are those of each
+    instrument's calendar (their length varies), so they are found and filtered by their
+    start, not by the trades' times."""
+    w_start, w_end, _ = windows(F.col("ts"), tf, calendars)
+    located = (
+        _appended(spark, tables, since, current)
+        .where(_of(symbols, exchange))
+        .select("exchange", "symbol", w_start.alias("_w"), w_end.alias("_e"))
+    )
+    lo = F.timestamp_micros(F.col("_w"))
+    touched = located.where(F.col("_w").isNotNull() & _in_windows(lo, start, end)).distinct()
+    spans = touched.select("_w", "_e").distinct().collect()
+    if not spans:
+        return candles(spark.read.table(tables.trades).limit(0), tf, calendars=calendars)
+    ranges = coalesce_ranges([Range(from_us(int(r["_w"])), from_us(int(r["_e"]))) for r in spans])
+    trades = (
+        spark.read.option("versionAsOf", current)
+        .table(tables.trades)
+        .where(_of(symbols, exchange) & in_ranges(F.col("ts"), ranges))
+        .withColumn("_w", w_start)
+        .join(touched.select("exchange", "symbol", "_w"), ["exchange", "symbol", "_w"], "left_semi")
+        .drop("_w")
+    )
+    return candles(trades, tf, calendars=calendars)
 
 
 def _appended(spark: SparkSession, tables: Tables, since: int | None, until: int) -> DataFrame:

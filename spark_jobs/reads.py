@@ -21,6 +21,12 @@ def in_ranges(column: Column, ranges: Sequence[Range]) -> Column:
     return _any(terms) if terms else F.lit(False)
 
 
+def overlapping(start: Column, end: Column, ranges: Sequence[Range]) -> Column:
+    """True where the half-open interval [start, end) overlaps one of the ranges."""
+    terms = [(start < F.lit(r.end)) & (end > F.lit(r.start)) for r in ranges]
+    return _any(terms) if terms else F.lit(False)
+
+
 def _any(terms: list[Column]) -> Column:
     """OR of the terms as a balanced tree: a chain of 64 ORs nests deeper than the Spark
     Connect protocol decodes (its protobuf depth limit is 100)."""

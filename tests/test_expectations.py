@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES
 from expectations.frames import with_window_columns
-from expectations.suites import NOT_NULL, invariant_suite
+from expectations.suites import NOT_NULL, TRADE_TIMES, invariant_suite
 from expectations.validation import ValidationReport, run_checkpoint
 from settings import Settings
 
@@ -40,6 +40,23 @@ def good_candle(symbol: str, minute: int = 0) -> dict[str, Any]:
         "open_ts": start + timedelta(seconds=5),
         "close_ts": start + timedelta(seconds=50),
         "computed_at": START,
+        "trading_date": start.date(),
+        "synthetic": False,
+    }
+
+
+def synthetic_candle(symbol: str, minute: int, close: str = "11") -> dict[str, Any]:
+    """A gap-policy fill: flat at the previous close, no volume, no trades."""
+    price = Decimal(close)
+    return {
+        **good_candle(symbol, minute),
+        **dict.fromkeys(("open", "high", "low", "close", "vwap"), price),
+        "volume": Decimal(0),
+        "quote_volume": Decimal(0),
+        "trade_count": 0,
+        "open_ts": None,
+        "close_ts": None,
+        "synthetic": True,
     }
 
 
@@ -63,7 +80,10 @@ S = timedelta(seconds=1)
 # own invariant, except high >= low: it follows from low <= open <= high, so no candle can
 # break it without also breaking low <= open, low <= close and low <= vwap.
 CASES: dict[str, tuple[Callable[[dict[str, Any]], list[dict[str, Any]]], set[str]]] = {
-    **{f"{c} is not null": (_set(**{c: None}), {f"{c} is not null"}) for c in NOT_NULL},
+    **{
+        f"{c} is not null": (_set(**{c: None}), {f"{c} is not null"})
+        for c in (*NOT_NULL, *TRADE_TIMES)
+    },
     "high >= open": (_set(open=Decimal("12.5")), {"high >= open"}),
     "high >= close": (_set(close=Decimal("12.5")), {"high >= close"}),
     "high >= low": (
@@ -100,6 +120,24 @@ CASES: dict[str, tuple[Callable[[dict[str, Any]], list[dict[str, Any]]], set[str
     "close_ts < window_end": (
         _set(close_ts=START + timedelta(minutes=1)),
         {"close_ts < window_end"},
+    ),
+    "trading_date is local": (
+        _set(trading_date=START.date() + timedelta(days=1)),
+        {"trading_date is the window's local date"},
+    ),
+    # A synthetic candle is checked by its own rule, and only by it: with volume 0, no trades
+    # and no trade times it passes every real-candle rule.
+    "synthetic is flat": (
+        lambda row: [{**synthetic_candle("BTC-USD", 0), "high": Decimal("12")}],
+        {"a synthetic candle is flat at the previous close, with no volume and no trades"},
+    ),
+    "synthetic has no trades": (
+        lambda row: [{**synthetic_candle("BTC-USD", 0), "trade_count": 1}],
+        {"a synthetic candle is flat at the previous close, with no volume and no trades"},
+    ),
+    "a real candle without trades": (
+        _set(synthetic=True),  # marked synthetic, but it has prices, volume and trade times
+        {"a synthetic candle is flat at the previous close, with no volume and no trades"},
     ),
 }
 
@@ -139,6 +177,7 @@ def test_correct_candles_pass_and_failures_name_rows_on_both_engines(
     spark: SparkSession, tables: Tables, tmp_path: Path, engine: str
 ) -> None:
     good = [good_candle(s, m) for s in ("BTC-USD", "ETH-USD") for m in range(3)]
+    good.append(synthetic_candle("ETH-USD", 3))
     report = validate(frame(spark, tables, good), tmp_path, engine)
     assert report.success, report.describe_failures()
     assert report.engine == engine

@@ -31,7 +31,7 @@ from flows.pipeline import RunMetrics
 from settings import Settings
 from spark_jobs import jobs, snapshots, wap
 from tests.helpers import START, deliver, random_trades
-from tests.oracle import diff, expected_candles, stored_candles
+from tests.oracle import EPOCH, diff, expected_candles, stored_candles
 
 ONE_MINUTE = TIMEFRAMES["1m"]
 
@@ -53,12 +53,23 @@ def test_every_flow_publishes_candles_equal_to_the_oracle_with_artifacts(
         problems = diff(expected_candles(trades, tf), stored_candles(spark, tables.candles(tf)))
         assert not problems, f"{tf}: {problems[:5]}"
     with get_client(sync_client=True) as client:
-        keys = ["ohlcv-1d-metrics", "ohlcv-1d-validation"]
+        keys = ["ohlcv-1d-metrics", "ohlcv-1d-validation", "ohlcv-1m-gaps"]
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
         )
-    by_key = {a.key: a for a in artifacts}
+    # the newest of each key: other tests of the session may have run flows before
+    by_key = {a.key: a for a in sorted(artifacts, key=lambda a: str(a.created))}
     assert set(by_key) == set(keys)
+    # The gap report: per symbol and day, the 1m windows between the first and the last
+    # trade that had none (3 symbols share 900 trades over 3 hours: many minutes are empty)
+    starts: dict[tuple[str, str], list[int]] = {}
+    for _, symbol, start in expected_candles(trades, ONE_MINUTE):
+        day = (EPOCH + timedelta(microseconds=start)).date().isoformat()
+        starts.setdefault((symbol, day), []).append(start)
+    want = {k: str((max(v) - min(v)) // 60_000_000 + 1 - len(v)) for k, v in starts.items()}
+    gaps = json.loads(str(by_key["ohlcv-1m-gaps"].data))
+    assert {(r["symbol"], r["trading_date"]): r["empty_windows"] for r in gaps} == want
+    assert sum(int(v) for v in want.values()) > 0
     metrics_rows = {row["metric"]: row["value"] for row in json.loads(str(by_key[keys[0]].data))}
     assert metrics_rows["windows_recomputed"] != "0" and "generate_candles_s" in metrics_rows
     assert "ohlcv_1d_invariants" in str(by_key[keys[1]].data)
