@@ -286,8 +286,17 @@ def read_scan(table: Table, scan: DataScan, query: CandleQuery) -> pa.Table:
     """
     tasks = list(scan.plan_files())
     paths = arrow_readable(table, tasks)
-    if paths is None:
-        return scan.to_arrow()
+    if paths is None:  # PyIceberg's own reader, on the tasks already planned
+        from pyiceberg.io.pyarrow import ArrowScan
+
+        return ArrowScan(
+            scan.table_metadata,
+            scan.io,
+            scan.projection(),
+            scan.row_filter,
+            scan.case_sensitive,
+            scan.limit,
+        ).to_table(tasks)
     import pyarrow.dataset as ds
     from pyiceberg.io.pyarrow import schema_to_pyarrow
 

@@ -456,4 +456,13 @@ def test_arrow_reads_a_scan_exactly_as_pyiceberg_does(catalog: Catalog) -> None:
     # And: once a column is renamed, names no longer identify columns: PyIceberg reads
     with table.update_schema() as update:
         update.rename_column("note", "remark")
-    assert not columns_never_changed(catalog.load_table((namespace, ONE_MINUTE.table)))
+    table = catalog.load_table((namespace, ONE_MINUTE.table))
+    assert not columns_never_changed(table)
+    query = CandleQuery.of("1m", ["S1-USD"], START, START + timedelta(minutes=40))
+    scan = table.scan(row_filter=row_filter(query))
+    assert arrow_readable(table, list(scan.plan_files())) is None
+    fallback = read_scan(table, scan, query)
+    assert "remark" in fallback.column_names
+    order = [("window_start", "ascending")]
+    assert fallback.sort_by(order).equals(scan.to_arrow().sort_by(order))
+    assert fallback.num_rows == 40
