@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -10,11 +11,19 @@ from typing import Any
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES
 from expectations.frames import with_window_columns
-from expectations.suites import NOT_NULL, TRADE_TIMES, invariant_suite
+from expectations.suites import (
+    NOT_NULL,
+    RECONCILED,
+    TRADE_TIMES,
+    gap_suite,
+    invariant_suite,
+    reconciliation_suite,
+)
 from expectations.validation import ValidationReport, run_checkpoint
 from settings import Settings
 
@@ -172,8 +181,8 @@ def test_each_invariant_fails_on_a_candle_that_breaks_it(
     assert report.evaluated == len(invariant_suite(ONE_MINUTE).expectations)
 
 
-@pytest.mark.parametrize("engine", ["pandas", "spark"])
-def test_correct_candles_pass_and_failures_name_rows_on_both_engines(
+@pytest.mark.parametrize("engine", ["pandas", "spark", "onepass"])
+def test_correct_candles_pass_and_failures_name_rows_on_every_engine(
     spark: SparkSession, tables: Tables, tmp_path: Path, engine: str
 ) -> None:
     good = [good_candle(s, m) for s in ("BTC-USD", "ETH-USD") for m in range(3)]
@@ -220,3 +229,86 @@ def test_validation_results_are_kept_newest_first_up_to_the_limit(
     assert stored == pages == ["run 2", "run 3"]
     index = (gx_dir / "data_docs" / "local_site" / "index.html").read_text()
     assert "run 3" in index and "run 0" not in index
+
+
+def _outcomes(report: ValidationReport) -> list[tuple[str, bool, int, list[str]]]:
+    """Each expectation's verdict, unexpected count and the symbols of its sample rows."""
+    return sorted(
+        (
+            o.invariant,
+            o.success,
+            o.unexpected_count,
+            sorted(set(re.findall(r"symbol=([\w-]+)", str(o.examples)))),
+        )
+        for o in report.outcomes
+    )
+
+
+def test_onepass_counts_every_broken_invariant_exactly_as_gx_does(
+    spark: SparkSession, tables: Tables, tmp_path: Path
+) -> None:
+    # Given: one frame holding every crafted breakage, each case under a symbol of its own,
+    # beside correct and synthetic candles
+    rows = [good_candle(s, m) for s in ("BTC-USD", "ETH-USD") for m in range(3)]
+    rows.append(synthetic_candle("ETH-USD", 3))
+    for i, case in enumerate(sorted(CASES)):
+        breaker, _ = CASES[case]
+        broken = breaker(good_candle("BTC-USD"))
+        rows += [{**r, "symbol": r["symbol"] and f"case-{i}"} for r in broken]
+    df = frame(spark, tables, rows)
+    # When: GX's pandas engine and the one-pass evaluation validate it
+    gx_report = validate(df, tmp_path / "gx_engine", "pandas")
+    onepass = validate(df, tmp_path / "onepass", "onepass")
+    # Then: the same expectations fail, on the same number of rows, with samples from the
+    # same candles; the report and its data docs page say which engine ran
+    assert onepass.engine == "onepass"
+    assert _outcomes(onepass) == _outcomes(gx_report)
+    assert {o.invariant for o in onepass.failures} == set().union(*(e for _, e in CASES.values()))
+    assert onepass.rows == gx_report.rows == len(rows)
+    assert onepass.ranges == gx_report.ranges
+    assert onepass.result_page is not None and "case-" in onepass.result_page.read_text()
+
+
+def test_onepass_reconciles_and_reports_gaps_exactly_as_gx_does(
+    spark: SparkSession, tables: Tables, tmp_path: Path
+) -> None:
+    # Given: 5m candles beside their rollup, with a window missing on either side, a differing
+    # close, a missing rollup value (skipped by the pair check) and a differing volume
+    five = TIMEFRAMES["5m"]
+    suite = reconciliation_suite(five)
+    assert suite is not None
+    candles = frame(spark, tables, [good_candle(s, 0) for s in ("A", "B", "C", "D", "E", "F")])
+    rolled = candles.select(
+        "*",
+        *[F.col(c).alias(f"rollup_{c}") for c in RECONCILED],
+        F.lit(True).alias("in_candles"),
+        F.lit(True).alias("in_rollup"),
+    ).withColumns(
+        {
+            "in_rollup": F.col("symbol") != "A",
+            "in_candles": F.col("symbol") != "B",
+            "rollup_close": F.when(F.col("symbol") == "C", F.lit(1)).otherwise(F.col("close")),
+            "rollup_high": F.when(F.col("symbol") != "D", F.col("high")),
+            "rollup_volume": F.when(F.col("symbol") == "E", F.lit(2)).otherwise(F.col("volume")),
+        }
+    )
+    gaps = spark.createDataFrame(
+        [("x", s, n) for s, n in (("A", 0), ("B", 3), ("C", 0))],
+        "exchange string, symbol string, empty_windows long",
+    )
+    for s, df in ((suite, rolled), (gap_suite(ONE_MINUTE), gaps)):
+        # When: both engines validate
+        reports = [
+            run_checkpoint(
+                tmp_path / engine,
+                s.name,
+                s,
+                df,
+                web_cache=Settings.model_fields["web_cache_dir"].default,
+                engine=engine,  # type: ignore[arg-type]
+            )
+            for engine in ("pandas", "onepass")
+        ]
+        # Then: the same verdicts, counts and sample candles
+        assert _outcomes(reports[1]) == _outcomes(reports[0])
+        assert not reports[1].success
