@@ -48,9 +48,10 @@ def _between(column: Column, kwargs: dict[str, Any]) -> Column:
     return ~inside
 
 
-def condition(expectation: Expectation, duplicated: Column | None = None) -> Condition | None:
+def condition(expectation: Expectation, duplicated: Column) -> Condition | None:
     """The expectation as a :class:`Condition`, or None for a type not translated here (and
-    for any option that changes GX's semantics, such as ``mostly`` or a row condition)."""
+    for any option that changes GX's semantics, such as ``mostly`` or a row condition).
+    ``duplicated`` marks a row whose compound key occurs more than once."""
     kwargs = expectation.configuration.kwargs
     if any(kwargs.get(k) not in (None, 1, 1.0) for k in ("mostly",)) or kwargs.get("row_condition"):
         return None
@@ -77,7 +78,7 @@ def condition(expectation: Expectation, duplicated: Column | None = None) -> Con
             failing = ~(a >= b) if kwargs.get("or_equal") else ~(a > b)
         columns = (kwargs["column_A"], kwargs["column_B"])
         return Condition(~missing & failing, missing, columns, F.array(a, b))
-    if kind == "expect_compound_columns_to_be_unique" and duplicated is not None:
+    if kind == "expect_compound_columns_to_be_unique":
         if kwargs.get("ignore_row_if", "all_values_are_missing") != "all_values_are_missing":
             return None
         cs = [F.col(c) for c in kwargs["column_list"]]
@@ -91,18 +92,15 @@ def condition(expectation: Expectation, duplicated: Column | None = None) -> Con
     return None
 
 
-def _duplicated(frame: DataFrame, expectations: Sequence[Expectation]) -> tuple[DataFrame, str]:
-    """Mark rows whose compound key occurs more than once (GX counts every such row)."""
-    flag = "_onepass_duplicated"
+UNIQUE = "expect_compound_columns_to_be_unique"
+
+
+def _unique_key(expectations: Sequence[Expectation]) -> list[str] | None:
+    """The one compound key the suite expects unique (None: no such expectation)."""
     lists = [
-        e.configuration.kwargs["column_list"]
-        for e in expectations
-        if e.expectation_type == "expect_compound_columns_to_be_unique"
+        e.configuration.kwargs["column_list"] for e in expectations if e.expectation_type == UNIQUE
     ]
-    if len(lists) != 1:  # one key per suite here; none needs no window
-        return frame, flag if not lists else ""
-    by = Window.partitionBy(*lists[0])
-    return frame.withColumn(flag, F.count(F.lit(1)).over(by) > 1), flag
+    return list(lists[0]) if len(lists) == 1 else None
 
 
 def evaluate(
@@ -113,31 +111,54 @@ def evaluate(
     range_columns: Sequence[str] = (),
 ) -> tuple[int, list[ExpectationValidationResult], dict[str, tuple[Any, Any]]] | None:
     """Rows, one GX result per expectation and the (min, max) of ``range_columns``; None when
-    some expectation is not translated here."""
-    marked, flag = _duplicated(frame, expectations)
-    duplicated = F.col(flag) if flag else None
-    conditions = [condition(e, duplicated) for e in expectations]
+    some expectation is not translated here.
+
+    One query: a global aggregation of every condition, joined with the count of rows whose
+    compound key is duplicated.
+    """
+    key = _unique_key(expectations)
+    if sum(e.expectation_type == UNIQUE for e in expectations) > (1 if key else 0):
+        return None
+    flag = "_onepass_duplicated"
+    conditions = [condition(e, F.col(flag)) for e in expectations]
     if any(c is None for c in conditions):
         return None
     checks = [c for c in conditions if c is not None]
-    aggregates = [F.count(F.lit(1)).alias("rows")]
+    counts: dict[str, Column] = {"rows": F.count(F.lit(1))}
     for i, c in enumerate(checks):
-        aggregates.append(F.count_if(c.unexpected).alias(f"u{i}"))
+        if expectations[i].expectation_type != UNIQUE:
+            counts[f"u{i}"] = F.count_if(c.unexpected)
         if c.missing is not None:
-            aggregates.append(F.count_if(c.missing).alias(f"m{i}"))
-    for column in range_columns:
-        aggregates += [F.min(column).alias(f"min_{column}"), F.max(column).alias(f"max_{column}")]
-    row = marked.agg(*aggregates).first()
+            counts[f"m{i}"] = F.count_if(c.missing)
+    ranges = {f"min_{c}": F.min(c) for c in range_columns} | {
+        f"max_{c}": F.max(c) for c in range_columns
+    }
+    totals = frame.agg(*[v.alias(k) for k, v in (counts | ranges).items()])
+    if key is not None:
+        # Keys alone are shuffled (a hash aggregation, no sort); GX counts every row of a
+        # duplicated key, and skips rows whose key columns are all missing.
+        i = next(i for i, e in enumerate(expectations) if e.expectation_type == UNIQUE)
+        all_missing = F.lit(True)
+        for column in key:
+            all_missing &= F.col(column).isNull()
+        per_key = frame.groupBy(*key).agg(F.count(F.lit(1)).alias("n"))
+        duplicated = per_key.where((F.col("n") > 1) & ~all_missing).agg(
+            F.coalesce(F.sum("n"), F.lit(0)).alias(f"u{i}")
+        )
+        totals = totals.crossJoin(duplicated)
+    row = totals.first()
     assert row is not None
-    rows = int(row["rows"])
+    rows = int(row["rows"] or 0)
+    marked = frame
+    if key is not None:
+        marked = frame.withColumn(flag, F.count(F.lit(1)).over(Window.partitionBy(*key)) > 1)
     results = []
     for i, (e, c) in enumerate(zip(expectations, checks, strict=True)):
-        unexpected = int(row[f"u{i}"])
-        missing = int(row[f"m{i}"]) if c.missing is not None else None
+        unexpected = int(row[f"u{i}"] or 0)
+        missing = int(row[f"m{i}"] or 0) if c.missing is not None else None
         samples = _samples(marked, c, key_columns, examples) if unexpected else []
         results.append(_result(e, c, rows, unexpected, missing, samples, list(key_columns)))
-    ranges = {c: (row[f"min_{c}"], row[f"max_{c}"]) for c in range_columns}
-    return rows, results, ranges
+    return rows, results, {c: (row[f"min_{c}"], row[f"max_{c}"]) for c in range_columns}
 
 
 def _samples(

@@ -159,11 +159,17 @@ class Settings(BaseSettings):
         default=None,
         description="GX project root (validation results, data docs). Unset: <data_dir>.",
     )
-    validation_engine: Literal["auto", "spark", "pandas"] = Field(
+    validation_engine: Literal["auto", "spark", "pandas", "onepass"] = Field(
         default="auto",
-        description="auto: pandas up to validation_pandas_max_rows candles, Spark above.",
+        description="pandas: GX validates the collected rows; spark: GX validates the Spark "
+        "DataFrame (Spark jobs per expectation); onepass: the suite is evaluated in one Spark "
+        "aggregation and stored as its GX result. auto: pandas up to "
+        "validation_pandas_max_rows rows, onepass above.",
     )
-    validation_pandas_max_rows: int = Field(default=200_000, ge=0)
+    # Measured side by side (1m suite, load average 11): 500 rows pandas 5.0 s / onepass 3.8 s,
+    # 20,000 rows 7.2 s / 3.5 s, 100,000 rows 19.6 s / 5.7 s; 400,000 rows GX's Spark engine
+    # 70 s / onepass 13 s. Scheduled runs (hundreds of candles) stay on GX's own engine.
+    validation_pandas_max_rows: int = Field(default=10_000, ge=0)
     validation_results_kept: int = Field(
         default=300,
         ge=1,
