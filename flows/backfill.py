@@ -50,13 +50,16 @@ class BackfillProgress:
         trades_snapshot_id: int | None,
         *,
         restart: bool = False,
+        chunk_trades: int | None = None,
     ) -> BackfillProgress:
         """The stored progress of this very backfill (verified), or a new one.
 
         ``restart`` forgets the stored progress: every chunk is recomputed, pinned to
-        ``trades_snapshot_id``.
+        ``trades_snapshot_id``. With ``chunk_trades`` the chunks are sized by trades, planned on
+        the pinned snapshot (so a resumed backfill cuts the same ones); ``chunks`` then only
+        give the range.
         """
-        key = {
+        key: dict[str, Any] = {
             "catalog": settings.catalog_name,
             "catalog_type": settings.catalog_type.value,
             "catalog_uri": settings.catalog_uri or str(settings.sqlite_path),
@@ -66,8 +69,11 @@ class BackfillProgress:
             "timeframe": tf.name,
             "start": chunks[0].start.isoformat(),
             "end": chunks[-1].end.isoformat(),
-            "chunk_s": chunk.total_seconds(),
         }
+        if chunk_trades is None:
+            key["chunk_s"] = chunk.total_seconds()
+        else:
+            key["chunk_trades"] = chunk_trades
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         first, last = chunks[0].start, chunks[-1].end
         name = f"{tf.name}_{first:%Y%m%dT%H%M}_{last:%Y%m%dT%H%M}_{digest}.json"

@@ -459,8 +459,17 @@ def backfill_command(
     start: Annotated[str, typer.Option(help="ISO-8601, inclusive", callback=_usage(parse_instant))],
     end: Annotated[str, typer.Option(help="ISO-8601, exclusive", callback=_usage(parse_instant))],
     chunk: Annotated[
-        str, typer.Option(help="Size of one bounded chunk", callback=_usage(parse_duration))
-    ] = "1d",
+        str | None,
+        typer.Option(help="Length of one chunk (default 1d)", callback=_usage(parse_duration)),
+    ] = None,
+    chunk_trades: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Size chunks by trades instead: about this many each (whole hours, or whole "
+            "windows of an hour or more, never split)",
+        ),
+    ] = None,
     restart: Annotated[
         bool, typer.Option("--restart", help="Recompute every chunk, even finished ones")
     ] = False,
@@ -473,20 +482,32 @@ def backfill_command(
     """
     settings = _settings(ctx)
     tf_ = timeframe(tf)
-    size = parse_duration(chunk)
-    chunks = backfill_ranges(tf_, parse_instant(start), parse_instant(end), size)
+    if chunk is not None and chunk_trades is not None:
+        raise typer.BadParameter(
+            f"--chunk {chunk} and --chunk-trades {chunk_trades} both size the chunks: give one"
+        )
+    size = parse_duration(chunk or "1d")
     with _flow_context(settings):
-        _backfill(settings, tf_, chunks, size, restart)
+        _backfill(
+            settings, tf_, parse_instant(start), parse_instant(end), size, chunk_trades, restart
+        )
 
 
 def _backfill(
-    settings: Settings, tf_: Timeframe, chunks: list[Range], size: timedelta, restart: bool
+    settings: Settings,
+    tf_: Timeframe,
+    start: datetime,
+    end: datetime,
+    size: timedelta,
+    chunk_trades: int | None,
+    restart: bool,
 ) -> None:
     from core.tables import TRADES, ensure_tables
     from flows.backfill import BackfillProgress
     from flows.pipeline import backfill_requests
     from infra.catalog import open_catalog
 
+    chunks = backfill_ranges(tf_, start, end, size)
     catalog = open_catalog(settings)
     ensure_tables(catalog, settings.namespace)
     pinned = catalog.load_table((settings.namespace, TRADES)).current_snapshot()
@@ -499,7 +520,13 @@ def _backfill(
         size,
         pinned.snapshot_id if pinned else None,
         restart=restart,
+        chunk_trades=chunk_trades,
     )
+    if chunk_trades is not None and progress_file.trades_snapshot_id is not None:
+        # Planned on the pinned snapshot, so a resumed backfill cuts the very same chunks.
+        chunks = _chunks_by_trades(
+            settings, tf_, chunks, progress_file.trades_snapshot_id, chunk_trades
+        )
     requests = {
         r.window_range: r for r in backfill_requests(chunks, progress_file.trades_snapshot_id)
     }
@@ -531,6 +558,24 @@ def _backfill(
                 f"{run.updated} updated, {run.unchanged} unchanged"
             )
     console.print(f"{tf_} backfill of {len(chunks)} chunks complete")
+
+
+def _chunks_by_trades(
+    settings: Settings, tf_: Timeframe, chunks: list[Range], pinned: int, chunk_trades: int
+) -> list[Range]:
+    from core.tables import Tables
+    from infra.session import connect
+    from spark_jobs.jobs import plan_chunks
+
+    spark = connect(settings)
+    try:
+        tables = Tables(settings.catalog_name, settings.namespace)
+        planned = plan_chunks(
+            spark, tables, tf_, chunks[0].start, chunks[-1].end, pinned, chunk_trades
+        )
+    finally:
+        spark.stop()
+    return [c.window_range for c in planned]
 
 
 def _known_tables(names: list[str] | None) -> list[str] | None:

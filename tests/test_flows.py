@@ -372,6 +372,15 @@ def test_backfill_progress_belongs_to_its_table_and_is_checked_against_it(
     unchanged = [int(n) for n in re.findall(r"(\d+)\s+unchanged", output)]
     assert "resuming" not in output and len(unchanged) == 2 and all(unchanged), output
 
+    # And: chunks sized by trades (about 100 of the 300 each, whole hours: here the two hours)
+    # are a backfill of their own, resumable the same way, and both options at once are refused
+    del args[-2:]
+    sized = backfill("--chunk-trades", "100", "--restart")
+    assert "resuming" not in sized and len(re.findall(r"(\d+)\s+unchanged", sized)) == 2, sized
+    assert "resuming: 2 of 2 chunks already done" in backfill("--chunk-trades", "100")
+    refused = runner.invoke(app, [*args, "--chunk", "1h", "--chunk-trades", "100"])
+    assert refused.exit_code == 2 and "give one" in refused.output, refused.output
+
 
 def test_two_writers_of_one_table_never_overlap(
     spark: SparkSession,
