@@ -198,7 +198,7 @@ def run_checkpoint(
         )
         if evaluated is not None:
             rows, results, ranges = evaluated
-            stored = _store_results(context, name, suite, results, run_id, asset)
+            stored, changed = _store_results(context, name, suite, results, run_id, asset)
             return _report(
                 context,
                 root,
@@ -211,6 +211,7 @@ def run_checkpoint(
                 asset,
                 web_cache,
                 examples,
+                changed,
             )
         chosen = "spark"  # a suite with an expectation onepass does not translate
     data: Any = frame.toPandas() if chosen == "pandas" else frame
@@ -220,7 +221,7 @@ def run_checkpoint(
         data = frame.cache()
         rows = data.count() if rows < 0 else rows
     try:
-        stored_suite = context.suites.add_or_update(suite)
+        stored_suite, changed = _stored_suite(context, suite)
         batch = _batch_definition(context, chosen, name)
         definition = context.validation_definitions.add_or_update(
             gx.ValidationDefinition(name=f"{name}_{chosen}", data=batch, suite=stored_suite)
@@ -258,10 +259,31 @@ def run_checkpoint(
             asset,
             web_cache,
             examples,
+            changed,
         )
     finally:
         if chosen == "spark":
             data.unpersist()
+
+
+def _shape(suite: gx.ExpectationSuite) -> list[Any]:
+    return [
+        (e.expectation_type, e.configuration.kwargs, e.meta, e.notes) for e in suite.expectations
+    ]
+
+
+def _stored_suite(
+    context: FileDataContext, suite: gx.ExpectationSuite
+) -> tuple[gx.ExpectationSuite, bool]:
+    """The suite as stored in the project, and whether it was (re)written: only when the
+    code's suite differs, so a scheduled run does not rewrite and re-render it every time."""
+    try:
+        stored = context.suites.get(suite.name)
+    except Exception:  # GX raises its own not-found errors; any doubt rewrites the suite
+        stored = None
+    if stored is not None and _shape(stored) == _shape(suite):
+        return stored, False
+    return context.suites.add_or_update(suite), True
 
 
 def _store_results(
@@ -271,9 +293,10 @@ def _store_results(
     results: list[Any],
     run_id: RunIdentifier,
     asset: str | None,
-) -> dict[Any, Any]:
-    """Store onepass results as the suite's GX validation result, as a checkpoint would."""
-    context.suites.add_or_update(suite)
+) -> tuple[dict[Any, Any], bool]:
+    """Store onepass results as the suite's GX validation result, as a checkpoint would;
+    returns them by key, and whether the suite itself was (re)written."""
+    _, changed = _stored_suite(context, suite)
     passed = sum(1 for r in results if r.success)
     suite_result = ExpectationSuiteValidationResult(
         success=passed == len(results),
@@ -300,7 +323,7 @@ def _store_results(
         batch_identifier=f"ohlcv_onepass-{name}",
     )
     context.validation_results_store.set(key, suite_result)
-    return {key: suite_result}
+    return {key: suite_result}, changed
 
 
 def _report(
@@ -315,10 +338,14 @@ def _report(
     asset: str | None,
     web_cache: Path,
     examples: int,
+    suite_changed: bool,
 ) -> ValidationReport:
     """Render the stored results into the data docs and summarise them for the caller."""
     keys = list(run_results)
-    built: list[Any] = [*keys, ExpectationSuiteIdentifier(name=suite.name)]
+    built: list[Any] = list(keys)
+    suite_page = data_docs_index(root).parent / "expectations" / f"{suite.name}.html"
+    if suite_changed or not suite_page.exists():
+        built.append(ExpectationSuiteIdentifier(name=suite.name))  # new or changed: re-render
     context.build_data_docs(site_names=[DATA_DOCS_SITE], resource_identifiers=built)
     pages = [_page(context, key) for key in keys]
     outcomes: list[ExpectationOutcome] = []

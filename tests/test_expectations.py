@@ -208,6 +208,9 @@ def test_validation_results_are_kept_newest_first_up_to_the_limit(
 ) -> None:
     good = frame(spark, tables, [good_candle("BTC-USD", m) for m in range(2)])
     suite = invariant_suite(ONE_MINUTE)
+    site = tmp_path / "gx" / "uncommitted" / "data_docs" / "local_site"
+    suite_page = site / "expectations" / f"{suite.name}.html"
+    rendered: set[int] = set()
     for n in range(4):  # four scheduled runs
         report = run_checkpoint(
             tmp_path,
@@ -220,6 +223,9 @@ def test_validation_results_are_kept_newest_first_up_to_the_limit(
             keep_results=2,
         )
         assert report.success
+        rendered.add(suite_page.stat().st_mtime_ns)
+    # The unchanged suite's page was rendered once, not on every run
+    assert len(rendered) == 1
     gx_dir = tmp_path / "gx" / "uncommitted"
     stored = sorted(p.parent.parent.name for p in gx_dir.glob(f"validations/{suite.name}/*/*/*"))
     pages = sorted(
