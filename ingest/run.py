@@ -24,7 +24,7 @@ from core.tables import (
     trades_arrow_schema,
 )
 from core.time import duration_us, to_us, utc
-from ingest.appending import US_PER_DAY, append_by_day
+from ingest.appending import US_PER_DAY, CachedTable, append_by_day
 from ingest.dedup import _classify, _Rows, _stored_rows, new_rejects, recorded_rejects
 from ingest.parsing import (
     ParsedTrades,
@@ -142,8 +142,8 @@ def ingest(
         is_buy=parsed.is_buy[valid],
         ts=parsed.ts.us[valid],
     )
-    trades = catalog.load_table((namespace, TRADES))
-    rejected_table = catalog.load_table((namespace, TRADES_REJECTED))
+    trades = CachedTable.of(catalog.load_table((namespace, TRADES)))
+    rejected_table = CachedTable.of(catalog.load_table((namespace, TRADES_REJECTED)))
     stored = _stored_rows(trades, batch, parsed.exchanges, parsed.symbols)
     keep, duplicate, conflict = _classify(batch, stored)
     reason[valid[conflict]] = CONFLICT_CODE
