@@ -134,6 +134,10 @@ def _classify(batch: _Rows, stored: _Rows) -> tuple[np.ndarray, np.ndarray, np.n
     if not n:
         return keep, duplicate, conflict
     pair, trade_id = batch.pair, batch.trade_id
+    if not len(stored) and (n == 1 or bool(np.all(trade_id[1:] > trade_id[:-1]))):
+        # Trade ids strictly increasing in input order (what a feed delivers): every key occurs
+        # once, and nothing is stored under any of them.
+        return keep, duplicate, conflict
     if len(stored):
         pair = np.concatenate([pair, stored.pair])
         trade_id = np.concatenate([trade_id, stored.trade_id])
