@@ -125,6 +125,15 @@ def _group_order(pair: np.ndarray, trade_id: np.ndarray) -> tuple[np.ndarray, np
     return order, starts
 
 
+def _distinct(values: np.ndarray) -> bool:
+    """Whether no value occurs twice. Feeds come in (nearly) increasing order, which the
+    check and the stable sort (a run-aware merge sort) both take advantage of."""
+    if len(values) < 2 or bool(np.all(values[1:] > values[:-1])):
+        return True
+    ordered = np.sort(values, kind="stable")
+    return bool(np.all(ordered[1:] != ordered[:-1]))
+
+
 def _classify(batch: _Rows, stored: _Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Masks over the batch: keep, duplicate, conflicting (exactly one is true per row)."""
     n = len(batch)
@@ -134,9 +143,9 @@ def _classify(batch: _Rows, stored: _Rows) -> tuple[np.ndarray, np.ndarray, np.n
     if not n:
         return keep, duplicate, conflict
     pair, trade_id = batch.pair, batch.trade_id
-    if not len(stored) and (n == 1 or bool(np.all(trade_id[1:] > trade_id[:-1]))):
-        # Trade ids strictly increasing in input order (what a feed delivers): every key occurs
-        # once, and nothing is stored under any of them.
+    if not len(stored) and _distinct(trade_id):
+        # Every trade id once (what a feed delivers), so every key once, and nothing is stored
+        # under any of them: all rows are kept, without sorting the keys.
         return keep, duplicate, conflict
     if len(stored):
         pair = np.concatenate([pair, stored.pair])
