@@ -16,12 +16,12 @@ import pytest
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import update as table_update
 
-from core.tables import TRADES, ensure_tables
+from core.tables import TRADES, TRADES_REJECTED, ensure_tables
 from infra.catalog import open_catalog
 from ingest import IngestResult, appending, ingest
 from ingest import demo as demo_data
 from ingest.appending import CachedTransaction
-from ingest.dedup import _classify, _Rows
+from ingest.dedup import REJECT_IDENTITY, _classify, _read_directly, _Rows
 from ingest.parsing import _parse_side
 from settings import CatalogType, Settings
 from tests.test_ingest import NOW, Row, stored_trades, text_row, text_table
@@ -218,3 +218,47 @@ def test_side_fast_path_equals_the_general_one() -> None:
     assert fast[0].tolist() == general[0][:-1].tolist() == [True, False, False, True]
     assert fast[1].tolist() == general[1][:-1].tolist() == [True] * 4
     assert general[1][-1].item() is False
+
+
+# --------------------------------------------------------------------------------------------
+# Stored rejects read in one Arrow read
+
+
+def test_direct_read_of_rejects_equals_pyiceberg_read(iceberg: Catalog, namespace: str) -> None:
+    # Given rejects from three inputs (three data files), nulls and odd text among them
+    for day in (1, 2, 3):
+        rows = [
+            text_row(trade_id=str(day * 100 + i), price="0", ts=f"2024-05-0{day}T10:00:00Z")
+            for i in range(5)
+        ]
+        rows += [text_row(trade_id=None, symbol=f" s{day} "), text_row(side="hold", exchange="")]
+        ingest(iceberg, namespace, text_table(rows), source=f"d{day}", now=NOW)
+    table = iceberg.load_table((namespace, TRADES_REJECTED))
+    scan = table.scan(selected_fields=REJECT_IDENTITY)
+    tasks = list(scan.plan_files())
+    assert len(tasks) == 3
+    # When the files are read directly
+    direct = _read_directly(table, tasks)
+    # Then every row and value is what PyIceberg reads, in the same types
+    assert direct is not None
+    expected = scan.to_arrow()
+    expected = pa.table({c: expected[c].cast(pa.large_string()) for c in REJECT_IDENTITY})
+    key = [(c, "ascending") for c in REJECT_IDENTITY]
+    assert direct.num_rows == expected.num_rows == 7 + 6 + 6  # the blank-exchange row once
+    assert direct.sort_by(key).equals(expected.sort_by(key))
+    per_file = [_read_directly(table, [task]) for task in tasks]
+    assert sorted(t.num_rows for t in per_file if t is not None) == [6, 6, 7]
+    nothing = _read_directly(table, [])
+    assert nothing is not None and nothing.num_rows == 0
+
+
+def test_direct_read_of_rejects_is_refused_after_a_rename(iceberg: Catalog, namespace: str) -> None:
+    # A column renamed away and another one given its name: reading by name would be wrong.
+    ingest(iceberg, namespace, text_table([text_row(price="0")]), source="t", now=NOW)
+    table = iceberg.load_table((namespace, TRADES_REJECTED))
+    with table.update_schema() as update:
+        update.rename_column("side", "side_before")
+        update.rename_column("source", "side")
+    table = iceberg.load_table((namespace, TRADES_REJECTED))
+    tasks = list(table.scan().plan_files())
+    assert _read_directly(table, tasks) is None
