@@ -123,6 +123,11 @@ def _encode_key_text(values: _Column) -> tuple[np.ndarray, pa.Array]:
 
 def _parse_side(values: _Column) -> tuple[np.ndarray, np.ndarray]:
     """(is_buy, is_valid) after stripping and lower-casing."""
+    if not values.null_count:
+        # Most feeds write exactly "buy" or "sell": two comparisons instead of hashing each value.
+        buy = _bools(pc.equal(values, "buy"))
+        if bool(np.all(buy | _bools(pc.equal(values, "sell")))):
+            return buy, np.ones(len(buy), dtype=bool)
     indices, dictionary = _dictionary_codes(values)
     normal = pc.utf8_lower(pc.utf8_trim_whitespace(dictionary))
     buy = np.append(_bools(pc.equal(normal, "buy")), False)  # index -1 (a null) picks False
