@@ -170,7 +170,7 @@ def run_checkpoint(
     *,
     web_cache: Path,
     engine: Engine = "auto",
-    pandas_max_rows: int = 10_000,
+    pandas_max_rows: int = 5_000,
     examples: int = 5,
     run_name: str | None = None,
     asset: str | None = None,

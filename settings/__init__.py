@@ -169,7 +169,7 @@ class Settings(BaseSettings):
     # Measured side by side (1m suite, load average 11): 500 rows pandas 5.0 s / onepass 3.8 s,
     # 20,000 rows 7.2 s / 3.5 s, 100,000 rows 19.6 s / 5.7 s; 400,000 rows GX's Spark engine
     # 70 s / onepass 13 s. Scheduled runs (hundreds of candles) stay on GX's own engine.
-    validation_pandas_max_rows: int = Field(default=10_000, ge=0)
+    validation_pandas_max_rows: int = Field(default=5_000, ge=0)
     validation_results_kept: int = Field(
         default=300,
         ge=1,
