@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlparse
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
+import pandas as pd
 from great_expectations.core import ExpectationSuiteValidationResult
 from great_expectations.core.batch_definition import BatchDefinition
 from great_expectations.core.run_identifier import RunIdentifier
@@ -166,11 +167,12 @@ def run_checkpoint(
     root: Path,
     name: str,
     suite: gx.ExpectationSuite,
-    frame: DataFrame,
+    frame: DataFrame | pd.DataFrame,
     *,
     web_cache: Path,
     engine: Engine = "auto",
     pandas_max_rows: int = 5_000,
+    rows_hint: int | None = None,
     examples: int = 5,
     run_name: str | None = None,
     asset: str | None = None,
@@ -182,17 +184,24 @@ def run_checkpoint(
     ``web_cache`` is where the data docs' pinned front-end packages are cached; ``asset``
     names what was validated on its page (e.g. the table and windows). With
     ``keep_results``, older results of the suite are dropped first (:func:`prune_results`).
+    A pandas ``frame`` (rows already collected) is validated in pandas. ``rows_hint`` (how
+    many rows the caller expects) lets ``auto`` choose without counting the frame first.
     """
     if keep_results is not None:
         prune_results(root, suite.name, keep_results - 1)  # this run adds one
     context = gx_context(root)
-    rows = frame.count() if engine in ("auto", "pandas") else -1
-    chosen: Literal["spark", "pandas", "onepass"] = (
-        ("pandas" if rows <= pandas_max_rows else "onepass") if engine == "auto" else engine
-    )
+    chosen: Literal["spark", "pandas", "onepass"]
+    if isinstance(frame, pd.DataFrame):
+        chosen, rows = "pandas", len(frame)
+    elif engine == "auto":
+        rows = frame.count() if rows_hint is None else rows_hint
+        chosen = "pandas" if rows <= pandas_max_rows else "onepass"
+    else:
+        chosen, rows = engine, -1
     run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
     key_columns = [c for c in CANDLE_KEY if c in frame.columns]
     if chosen == "onepass":
+        assert isinstance(frame, DataFrame)
         evaluated = onepass.evaluate(
             frame, suite.expectations, key_columns, examples, _range_columns(suite, frame)
         )
@@ -214,12 +223,15 @@ def run_checkpoint(
                 changed,
             )
         chosen = "spark"  # a suite with an expectation onepass does not translate
-    data: Any = frame.toPandas() if chosen == "pandas" else frame
-    if chosen == "spark":
+    data: Any = frame
+    if isinstance(frame, DataFrame) and chosen == "pandas":
+        data = frame.toPandas()
+        rows = len(data)
+    elif isinstance(frame, DataFrame) and chosen == "spark":
         # Every expectation runs Spark jobs of its own over the frame: cached, they read the
         # candles from memory instead of from the table each time (nothing is collected).
         data = frame.cache()
-        rows = data.count() if rows < 0 else rows
+        rows = data.count()
     try:
         stored_suite, changed = _stored_suite(context, suite)
         batch = _batch_definition(context, chosen, name)
@@ -388,7 +400,7 @@ def _page(context: FileDataContext, key: Any) -> Path | None:
     return None
 
 
-def _range_columns(suite: gx.ExpectationSuite, frame: DataFrame) -> list[str]:
+def _range_columns(suite: gx.ExpectationSuite, frame: DataFrame | pd.DataFrame) -> list[str]:
     """The range-checked columns: their min and max tell what "0% unexpected" does not."""
     columns = {
         e.column for e in suite.expectations if isinstance(e, gxe.ExpectColumnValuesToBeBetween)
