@@ -200,38 +200,57 @@ def run_checkpoint(
         chosen, rows = engine, -1
     run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
     key_columns = [c for c in CANDLE_KEY if c in frame.columns]
+    evaluated = None
     if chosen == "onepass":
         assert isinstance(frame, DataFrame)
         evaluated = onepass.evaluate(
             frame, suite.expectations, key_columns, examples, _range_columns(suite, frame)
         )
-        if evaluated is not None:
-            rows, results, ranges = evaluated
-            stored, changed = _store_results(context, name, suite, results, run_id, asset)
-            return _report(
-                context,
-                root,
-                name,
-                suite,
-                stored,
-                rows,
-                chosen,
-                ranges,
-                asset,
-                web_cache,
-                examples,
-                changed,
-            )
-        chosen = "spark"  # a suite with an expectation onepass does not translate
+    if evaluated is not None:
+        rows, results, ranges = evaluated
+        run_results, changed = _store_results(context, name, suite, results, run_id, asset)
+    else:
+        if chosen == "onepass":
+            chosen = "spark"  # a suite with an expectation onepass does not translate
+        rows, run_results, ranges, changed = _run_checkpoint(
+            context, name, suite, frame, chosen, key_columns, examples, run_id, asset
+        )
+    return _report(
+        context,
+        root,
+        name,
+        suite,
+        run_results,
+        rows,
+        chosen,
+        ranges,
+        asset,
+        web_cache,
+        examples,
+        changed,
+    )
+
+
+def _run_checkpoint(
+    context: FileDataContext,
+    name: str,
+    suite: gx.ExpectationSuite,
+    frame: DataFrame | pd.DataFrame,
+    chosen: Literal["spark", "pandas"],
+    key_columns: list[str],
+    examples: int,
+    run_id: RunIdentifier,
+    asset: str | None,
+) -> tuple[int, dict[Any, Any], dict[str, tuple[Any, Any]], bool]:
+    """GX validates through a checkpoint: rows, results by key, ranges seen, suite rewritten."""
     data: Any = frame
     if isinstance(frame, DataFrame) and chosen == "pandas":
         data = frame.toPandas()
-        rows = len(data)
     elif isinstance(frame, DataFrame) and chosen == "spark":
         # Every expectation runs Spark jobs of its own over the frame: cached, they read the
         # candles from memory instead of from the table each time (nothing is collected).
         data = frame.cache()
-        rows = data.count()
+    rows = len(data) if isinstance(data, pd.DataFrame) else data.count()
     try:
         stored_suite, changed = _stored_suite(context, suite)
         batch = _batch_definition(context, chosen, name)
@@ -258,21 +277,7 @@ def run_checkpoint(
                 meta: dict[str, Any] = suite_result.meta
                 meta["batch_kwargs"] = {"data_asset_name": asset}
                 context.validation_results_store.set(key, suite_result)
-        ranges = _ranges_seen(_range_columns(suite, frame), data)
-        return _report(
-            context,
-            root,
-            name,
-            suite,
-            run_results,
-            rows,
-            chosen,
-            ranges,
-            asset,
-            web_cache,
-            examples,
-            changed,
-        )
+        return rows, run_results, _ranges_seen(_range_columns(suite, frame), data), changed
     finally:
         if chosen == "spark":
             data.unpersist()
