@@ -47,7 +47,7 @@ SERVER_FIXTURES = {"server", "cluster", "pg_settings", "rs_settings"}
 
 
 # The slowest modules, slowest first (measured; each holds one long scenario or an expensive
-# module-scoped stack). pytest-xdist (`-n 2 --dist loadfile --no-loadscope-reorder` in
+# module-scoped stack). pytest-xdist (`-n 2 --dist loadfile --no-loadscope-reorder`, see
 # pyproject.toml) hands whole modules to its workers in collection order, so these start first
 # and the short modules fill in around them instead of one long module ending the run alone.
 SLOW_MODULES = (
