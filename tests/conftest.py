@@ -26,51 +26,14 @@ from settings import Settings, quiet_third_parties
 
 # A port of its own, so a developer's `make demo` server (15002) is never touched;
 # TEST_PORT_OFFSET moves the session's server so a second checkout can test beside this one.
-# Each pytest-xdist worker (gw0, gw1, ...) is a test session of its own, with its own servers:
-# 20 ports further per worker, more than the span of any group of fixed ports below (14052-14063),
-# so no two workers' ports meet.
-WORKER_PORT_STRIDE = 20
-WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
-PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0")) + WORKER_PORT_STRIDE * WORKER_INDEX
-
-
-def port(base: int) -> int:
-    """A fixed test port, moved by TEST_PORT_OFFSET like the session's server (every server a
-    test starts, and every port a test expects to find closed, goes through here)."""
-    return base + PORT_OFFSET
-
-
-TEST_PORT = port(15012)
-TEST_UI_PORT = port(14052)
+PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
+TEST_PORT = 15012 + PORT_OFFSET
+TEST_UI_PORT = 14052 + PORT_OFFSET
 # Fixtures that start (or are) a Spark Connect server; using one makes a test `spark`.
 SERVER_FIXTURES = {"server", "cluster", "pg_settings", "rs_settings"}
 
 
-# The slowest modules, slowest first (measured; each holds one long scenario or an expensive
-# module-scoped stack). pytest-xdist (`-n 2 --dist loadfile --no-loadscope-reorder`, see
-# pyproject.toml) hands whole modules to its workers in collection order, so these start first
-# and the short modules fill in around them instead of one long module ending the run alone.
-SLOW_MODULES = (
-    "test_faults.py",
-    "test_calendars.py",
-    "test_cluster.py",
-    "test_rest_s3.py",
-    "test_postgres.py",
-    "test_maintenance.py",
-    "test_flows.py",
-    "test_candles.py",
-    "test_ingest.py",
-    "test_stack.py",
-)
-
-
-def _module_rank(item: pytest.Item) -> int:
-    name = item.path.name
-    return SLOW_MODULES.index(name) if name in SLOW_MODULES else len(SLOW_MODULES)
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=_module_rank)  # stable: each module keeps its own order
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.spark)
