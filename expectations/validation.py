@@ -190,14 +190,12 @@ def run_checkpoint(
     if keep_results is not None:
         prune_results(root, suite.name, keep_results - 1)  # this run adds one
     context = gx_context(root)
-    chosen: Literal["spark", "pandas", "onepass"]
+    chosen: Literal["spark", "pandas", "onepass"] = engine if engine != "auto" else "pandas"
     if isinstance(frame, pd.DataFrame):
-        chosen, rows = "pandas", len(frame)
+        chosen = "pandas"
     elif engine == "auto":
-        rows = frame.count() if rows_hint is None else rows_hint
-        chosen = "pandas" if rows <= pandas_max_rows else "onepass"
-    else:
-        chosen, rows = engine, -1
+        expected = frame.count() if rows_hint is None else rows_hint
+        chosen = "pandas" if expected <= pandas_max_rows else "onepass"
     run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
     key_columns = [c for c in CANDLE_KEY if c in frame.columns]
     evaluated = None
