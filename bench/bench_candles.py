@@ -8,7 +8,8 @@ Not a test: it prints a table and writes JSON (bench/results/). It runs its own 
     uv run python bench/bench_candles.py --trades 100000000 --days 28 --driver-memory 8g
 
 Steps, each with its wall time and the Connect server's peak RSS (sampled every 0.2 s):
-- generate the trades (day by day) into one Parquet file;
+- generate the trades (day by day) into one Parquet file, decimals stored as INT64 as PyIceberg
+  stores them in the trades table;
 - the bare 1m candle step, Parquet in / Parquet out, in Spark over Connect and in DuckDB,
   alternating, ``--bare-repeats`` times each after a warm-up: medians and their ratio;
   also once with the decimal sums (the exact fallback) for the record;
@@ -58,6 +59,11 @@ from spark_jobs.candles import INTEGER_SUMS_MAX_TRADES, TradeIdRange, candles
 ONE_MINUTE = TIMEFRAMES["1m"]
 BENCH_PORT = 15022
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+PARQUET_DECIMALS = {"store_decimal_as_integer": True}
+"""DECIMAL(18, 8) as Parquet INT64, as PyIceberg writes the trades table's files (pyarrow's
+default, a fixed-length byte array, costs Spark a per-row conversion the real path never pays)."""
 
 
 def _us(t: datetime) -> int:
@@ -178,12 +184,24 @@ def generate(args: argparse.Namespace, start: datetime, end: datetime, path: Pat
         body = trades.filter(pc.less(ts, _us(ticks_start)))
         held.append(trades.filter(pc.greater_equal(ts, _us(ticks_start))))
         if writer is None:
-            writer = pq.ParquetWriter(path, body.schema)
+            writer = pq.ParquetWriter(path, body.schema, **PARQUET_DECIMALS)
         writer.write_table(body, row_group_size=1_000_000)
         day = day_end
     assert writer is not None
     writer.close()
     return pa.concat_tables(held)
+
+
+def _decimals_as_int64(path: Path) -> None:
+    """Rewrite a trades file of an earlier run (``--data-dir``) whose decimals are not INT64."""
+    source = pq.ParquetFile(path)
+    if source.schema.column(source.schema.names.index("price")).physical_type == "INT64":
+        return
+    rewritten = path.with_suffix(".int64.parquet")
+    with pq.ParquetWriter(rewritten, source.schema_arrow, **PARQUET_DECIMALS) as writer:
+        for i in range(source.num_row_groups):
+            writer.write_table(source.read_row_group(i), row_group_size=1_000_000)
+    rewritten.replace(path)
 
 
 def main() -> None:
@@ -236,6 +254,7 @@ def main() -> None:
         parquet, ticks_file = data / "trades.parquet", data / "ticks.parquet"
         with steps.step("generate") as row:
             if parquet.exists() and ticks_file.exists():  # --data-dir from an earlier run
+                _decimals_as_int64(parquet)
                 ticks = pq.read_table(ticks_file)
             else:
                 ticks = generate(args, start, end, parquet)
