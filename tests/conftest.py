@@ -27,8 +27,16 @@ from settings import Settings, quiet_third_parties
 # A port of its own, so a developer's `make demo` server (15002) is never touched;
 # TEST_PORT_OFFSET moves the session's server so a second checkout can test beside this one.
 PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
-TEST_PORT = 15012 + PORT_OFFSET
-TEST_UI_PORT = 14052 + PORT_OFFSET
+
+
+def port(base: int) -> int:
+    """A fixed test port, moved by TEST_PORT_OFFSET like the session's server (every server a
+    test starts, and every port a test expects to find closed, goes through here)."""
+    return base + PORT_OFFSET
+
+
+TEST_PORT = port(15012)
+TEST_UI_PORT = port(14052)
 # Fixtures that start (or are) a Spark Connect server; using one makes a test `spark`.
 SERVER_FIXTURES = {"server", "cluster", "pg_settings", "rs_settings"}
 

@@ -34,13 +34,13 @@ from infra.catalog import open_catalog
 from infra.session import close, connect
 from settings import Settings
 from spark_jobs import jobs, snapshots, wap
-from tests.conftest import export_settings
+from tests.conftest import export_settings, port
 from tests.helpers import START, assert_matches_oracle, deliver, random_trades
 from tests.oracle import Trade, diff, expected_candles, stored_candles
 
 ONE_MINUTE = TIMEFRAMES["1m"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREFECT_PORT = 14210
+PREFECT_PORT = port(14210)
 
 
 @pytest.fixture(scope="module")
@@ -308,8 +308,8 @@ def test_killing_the_server_at_any_point_fails_promptly_and_the_rerun_recovers(
 ) -> None:
     own = Settings(
         data_dir=tmp_path,
-        connect_port=15015,
-        ui_port=14055,
+        connect_port=port(15015),
+        ui_port=port(14055),
         spark_remote=None,
         driver_memory="1g",
         connect_retry_s=5,
