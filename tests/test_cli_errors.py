@@ -18,7 +18,7 @@ from flows.cli import app
 from infra.stack import StackStatus
 from ingest.demo import demo_trades, write_demo_file
 from settings import Settings
-from tests.conftest import export_settings, port
+from tests.conftest import export_settings, port, prefect_api
 
 ROOT = Path(__file__).resolve().parent.parent
 END = datetime(2026, 3, 2, tzinfo=UTC)
@@ -87,10 +87,8 @@ def test_a_run_without_a_server_fails_in_one_line_before_any_flow_run(tmp_path: 
 def test_a_run_without_its_prefect_server_fails_in_one_line(
     server: StackStatus, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     export_settings(monkeypatch, settings)
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+    with prefect_api("http://127.0.0.1:9/api"):
         result = CliRunner().invoke(app, ["maintain", "--table", "trades"])
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()

@@ -34,7 +34,7 @@ from infra.catalog import open_catalog
 from infra.session import close, connect
 from settings import Settings
 from spark_jobs import jobs, snapshots, wap
-from tests.conftest import export_settings, port
+from tests.conftest import export_settings, port, prefect_api
 from tests.helpers import START, assert_matches_oracle, deliver, random_trades
 from tests.oracle import Trade, diff, expected_candles, stored_candles
 
@@ -174,8 +174,6 @@ def test_a_writer_killed_mid_write_leaves_no_zombie_and_blocks_its_table_only_fo
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     trades = _published_once(spark, tables, run_settings)
     table = tables.candles(ONE_MINUTE)
     main = snapshots.main_snapshot_id(spark, table)
@@ -191,7 +189,7 @@ def test_a_writer_killed_mid_write_leaves_no_zombie_and_blocks_its_table_only_fo
         writer.kill()
         writer.wait(30)
     killed = time.monotonic()
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+    with prefect_api(prefect_server):
         # The dead process's slot is still taken: an impatient run is refused ...
         monkeypatch.setenv("OHLCV_WRITER_WAIT_S", "1")
         refused = cast(State[Any], FLOWS["1m"](at=now, return_state=True))
