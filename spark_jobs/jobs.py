@@ -385,34 +385,44 @@ def _run(
         return result
 
     stamp = computed_at or datetime.now(UTC)
-    fresh = candles(trades, tf, stats.trade_ids, calendars, max_trades=stats.trades)
+    real = candles(trades, tf, stats.trade_ids, calendars, max_trades=stats.trades)
     if not calendars.all_utc:
-        fresh = fresh.where(overlapping(F.col("window_start"), F.col("window_end"), wanted))
-    if market.fills_gaps(tf):
-        fresh = _with_gaps_filled(
-            spark, tables, tf, target, fresh, wanted[0], current, market, result
-        )
-    fresh = fresh.withColumn("computed_at", F.lit(stamp))
-    existing = spark.read.table(target).where(in_ranges(F.col("window_start"), result.ranges))
-    if first_fill and existing.isEmpty():
-        _write_first_fill(spark, table, branch, fresh, result, after)
-        return result
-    # Cached, not localCheckpoint(): with several Connect sessions in one process, pyspark
-    # 4.1 binds the checkpointed DataFrame to SparkSession.active(), which may be another one.
-    compared = _compare(fresh, existing).cache()
+        real = real.where(overlapping(F.col("window_start"), F.col("window_end"), wanted))
+    # Filling gaps uses the real candles four times (their symbols, their bounds, their closes,
+    # and themselves): cached, the trades of the span are read and aggregated once, not four times.
+    gap_filled = market.fills_gaps(tf)
+    if gap_filled:
+        real = real.cache()
     try:
-        groups = _count_changes(compared, result)
-        if not result.written:
-            _record_progress(spark, table, branch, before, after, result)
+        fresh = real
+        if gap_filled:
+            fresh = _with_gaps_filled(
+                spark, tables, tf, target, real, wanted[0], current, market, result
+            )
+        fresh = fresh.withColumn("computed_at", F.lit(stamp))
+        existing = spark.read.table(target).where(in_ranges(F.col("window_start"), result.ranges))
+        if first_fill and existing.isEmpty():
+            _write_first_fill(spark, table, branch, fresh, result, after)
             return result
-        if result.revised:
-            result.revisions = _revisions(compared, result)
-        _write_changes(spark, target, compared, groups, after)
+        # Cached, not localCheckpoint(): with several Connect sessions in one process, pyspark
+        # 4.1 binds the checkpointed DataFrame to SparkSession.active(), which may be another one.
+        compared = _compare(fresh, existing).cache()
+        try:
+            groups = _count_changes(compared, result)
+            if not result.written:
+                _record_progress(spark, table, branch, before, after, result)
+                return result
+            if result.revised:
+                result.revisions = _revisions(compared, result)
+            _write_changes(spark, target, compared, groups, after)
+        finally:
+            compared.unpersist()
+        result.candle_snapshot_id = branch_snapshot_id(spark, table, branch or "main")
+        result.watermark = after.watermark
+        return result
     finally:
-        compared.unpersist()
-    result.candle_snapshot_id = branch_snapshot_id(spark, table, branch or "main")
-    result.watermark = after.watermark
-    return result
+        if gap_filled:
+            real.unpersist()
 
 
 def _trade_stats(trades: DataFrame) -> TradeStats:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from pydantic import SecretStr
@@ -27,8 +29,16 @@ from settings import Settings, quiet_third_parties
 # A port of its own, so a developer's `make demo` server (15002) is never touched;
 # TEST_PORT_OFFSET moves the session's server so a second checkout can test beside this one.
 PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
-TEST_PORT = 15012 + PORT_OFFSET
-TEST_UI_PORT = 14052 + PORT_OFFSET
+
+
+def port(base: int) -> int:
+    """A fixed test port, moved by TEST_PORT_OFFSET like the session's server (every server a
+    test starts, and every port a test expects to find closed, goes through here)."""
+    return base + PORT_OFFSET
+
+
+TEST_PORT = port(15012)
+TEST_UI_PORT = port(14052)
 # Fixtures that start (or are) a Spark Connect server; using one makes a test `spark`.
 SERVER_FIXTURES = {"server", "cluster", "pg_settings", "rs_settings"}
 
@@ -75,6 +85,46 @@ def prefect() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+        # The harness drains Prefect's workers with no timeout: drain them first with one, so
+        # a worker stuck on a dead server fails here instead of hanging the session's end.
+        drain_prefect_workers()
+
+
+def drain_prefect_workers(timeout_s: float = 60) -> None:
+    """Stop Prefect's client-side queue services (event and log workers, concurrency slot
+    services) once they have sent what they hold, and forget them.
+
+    They are process-wide singletons bound, when first used, to the API of that moment, and the
+    event worker's key does not include the URL: left running, a worker bound to a server a test
+    has since stopped would serve later flow runs and hang the harness's teardown, which drains
+    them without a timeout. The next use starts fresh ones on the current API.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        # (in sync code drain_all waits and returns (done, not done); a stopped service has
+        # already left the registry, so a timeout cannot leave it to the next test)
+        _, pending = cast(Any, service.drain_all(timeout=timeout_s, at_exit=False))
+        assert not pending, f"Prefect's {service.__name__} did not drain within {timeout_s} s"
+
+
+@contextmanager
+def prefect_api(url: str) -> Iterator[None]:
+    """Flow runs in this block use the Prefect API at ``url`` (a server of the test's own).
+
+    Prefect's workers are drained on the way in (the ones bound to the API before must not carry
+    this block's events) and on the way out, while ``url``'s server still runs (it may be
+    stopped right after).
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    drain_prefect_workers()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield
+    finally:
+        drain_prefect_workers()
 
 
 @pytest.fixture(scope="session")

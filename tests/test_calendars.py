@@ -19,13 +19,14 @@ import json
 import os
 import random
 import time as clock
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -449,6 +450,63 @@ def _oracle_empty_windows(candles: dict[Any, dict[str, Any]]) -> dict[tuple[str,
         key = (symbol, c["trading_date"])
         out[key] = out.get(key, 0) + (1 if c["synthetic"] else 0)
     return out
+
+
+def _stages(ui_port: int) -> list[dict[str, Any]]:
+    """The Spark stages the session's server ran so far (its monitoring API)."""
+    base = f"http://127.0.0.1:{ui_port}/api/v1/applications"
+    with urllib.request.urlopen(base, timeout=30) as response:
+        app = json.load(response)[0]["id"]
+    with urllib.request.urlopen(f"{base}/{app}/stages", timeout=30) as response:
+        return cast(list[dict[str, Any]], json.load(response))
+
+
+def _records_read(ui_port: int, run: Callable[[], object]) -> int:
+    """Rows the server read from tables (its stages' input records) while ``run`` ran."""
+    seen = {(s["stageId"], s["attemptId"]) for s in _stages(ui_port)}
+    run()
+    new = [s for s in _stages(ui_port) if (s["stageId"], s["attemptId"]) not in seen]
+    return sum(int(s["inputRecords"]) for s in new)
+
+
+def test_filling_gaps_reads_the_trades_no_more_often_than_a_run_without_gaps(
+    spark: SparkSession, catalog: Catalog, settings: Settings
+) -> None:
+    # Given: the same trades in two namespaces, one refreshed with gap policy previous_close
+    t0 = datetime(2026, 11, 1, 4, 58, 10, tzinfo=UTC)
+    trades = [
+        _trade("us" if i % 2 else "crypto", "QQQ" if i % 2 else "ETH-USD", i + 1, "100", t)
+        for i, t in enumerate(t0 + timedelta(minutes=3 * k, seconds=k) for k in range(40))
+    ]
+    now = max(t.ts for t in trades) + timedelta(minutes=1)
+    plain, gaps = (Tables(settings.catalog_name, f"gr_{uuid.uuid4().hex[:10]}") for _ in range(2))
+    for tables in (plain, gaps):
+        ensure_tables(catalog, tables.namespace)
+        deliver(catalog, tables, trades, now=now)
+    tf = TIMEFRAMES["1m"]
+    no_fill = Market(GAPS.calendars)
+
+    # When: each is refreshed once
+    read_plain = _records_read(
+        settings.ui_port,
+        lambda: jobs.refresh_candles(spark, plain, tf, now=now, market=no_fill),
+    )
+    read_gaps = _records_read(
+        settings.ui_port, lambda: jobs.refresh_candles(spark, gaps, tf, now=now, market=GAPS)
+    )
+
+    # Then: both equal their oracles, and filling the gaps read the trades at most once more
+    # (those after the span, for the symbols trading on); the real candles it fills between
+    # are computed from the trades once, not once for each use (their symbols, their bounds,
+    # their closes, themselves)
+    want = expected_local_candles(trades, tf.width, gap_local)
+    assert not diff(want, stored_candles(spark, plain.candles(tf)))
+    assert not diff(
+        with_previous_close(want, tf.width, gap_local), stored_candles(spark, gaps.candles(tf))
+    )
+    print(f"rows read: {read_plain} without gap filling, {read_gaps} with")
+    assert read_plain >= 2 * len(trades), read_plain  # (the counter counts these reads)
+    assert read_gaps <= read_plain + len(trades), (read_gaps, read_plain)
 
 
 # An earlier version's table -------------------------------------------------------------------

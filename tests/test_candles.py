@@ -64,12 +64,12 @@ def test_every_timeframe_equals_oracle_through_late_trades_and_reruns(
     # When: the same runs repeat with no new trades
     before = {tf.name: snapshots.main_snapshot_id(spark, tables.candles(tf)) for tf in ALL}
     reruns = {tf.name: jobs.refresh_candles(spark, tables, tf, now=t2) for tf in ALL}
-    # Then: nothing is written (no snapshot) and the content is identical
+    # Then: nothing is written (no snapshot), so the content is the one checked above (an
+    # Iceberg snapshot never changes: reading all five tables again could not fail alone)
     for tf in ALL:
         assert not reruns[tf.name].written
         assert reruns[tf.name].unchanged > 0
         assert snapshots.main_snapshot_id(spark, tables.candles(tf)) == before[tf.name]
-    assert_matches_oracle(spark, tables, everything, ALL)
 
 
 def test_watermark_commits_in_the_candle_snapshot(
@@ -136,16 +136,18 @@ def test_backfill_in_chunks_equals_oracle(
     deliver(catalog, tables, trades, now=end)
     tf = TIMEFRAMES["5m"]
 
-    results = list(jobs.backfill(spark, tables, tf, START, end, chunk=timedelta(minutes=45)))
+    # (90-minute chunks: three, the last one shorter; each chunk is a commit, and this test
+    # also runs on PostgreSQL and REST + S3)
+    results = list(jobs.backfill(spark, tables, tf, START, end, chunk=timedelta(minutes=90)))
 
-    assert len(results) == 6  # 4 hours in 45-minute chunks
+    assert len(results) == 3  # 4 hours: 90 + 90 + 60 minutes
     assert sum(r.inserted for r in results) == len(expected_candles(trades, tf))
     assert_matches_oracle(spark, tables, trades, [tf])
     # The backfill covered every trade of the snapshot it read, so it records that snapshot as
     # the watermark (and only then): the next refresh has no new trade to read.
     trades_snapshot = snapshots.main_snapshot_id(spark, tables.trades)
     assert results[0].trades_snapshot_id == results[-1].trades_snapshot_id == trades_snapshot
-    assert [r.watermark for r in results] == [None] * 5 + [trades_snapshot]
+    assert [r.watermark for r in results] == [None] * 2 + [trades_snapshot]
     assert snapshots.watermark(spark, tables.candles(tf)) == trades_snapshot
     assert jobs.refresh_candles(spark, tables, tf, now=end).new_trades == 0
     assert_matches_oracle(spark, tables, trades, [tf])

@@ -18,7 +18,7 @@ from flows.cli import app
 from infra.stack import StackStatus
 from ingest.demo import demo_trades, write_demo_file
 from settings import Settings
-from tests.conftest import export_settings
+from tests.conftest import export_settings, port, prefect_api
 
 ROOT = Path(__file__).resolve().parent.parent
 END = datetime(2026, 3, 2, tzinfo=UTC)
@@ -75,21 +75,20 @@ def test_a_write_that_fails_for_lack_of_space_is_one_line(tmp_path: Path) -> Non
 
 
 def test_a_run_without_a_server_fails_in_one_line_before_any_flow_run(tmp_path: Path) -> None:
-    env = {"OHLCV_DATA_DIR": str(tmp_path / "data"), "OHLCV_CONNECT_PORT": "15997"}
+    nobody = port(15997)
+    env = {"OHLCV_DATA_DIR": str(tmp_path / "data"), "OHLCV_CONNECT_PORT": str(nobody)}
     result = CliRunner().invoke(app, ["run", "1m"], env=env)
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    assert "no Spark Connect server reachable at sc://localhost:15997" in lines[0]
+    assert f"no Spark Connect server reachable at sc://localhost:{nobody}" in lines[0]
 
 
 def test_a_run_without_its_prefect_server_fails_in_one_line(
     server: StackStatus, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     export_settings(monkeypatch, settings)
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+    with prefect_api("http://127.0.0.1:9/api"):
         result = CliRunner().invoke(app, ["maintain", "--table", "trades"])
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()

@@ -22,7 +22,7 @@ from infra import stack
 from infra.catalog import open_catalog
 from infra.session import close, connect
 from settings import Settings
-from tests.conftest import export_settings
+from tests.conftest import export_settings, port
 from tests.helpers import START, deliver, random_trades
 from tests.oracle import diff, expected_candles, stored_candles
 
@@ -31,10 +31,10 @@ from tests.oracle import diff, expected_candles, stored_candles
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("cluster"),
-        connect_port=15013,
-        ui_port=14053,
-        master_port=17077,
-        master_ui_port=18080,
+        connect_port=port(15013),
+        ui_port=port(14053),
+        master_port=port(17077),
+        master_ui_port=port(18080),
         workers=2,
         worker_memory="1g",
         driver_memory="2g",

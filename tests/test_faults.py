@@ -34,13 +34,13 @@ from infra.catalog import open_catalog
 from infra.session import close, connect
 from settings import Settings
 from spark_jobs import jobs, snapshots, wap
-from tests.conftest import export_settings
+from tests.conftest import export_settings, port, prefect_api
 from tests.helpers import START, assert_matches_oracle, deliver, random_trades
 from tests.oracle import Trade, diff, expected_candles, stored_candles
 
 ONE_MINUTE = TIMEFRAMES["1m"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREFECT_PORT = 14210
+PREFECT_PORT = port(14210)
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +174,6 @@ def test_a_writer_killed_mid_write_leaves_no_zombie_and_blocks_its_table_only_fo
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     trades = _published_once(spark, tables, run_settings)
     table = tables.candles(ONE_MINUTE)
     main = snapshots.main_snapshot_id(spark, table)
@@ -191,7 +189,7 @@ def test_a_writer_killed_mid_write_leaves_no_zombie_and_blocks_its_table_only_fo
         writer.kill()
         writer.wait(30)
     killed = time.monotonic()
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+    with prefect_api(prefect_server):
         # The dead process's slot is still taken: an impatient run is refused ...
         monkeypatch.setenv("OHLCV_WRITER_WAIT_S", "1")
         refused = cast(State[Any], FLOWS["1m"](at=now, return_state=True))
@@ -260,9 +258,22 @@ def test_a_signal_ends_a_run_within_seconds_and_interrupts_its_server_work(
 
 
 class _KillServer(pipeline.Steps):
-    """Steps that kill the Connect server (-9) at one point of a run."""
+    """Steps that kill the Connect server (-9) at one point of a run.
 
-    POINTS = ("before the MERGE", "during the MERGE", "during the fast-forward")
+    Every kill costs a server restart (the slowest part of the test), so each point is a phase
+    no other point covers:
+
+    - "during the MERGE": the server dies under a running server-side write (the client is
+      inside a call; the write must never commit later);
+    - "during the fast-forward": it dies racing the publish (the run may or may not have
+      published; either way the rerun must leave main and audit consistent).
+
+    The third phase, a server already dead when a run makes its next call (this class's former
+    point "before the MERGE"), is the test's backfill case: the server is killed between two
+    chunks, the next chunk's first call fails, and the rerun must resume.
+    """
+
+    POINTS = ("during the MERGE", "during the fast-forward")
 
     def __init__(self, settings: Settings, point: str) -> None:
         self.settings, self.point = settings, point
@@ -277,9 +288,7 @@ class _KillServer(pipeline.Steps):
     def generate(
         self, spark: SparkSession, settings: Settings, tf: Timeframe, request: RunRequest
     ) -> jobs.RunResult:
-        if self.point == "before the MERGE":
-            self.kill()
-        elif self.point == "during the MERGE":
+        if self.point == "during the MERGE":
             table = tables_for(settings).candles(tf)
             wap.start_audit(spark, table)
             threading.Timer(3, self.kill).start()
@@ -308,8 +317,8 @@ def test_killing_the_server_at_any_point_fails_promptly_and_the_rerun_recovers(
 ) -> None:
     own = Settings(
         data_dir=tmp_path,
-        connect_port=15015,
-        ui_port=14055,
+        connect_port=port(15015),
+        ui_port=port(14055),
         spark_remote=None,
         driver_memory="1g",
         connect_retry_s=5,
@@ -348,7 +357,8 @@ def test_killing_the_server_at_any_point_fails_promptly_and_the_rerun_recovers(
             # Then: equal to the oracle, no duplicate, the branches consistent
             _consistent(spark, tables, trades)
 
-        # And a backfill whose server dies between two chunks resumes to the same candles
+        # And a backfill whose server dies between two chunks (dead before the next chunk's
+        # first call) resumes to the same candles
         end = START + timedelta(days=2)
         history = random_trades(rng, START + timedelta(hours=1), end, 300, first_id=100_000)
         deliver(catalog, tables, history, now=end)

@@ -21,7 +21,7 @@ from infra.catalog import open_catalog
 from infra.session import close, connect
 from settings import CatalogType, Settings
 from tests import test_candles
-from tests.conftest import export_settings
+from tests.conftest import export_settings, port
 from tests.helpers import START, deliver, random_trades
 from tests.oracle import diff, expected_candles, stored_candles
 from tests.postgres import running_postgres
@@ -29,11 +29,11 @@ from tests.postgres import running_postgres
 
 @pytest.fixture(scope="module")
 def pg_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    with running_postgres(15432) as pg:
+    with running_postgres(port(15432)) as pg:
         settings = Settings(
             data_dir=tmp_path_factory.mktemp("pg"),
-            connect_port=15014,
-            ui_port=14054,
+            connect_port=port(15014),
+            ui_port=port(14054),
             catalog_type=CatalogType.POSTGRES,
             catalog_uri=pg.jdbc_url,
             catalog_user=pg.user,
@@ -68,7 +68,9 @@ def pg(pg_settings: Settings) -> tuple[Settings, Catalog, Tables]:
 
 def test_the_catalog_lives_in_postgresql(pg_settings: Settings) -> None:
     conf = pg_settings.spark_catalog_conf()
-    assert conf["spark.sql.catalog.ohlcv.uri"].startswith("jdbc:postgresql://127.0.0.1:15432/")
+    assert conf["spark.sql.catalog.ohlcv.uri"].startswith(
+        f"jdbc:postgresql://127.0.0.1:{port(15432)}/"
+    )
     props = pg_settings.pyiceberg_catalog_properties()
     assert props["uri"].startswith("postgresql+psycopg2://ohlcv:")
     assert "ohlcv-test-password" not in stack.status(pg_settings).describe()

@@ -39,11 +39,11 @@ from infra.session import close, connect
 from settings import LOCAL_S3_BUCKET, CatalogType, Settings, StorageType
 from spark_jobs import jobs, snapshots, wap
 from tests import test_candles, test_ingest
-from tests.conftest import export_settings
+from tests.conftest import export_settings, port
 from tests.helpers import START, deliver, random_trades
 from tests.oracle import diff, expected_candles, stored_candles
 
-CONNECT_PORT, UI_PORT, S3_PORT, REST_PORT = 15016, 14056, 15017, 15018
+CONNECT_PORT, UI_PORT, S3_PORT, REST_PORT = port(15016), port(14056), port(15017), port(15018)
 FIVE_MINUTES = TIMEFRAMES["5m"]
 
 

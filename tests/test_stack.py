@@ -18,6 +18,7 @@ from infra import stack
 from infra.artifacts import Artifact, ArtifactError, ensure_artifacts
 from infra.session import ConnectError, connect
 from settings import Settings
+from tests.conftest import port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,13 +38,13 @@ def test_another_stack_on_a_taken_port_is_refused(
 
 
 def test_no_server_gives_one_clear_error(tmp_path: Path) -> None:
-    nobody = Settings(data_dir=tmp_path, connect_port=15999, spark_remote=None)
-    with pytest.raises(ConnectError, match=r"sc://localhost:15999: run `ohlcv stack up`"):
+    nobody = Settings(data_dir=tmp_path, connect_port=port(15999), spark_remote=None)
+    with pytest.raises(ConnectError, match=rf"sc://localhost:{port(15999)}: run `ohlcv stack up`"):
         connect(nobody)
 
 
 def test_token_never_appears_in_connect_errors(tmp_path: Path) -> None:
-    remote = Settings(data_dir=tmp_path, spark_remote="sc://localhost:15998/;token=s3cret")
+    remote = Settings(data_dir=tmp_path, spark_remote=f"sc://localhost:{port(15998)}/;token=s3cret")
     with pytest.raises(ConnectError) as failure:
         connect(remote)
     assert "s3cret" not in str(failure.value)
@@ -74,13 +75,16 @@ def test_stack_up_serves_flow_runs_through_its_own_prefect_server_and_down_stops
     tmp_path: Path,
 ) -> None:
     # Given: a stack of its own (other data dir and ports), no PREFECT_API_URL
-    own = Settings(data_dir=tmp_path, connect_port=15013, prefect_port=14213, spark_remote=None)
+    connect_port, ui_port, prefect_port = port(15013), port(14063), port(14213)
+    own = Settings(
+        data_dir=tmp_path, connect_port=connect_port, prefect_port=prefect_port, spark_remote=None
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "OHLCV_"))}
     env |= {
         "OHLCV_DATA_DIR": str(tmp_path),
-        "OHLCV_CONNECT_PORT": "15013",
-        "OHLCV_UI_PORT": "14063",
-        "OHLCV_PREFECT_PORT": "14213",
+        "OHLCV_CONNECT_PORT": str(connect_port),
+        "OHLCV_UI_PORT": str(ui_port),
+        "OHLCV_PREFECT_PORT": str(prefect_port),
         "OHLCV_DRIVER_MEMORY": "1g",
         "OHLCV_GX_DIR": str(tmp_path / "gx"),
     }
@@ -88,7 +92,7 @@ def test_stack_up_serves_flow_runs_through_its_own_prefect_server_and_down_stops
         # When: it is started and a run goes through the CLI
         up = _ohlcv(env, "stack", "up")
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "Prefect running" in up.stdout and "http://127.0.0.1:14213" in up.stdout
+        assert "Prefect running" in up.stdout and f"http://127.0.0.1:{prefect_port}" in up.stdout
         assert _ohlcv(env, "demo-data", "--hours", "1").returncode == 0
         run = _ohlcv(env, "run", "1m")
         assert run.returncode == 0, run.stdout + run.stderr
@@ -99,7 +103,7 @@ def test_stack_up_serves_flow_runs_through_its_own_prefect_server_and_down_stops
         # Then: the flow run is recorded by the stack's own Prefect server (it outlives the
         # command), with its database in the data directory
         request = urllib.request.Request(
-            "http://127.0.0.1:14213/api/flow_runs/filter",
+            f"http://127.0.0.1:{prefect_port}/api/flow_runs/filter",
             data=json.dumps({"limit": 10}).encode(),
             headers={"Content-Type": "application/json"},
         )
@@ -108,7 +112,7 @@ def test_stack_up_serves_flow_runs_through_its_own_prefect_server_and_down_stops
         assert [r["state_type"] for r in runs] == ["COMPLETED"], runs
         assert any((tmp_path / "prefect").glob("*.db"))
         logs = urllib.request.Request(
-            "http://127.0.0.1:14213/api/logs/filter",
+            f"http://127.0.0.1:{prefect_port}/api/logs/filter",
             data=json.dumps({"limit": 200}).encode(),
             headers={"Content-Type": "application/json"},
         )
@@ -116,7 +120,8 @@ def test_stack_up_serves_flow_runs_through_its_own_prefect_server_and_down_stops
             messages = [entry["message"] for entry in json.load(response)]
         assert any("Beginning flow run" in m for m in messages), messages
         # and the server deletes runs past the retention by itself (months of runs)
-        with urllib.request.urlopen("http://127.0.0.1:14213/api/admin/settings") as response:
+        admin = f"http://127.0.0.1:{prefect_port}/api/admin/settings"
+        with urllib.request.urlopen(admin) as response:
             vacuum = json.load(response)["server"]["services"]["db_vacuum"]
         assert "flow_runs" in vacuum["enabled"], vacuum
         assert vacuum["retention_period"] == "P30D", vacuum
@@ -126,7 +131,9 @@ def test_stack_up_serves_flow_runs_through_its_own_prefect_server_and_down_stops
         down = _ohlcv(env, "stack", "down")
     # And: stopping stops both; the ports are free; stopping again is a no-op
     assert down.returncode == 0, down.stdout + down.stderr
-    assert not stack.port_open("127.0.0.1", 15013) and not stack.port_open("127.0.0.1", 14213)
+    assert not stack.port_open("127.0.0.1", connect_port) and not stack.port_open(
+        "127.0.0.1", prefect_port
+    )
     assert "stopped" in stack.status(own).describe()
     again = _ohlcv(env, "stack", "down")
     assert again.returncode == 0 and again.stdout.count("stopped") == 2
