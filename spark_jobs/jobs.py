@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -388,14 +389,12 @@ def _run(
     real = candles(trades, tf, stats.trade_ids, calendars, max_trades=stats.trades)
     if not calendars.all_utc:
         real = real.where(overlapping(F.col("window_start"), F.col("window_end"), wanted))
-    # Filling gaps uses the real candles four times (their symbols, their bounds, their closes,
-    # and themselves): cached, the trades of the span are read and aggregated once, not four times.
-    gap_filled = market.fills_gaps(tf)
-    if gap_filled:
-        real = real.cache()
-    try:
+    with ExitStack() as held:
         fresh = real
-        if gap_filled:
+        if market.fills_gaps(tf):
+            # Filling gaps uses the real candles four times (their symbols, their bounds, their
+            # closes, and themselves): cached, the span's trades are aggregated once, not four.
+            real = held.enter_context(_cached(real))
             fresh = _with_gaps_filled(
                 spark, tables, tf, target, real, wanted[0], current, market, result
             )
@@ -404,25 +403,31 @@ def _run(
         if first_fill and existing.isEmpty():
             _write_first_fill(spark, table, branch, fresh, result, after)
             return result
-        # Cached, not localCheckpoint(): with several Connect sessions in one process, pyspark
-        # 4.1 binds the checkpointed DataFrame to SparkSession.active(), which may be another one.
-        compared = _compare(fresh, existing).cache()
-        try:
-            groups = _count_changes(compared, result)
-            if not result.written:
-                _record_progress(spark, table, branch, before, after, result)
-                return result
-            if result.revised:
-                result.revisions = _revisions(compared, result)
-            _write_changes(spark, target, compared, groups, after)
-        finally:
-            compared.unpersist()
-        result.candle_snapshot_id = branch_snapshot_id(spark, table, branch or "main")
-        result.watermark = after.watermark
-        return result
+        compared = held.enter_context(_cached(_compare(fresh, existing)))
+        groups = _count_changes(compared, result)
+        if not result.written:
+            _record_progress(spark, table, branch, before, after, result)
+            return result
+        if result.revised:
+            result.revisions = _revisions(compared, result)
+        _write_changes(spark, target, compared, groups, after)
+    result.candle_snapshot_id = branch_snapshot_id(spark, table, branch or "main")
+    result.watermark = after.watermark
+    return result
+
+
+@contextmanager
+def _cached(frame: DataFrame) -> Iterator[DataFrame]:
+    """``frame`` cached for the block, unpersisted after it whatever happens.
+
+    Cached, not localCheckpoint(): with several Connect sessions in one process, pyspark 4.1
+    binds the checkpointed DataFrame to SparkSession.active(), which may be another one.
+    """
+    cached = frame.cache()
+    try:
+        yield cached
     finally:
-        if gap_filled:
-            real.unpersist()
+        cached.unpersist()
 
 
 def _trade_stats(trades: DataFrame) -> TradeStats:

@@ -91,8 +91,8 @@ def prefect() -> Iterator[None]:
 
 
 def drain_prefect_workers(timeout_s: float = 60) -> None:
-    """Stop Prefect's client-side queue services (event and log workers, concurrency slot
-    services) once they have sent what they hold, and forget them.
+    """Stop Prefect's event and log workers (client-side queue services) once they have sent
+    what they hold, and forget them.
 
     They are process-wide singletons bound, when first used, to the API of that moment, and the
     event worker's key does not include the URL: left running, a worker bound to a server a test
