@@ -66,12 +66,16 @@ def _decoded(values: _Column) -> _Column:
 
 
 def _text(values: _Column, name: str) -> _Column:
-    values = _decoded(values)
-    if pa.types.is_null(values.type) or _is_text(values.type):
-        return values.cast(pa.large_string())
-    raise SchemaError(
-        f"column {name!r} has type {values.type}, expected text; write {name} as a string column"
-    )
+    """Text as large strings, or still dictionary-encoded when it comes that way (how
+    :func:`~ingest.reading.read_trades_file` reads a Parquet file's text columns), so that
+    each distinct value is looked at once instead of once per row."""
+    t = values.type
+    inner = t.value_type if pa.types.is_dictionary(t) else t
+    if not (pa.types.is_null(inner) or _is_text(inner)):
+        raise SchemaError(
+            f"column {name!r} has type {inner}, expected text; write {name} as a string column"
+        )
+    return values if pa.types.is_dictionary(t) else values.cast(pa.large_string())
 
 
 def _text_scalar(value: str) -> pa.Scalar:
@@ -107,32 +111,48 @@ def _dictionary_codes(values: _Column) -> tuple[np.ndarray, pa.Array]:
     return _ints(indices, fill=-1), encoded.chunk(0).dictionary
 
 
+def _codes(values: _Column) -> tuple[np.ndarray, pa.Array]:
+    """Per-row codes (-1 = null) into a dictionary of large strings, which may hold a value more
+    than once, or a null: a dictionary-encoded column's own codes (each chunk's dictionary
+    appended), so its rows are not hashed again; else :func:`_dictionary_codes`."""
+    if not pa.types.is_dictionary(values.type):
+        return _dictionary_codes(values)
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    codes, dictionaries, offset = [], [], 0
+    for chunk in chunks:
+        indices = _ints(chunk.indices, fill=-1)
+        codes.append(np.where(indices >= 0, indices + offset, -1) if offset else indices)
+        dictionaries.append(chunk.dictionary.cast(pa.large_string()))
+        offset += len(chunk.dictionary)
+    if not codes:
+        return np.zeros(0, np.int64), pa.array([], pa.large_string())
+    return np.concatenate(codes), pa.concat_arrays(dictionaries)
+
+
 def _encode_key_text(values: _Column) -> tuple[np.ndarray, pa.Array]:
     """Codes into the stripped distinct values (-1 = null or blank), and those values.
 
     Strings repeat a lot (few exchanges and symbols), so strip the dictionary, not every row.
     """
-    indices, dictionary = _dictionary_codes(values)
-    stripped = pc.dictionary_encode(pc.utf8_trim_whitespace(dictionary))
-    uniques = stripped.dictionary
-    remap = _ints(stripped.indices).copy()  # zero-copy views are read-only
-    remap[_bools(pc.equal(pc.utf8_length(uniques), 0))[remap]] = -1
-    remap = np.append(remap, -1)  # index -1 (a null) picks this
-    return remap[indices], uniques
+    indices, dictionary = _codes(values)
+    stripped, uniques = _dictionary_codes(pc.utf8_trim_whitespace(dictionary))
+    blank = np.append(_bools(pc.equal(pc.utf8_length(uniques), 0)), True)  # -1 (null) is blank
+    remap = np.append(np.where(blank[stripped], -1, stripped), -1)  # index -1 picks the last
+    return np.take(remap, indices), uniques
 
 
 def _parse_side(values: _Column) -> tuple[np.ndarray, np.ndarray]:
     """(is_buy, is_valid) after stripping and lower-casing."""
-    if not values.null_count:
+    if not values.null_count and not pa.types.is_dictionary(values.type):
         # Most feeds write exactly "buy" or "sell": two comparisons instead of hashing each value.
         buy = _bools(pc.equal(values, "buy"))
         if bool(np.all(buy | _bools(pc.equal(values, "sell")))):
             return buy, np.ones(len(buy), dtype=bool)
-    indices, dictionary = _dictionary_codes(values)
+    indices, dictionary = _codes(values)
     normal = pc.utf8_lower(pc.utf8_trim_whitespace(dictionary))
     buy = np.append(_bools(pc.equal(normal, "buy")), False)  # index -1 (a null) picks False
     sell = np.append(_bools(pc.equal(normal, "sell")), False)
-    return buy[indices], buy[indices] | sell[indices]
+    return np.take(buy, indices), np.take(buy | sell, indices)
 
 
 @dataclass
@@ -183,10 +203,20 @@ def _parse_amount(values: _Column, name: str, scale: int = SCALE) -> _Amount:
     )
 
 
-def _decimal128_units(values: _Column, scale: int) -> _Amount | None:
-    """Read decimal128 words directly; None when some value needs more than 64 bits."""
-    n = len(values)
+def _unscaled(values: _Column) -> np.ndarray | None:
+    """The unscaled integers of decimal128 values (0 where null), or None when one needs more
+    than 64 bits."""
+    t = values.type
     chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    if t.precision <= _MAX_DIGITS:
+        # The same words read with scale 0 are the unscaled integers; Arrow's checked cast
+        # to int64 is a single pass (and refuses a word beyond 64 bits: the general path).
+        whole = pa.decimal128(t.precision, 0)
+        integers = pa.chunked_array([c.view(whole) for c in chunks], whole)
+        try:
+            return _ints(integers)
+        except pa.ArrowInvalid:
+            pass
     words = [
         np.frombuffer(c.buffers()[1], np.int64, 2 * (c.offset + len(c))).reshape(-1, 2)[c.offset :]
         for c in chunks
@@ -198,10 +228,16 @@ def _decimal128_units(values: _Column, scale: int) -> _Amount | None:
         missing = _bools(pc.is_null(values))
         low[missing] = 0
         high[missing] = 0
-    else:
-        missing = np.zeros(n, dtype=bool)
-    if not np.array_equal(high, low >> 63):
+    return low if np.array_equal(high, low >> 63) else None
+
+
+def _decimal128_units(values: _Column, scale: int) -> _Amount | None:
+    """Read decimal128 words directly; None when some value needs more than 64 bits."""
+    n = len(values)
+    low = _unscaled(values)
+    if low is None:
         return None
+    missing = _bools(pc.is_null(values)) if values.null_count else np.zeros(n, dtype=bool)
     # |units| < 10**(18 - shift) keeps the value inside DECIMAL(18, scale) after shifting.
     shift = scale - values.type.scale
     limit = _POW10[_MAX_DIGITS - shift]
@@ -385,6 +421,8 @@ def _parse_ts(values: _Column) -> _Timestamps:
         if t.unit == "ns":
             return _Timestamps(raw // 1000, missing, (raw % 1000 != 0) & ~missing)
         per_unit = {"s": _US_PER_S, "ms": 1000, "us": 1}[t.unit]
+        if per_unit == 1:
+            return _Timestamps(raw, missing, np.zeros_like(missing))
         # Clamped values are centuries out of range and get rejected as too old / in the future.
         limit = np.iinfo(np.int64).max // per_unit
         return _Timestamps(np.clip(raw, -limit, limit) * per_unit, missing, np.zeros_like(missing))
@@ -467,10 +505,15 @@ def decimal_from_units(
         precision: Decimal precision of the result.
         scale: Decimal scale of the result.
     """
-    # Casting int64 to decimal128(19, 0) lays the integers out as 128-bit words (fast, in C++);
-    # viewing those words with the wanted scale divides by 10**scale without touching them.
-    integers = pa.array(units, type=pa.int64(), mask=nulls).cast(pa.decimal128(19, 0))
-    return integers.view(pa.decimal128(precision, scale))
+    # A decimal128 value is a little-endian 128-bit word: the int64 as its low half and its
+    # sign as the high half. Read with the wanted scale, the words are divided by 10**scale.
+    words = np.empty((len(units), 2), dtype=np.int64)
+    words[:, 0] = units
+    np.right_shift(units, 63, out=words[:, 1])
+    validity = None if nulls is None else pa.array(~nulls, type=pa.bool_()).buffers()[1]
+    return pa.Array.from_buffers(
+        pa.decimal128(precision, scale), len(units), [validity, pa.py_buffer(words)]
+    )
 
 
 @dataclass

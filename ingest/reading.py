@@ -19,8 +19,9 @@ class SchemaError(ValueError):
 def read_trades_file(path: Path) -> pa.Table:
     """Read a trades file: Parquet (``.parquet``/``.pq``) or CSV (``.csv``), chosen by suffix.
 
-    CSV columns are all read as text (empty = missing) and parsed by :func:`ingest.ingest`, so
-    a value like ``0.1`` stays exact instead of going through a float.
+    A Parquet file's exchange, symbol and side come dictionary-encoded (see
+    :func:`text_columns`). CSV columns are all read as text (empty = missing) and parsed by
+    :func:`ingest.ingest`, so a value like ``0.1`` stays exact instead of going through a float.
 
     Raises:
         SchemaError: unsupported suffix, a damaged Parquet file, or a required column is
@@ -30,7 +31,7 @@ def read_trades_file(path: Path) -> pa.Table:
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         try:
-            return pq.read_table(path)
+            return pq.read_table(path, read_dictionary=text_columns(pq.read_schema(path)))
         except OSError as e:
             if e.errno is not None:  # the system's own error (missing, permissions, disk)
                 raise
@@ -46,6 +47,17 @@ def read_trades_file(path: Path) -> pa.Table:
         f"cannot read {str(path)!r}: unsupported suffix {path.suffix!r}; "
         "use a .parquet, .pq or .csv file"
     )
+
+
+def text_columns(schema: pa.Schema) -> list[str]:
+    """The required text columns of a Parquet file, to read dictionary-encoded.
+
+    Exchange, symbol and side take few distinct values: read as codes into a dictionary, they
+    are parsed once per distinct value, and Parquet usually stores them that way already.
+    """
+    text = (pa.types.is_string, pa.types.is_large_string)
+    names = ("exchange", "symbol", "side")
+    return [f.name for f in schema if f.name in names and any(is_(f.type) for is_ in text)]
 
 
 def check_columns(raw: pa.Table) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -218,6 +219,89 @@ def test_side_fast_path_equals_the_general_one() -> None:
     assert fast[0].tolist() == general[0][:-1].tolist() == [True, False, False, True]
     assert fast[1].tolist() == general[1][:-1].tolist() == [True] * 4
     assert general[1][-1].item() is False
+
+
+def _dictionary_chunks(values: list[str | None], cut: int) -> pa.ChunkedArray:
+    """``values`` dictionary-encoded in two chunks, each with a dictionary of its own that
+    repeats a value, holds a null and a value no row uses (what no hashing would give)."""
+    chunks: list[pa.Array] = []
+    for part in (values[:cut], values[cut:]):
+        words = sorted({v for v in part if v is not None}, reverse=bool(chunks))
+        dictionary = [None, "unused", *words, *words[:1]]
+        codes = [None if v is None else 2 + words.index(v) for v in part]
+        chunks.append(pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), dictionary))
+    return pa.chunked_array(chunks)
+
+
+def test_dictionary_encoded_text_gives_what_plain_text_gives(iceberg: Catalog) -> None:
+    clean = _clean_feed()
+    n = clean.num_rows
+    rows = clean.to_pylist()
+    last = rows[-1]
+    odd = [  # spellings that normalise to kept values, blanks, nulls and invalid sides
+        {**last, "trade_id": last["trade_id"] + 1, "exchange": " demo ", "side": " BUY"},
+        {**last, "trade_id": last["trade_id"] + 2, "symbol": "  "},
+        {**last, "trade_id": last["trade_id"] + 3, "exchange": None},
+        {**last, "trade_id": last["trade_id"] + 4, "side": "hold"},
+        {**last, "trade_id": last["trade_id"] + 5, "side": None},
+        {**last, "trade_id": last["trade_id"] + 6, "symbol": "x" * 65},
+    ]
+    plain = pa.concat_tables([clean, pa.Table.from_pylist(odd, schema=clean.schema)])
+    encoded = plain
+    for name in ("exchange", "symbol", "side"):
+        column = _dictionary_chunks(plain[name].to_pylist(), cut=n // 3)
+        encoded = encoded.set_column(encoded.schema.get_field_index(name), name, column)
+    now = datetime(2024, 5, 2, 1, 0, tzinfo=UTC)
+
+    def ingested(raw: pa.Table) -> tuple[tuple[int, ...], dict[str, int], Any, Any]:
+        name = f"fast_{uuid.uuid4().hex[:10]}"
+        ensure_tables(iceberg, name)
+        r = ingest(iceberg, name, raw, source="t", now=now)
+        rejected = iceberg.load_table((name, TRADES_REJECTED)).scan().to_arrow()
+        rejects = sorted(tuple(map(str, row.values())) for row in rejected.to_pylist())
+        counts = (r.rows_in, r.accepted, r.duplicates, r.rejected, r.rejects_already_recorded)
+        return counts, r.rejected_by_reason, stored_trades(iceberg, name), rejects
+
+    expected = ingested(plain)
+    assert expected[0][:2] == (n + 6, n + 1)  # the respelled row is kept
+    assert expected[1] == {
+        "missing_exchange": 1,
+        "missing_symbol": 1,
+        "symbol_too_long": 1,
+        "invalid_side": 2,
+    }
+    assert ingested(encoded) == expected
+
+
+def test_decimal_fast_paths_give_what_the_general_path_gives(iceberg: Catalog) -> None:
+    # DECIMAL(18, 8) is read through a checked cast of its words, DECIMAL(38, 8) word by word,
+    # text through Arrow's decimal parser: all three must store and reject the same rows.
+    clean = _clean_feed().slice(0, 50)
+    prices = clean["price"].to_pylist()
+    prices[7] = Decimal("-1")  # non_positive_price
+    prices[9] = Decimal("9999999999.99999999")  # the largest DECIMAL(18, 8)
+    now = datetime(2024, 5, 2, 1, 0, tzinfo=UTC)
+
+    def ingested(price: pa.Array) -> tuple[Any, ...]:
+        name = f"fast_{uuid.uuid4().hex[:10]}"
+        ensure_tables(iceberg, name)
+        r = ingest(iceberg, name, clean.set_column(3, "price", price), source="t", now=now)
+        return r.accepted, r.rejected_by_reason, stored_trades(iceberg, name)
+
+    narrow = ingested(pa.array(prices, pa.decimal128(18, 8)))
+    assert narrow[:2] == (49, {"non_positive_price": 1})
+    assert ingested(pa.array(prices, pa.decimal128(38, 8))) == narrow
+    assert ingested(pa.array([str(p) for p in prices], pa.string())) == narrow
+
+    # A word beyond 64 bits, which DECIMAL(18, 2) cannot hold: refused by the checked cast,
+    # found by the word path and rejected, never wrapped into a small number.
+    words = np.zeros((len(prices), 2), np.int64)
+    words[:, 0] = [int(p * 100) for p in prices]
+    words[:, 1] = words[:, 0] >> 63
+    words[3] = (0, 1)  # 2**64 hundredths
+    huge = pa.Array.from_buffers(pa.decimal128(18, 2), len(prices), [None, pa.py_buffer(words)])
+    accepted, reasons, _ = ingested(huge)
+    assert (accepted, reasons) == (48, {"non_positive_price": 1, "price_precision": 1})
 
 
 # --------------------------------------------------------------------------------------------
