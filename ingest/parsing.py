@@ -43,12 +43,16 @@ _TS_EXAMPLE = "2024-05-01T12:34:56.789012Z"
 
 def _bools(values: _Column) -> np.ndarray:
     """Boolean numpy array from an Arrow boolean array; null counts as False."""
-    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+    if values.null_count:
+        values = pc.fill_null(values, False)
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _ints(values: _Column, fill: int = 0) -> np.ndarray:
-    filled = pc.fill_null(values.cast(pa.int64()), fill)
-    return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=np.int64)
+    values = values.cast(pa.int64())
+    if values.null_count:
+        values = pc.fill_null(values, fill)
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _lengths(values: _Column) -> np.ndarray:
@@ -118,15 +122,25 @@ def _codes(values: _Column) -> tuple[np.ndarray, pa.Array]:
     if not pa.types.is_dictionary(values.type):
         return _dictionary_codes(values)
     chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
-    codes, dictionaries, offset = [], [], 0
+    codes = np.empty(len(values), dtype=np.int64)
+    dictionaries: list[pa.Array] = []  # distinct dictionaries: chunks of a file often share one
+    starts: list[int] = []  # the code of each one's first value
+    row = 0
     for chunk in chunks:
-        indices = _ints(chunk.indices, fill=-1)
-        codes.append(np.where(indices >= 0, indices + offset, -1) if offset else indices)
-        dictionaries.append(chunk.dictionary.cast(pa.large_string()))
-        offset += len(chunk.dictionary)
-    if not codes:
-        return np.zeros(0, np.int64), pa.array([], pa.large_string())
-    return np.concatenate(codes), pa.concat_arrays(dictionaries)
+        known = (i for i, d in enumerate(dictionaries) if d.equals(chunk.dictionary))
+        which = next(known, None)
+        if which is None:
+            which = len(dictionaries)
+            starts.append(starts[-1] + len(dictionaries[-1]) if dictionaries else 0)
+            dictionaries.append(chunk.dictionary)
+        out = codes[row : row + len(chunk)]
+        out[:] = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        if starts[which]:
+            out[out >= 0] += starts[which]
+        row += len(chunk)
+    if not dictionaries:
+        return codes, pa.array([], pa.large_string())
+    return codes, pa.concat_arrays([d.cast(pa.large_string()) for d in dictionaries])
 
 
 def _encode_key_text(values: _Column) -> tuple[np.ndarray, pa.Array]:
