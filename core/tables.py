@@ -154,7 +154,15 @@ LONG_LIFE_PROPERTIES = {
     "commit.manifest-merge.enabled": "true",
     "commit.manifest.min-count-to-merge": "20",
 }
-TRADES_PROPERTIES = {**LONG_LIFE_PROPERTIES, "write.target-file-size-bytes": str(256 * _MB)}
+TRADES_PROPERTIES = {
+    **LONG_LIFE_PROPERTIES,
+    "write.target-file-size-bytes": str(256 * _MB),
+    # A column chunk is dictionary-encoded until its dictionary reaches this size, then plain.
+    # Exchange, symbol and side fit easily; trade ids and timestamps (nearly all distinct) used
+    # to fill 2 MB of dictionary per row group before falling back: 18 % of ingestion's CPU
+    # time for 10 M trades, and files 6 % larger (zstd compresses the plain values better).
+    "write.parquet.dict-size-bytes": str(64 * 1024),
+}
 CANDLE_PROPERTIES = {
     **LONG_LIFE_PROPERTIES,
     "write.target-file-size-bytes": str(64 * _MB),
