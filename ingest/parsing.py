@@ -246,7 +246,8 @@ def _unscaled(values: _Column) -> np.ndarray | None:
 
 
 def _decimal128_units(values: _Column, scale: int) -> _Amount | None:
-    """Read decimal128 words directly; None when some value needs more than 64 bits."""
+    """Units of decimal128 values (:func:`_unscaled`, rescaled); None when some value needs
+    more than 64 bits."""
     n = len(values)
     low = _unscaled(values)
     if low is None:

@@ -255,7 +255,7 @@ def _accepted_table(
 
 
 def _sides(is_buy: np.ndarray) -> pa.Array:
-    """ "buy" or "sell" per row, decoded from a two-value dictionary."""
+    """Each row's side as text, decoded from the two-value dictionary (sell, buy)."""
     codes = pa.array(is_buy.view(np.int8))
     return pa.DictionaryArray.from_arrays(codes, pa.array(["sell", "buy"], pa.large_string())).cast(
         pa.large_string()
