@@ -351,7 +351,10 @@ def main() -> None:
 
         chunk_trades = args.chunk_trades
         backfills: dict[str, dict[str, Any]] = {}
+        bare_beside: list[float] = []
         for tf in TIMEFRAMES.values():
+            if tf is ONE_MINUTE:  # a bare step just before and just after: the same load
+                bare_beside.append(_timed(spark_bare))
             with steps.step(f"backfill_{tf.name}") as row:
                 results = list(
                     pipeline.backfill_timeframe(
@@ -363,10 +366,14 @@ def main() -> None:
                 for step in ("generate_candles", "validate_candles", "publish_candles"):
                     row[step] = round(sum(r.seconds.get(step, 0.0) for r in results), 2)
             backfills[tf.name] = steps.rows[-1]
+            if tf is ONE_MINUTE:
+                bare_beside.append(_timed(spark_bare))
         backfill_s = backfills["1m"]["wall_s"]
         figures.update(
             backfill_1m_trades_per_s=round(body_rows / backfill_s),
             backfill_1m_share_of_bare_step=round(spark_median / backfill_s, 2),
+            bare_beside_backfill_1m_s=[round(b, 2) for b in bare_beside],
+            backfill_1m_share_of_bare_beside=round(statistics.mean(bare_beside) / backfill_s, 2),
         )
 
         with steps.step("incremental_1m") as row:
