@@ -65,6 +65,7 @@ from spark_jobs.reads import in_ranges, on_branch, overlapping
 from spark_jobs.snapshots import (
     Progress,
     branch_snapshot_id,
+    head_and_existing,
     main_snapshot_id,
     progress,
     snapshot_exists,
@@ -342,7 +343,14 @@ def _run(
     calendars = market.calendars
     target = on_branch(table, branch)
     before = progress(spark, table)
-    current = trades_snapshot or main_snapshot_id(spark, tables.trades)
+    present: set[int] | None = None
+    if trades_snapshot:
+        current: int | None = trades_snapshot
+    elif advance_watermark:
+        # The plan asks whether the snapshots the progress names still exist: in the same query.
+        current, present = head_and_existing(spark, tables.trades, before.snapshots())
+    else:
+        current = main_snapshot_id(spark, tables.trades)
     result = RunResult(tf.name, ranges, current, before.watermark, before.watermark)
     if current is None:
         result.notes.append("trades is empty")
@@ -350,7 +358,9 @@ def _run(
 
     after = before
     if advance_watermark:
-        late, after = _plan(spark, tables, tf, before, current, result, late_before, max_new_trades)
+        late, after = _plan(
+            spark, tables, tf, before, current, result, late_before, max_new_trades, present
+        )
         ranges = ranges + late
     elif completes is not None and before == Progress():
         after = _sealed(spark, tables, current, completes, result)
@@ -492,13 +502,17 @@ def _plan(
     result: RunResult,
     late_before: datetime | None,
     max_new_trades: int | None,
+    present: set[int] | None = None,
 ) -> tuple[list[Range], Progress]:
     """Windows touched by trades appended since the watermark (within the budget), and the
-    progress the run records; counts them into ``result``."""
+    progress the run records; counts them into ``result``. ``present``: which of the
+    snapshots ``before`` names still exist, when already known."""
     if before.watermark == current and not before.catching_up:
         return [], before
     start = before
-    gone = sorted(s for s in before.snapshots() if not snapshot_exists(spark, tables.trades, s))
+    if present is None:
+        present = {s for s in before.snapshots() if snapshot_exists(spark, tables.trades, s)}
+    gone = sorted(before.snapshots() - present)
     if gone:
         result.notes.append(
             f"trades snapshot(s) {', '.join(map(str, gone))} that {tf} last read from no longer "
