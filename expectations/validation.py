@@ -36,6 +36,8 @@ from great_expectations.data_context.types.resource_identifiers import (
     ExpectationSuiteIdentifier,
     ValidationResultIdentifier,
 )
+from great_expectations.render.view.view import DefaultJinjaView
+from jinja2 import FileSystemBytecodeCache
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -110,9 +112,37 @@ class ValidationReport:
         return "\n".join(lines)
 
 
+_template_cache: FileSystemBytecodeCache | None = None
+_view_init = DefaultJinjaView.__init__
+
+
+def _init_view(self: DefaultJinjaView, *args: Any, **kwargs: Any) -> None:
+    _view_init(self, *args, **kwargs)
+    if _template_cache is not None:
+        self.env.bytecode_cache = _template_cache
+
+
+# Every GX page view builds a jinja Environment of its own, so every data docs build compiled
+# GX's templates again: about 0.75 s a checkpoint, in a process that `serve` starts per flow
+# run. With a bytecode cache each template is compiled once per project and GX version, then
+# loaded. Jinja keys an entry by template name and checks the source's checksum, and writes it
+# atomically (concurrent runs are safe); GX's views all share one jinja configuration.
+DefaultJinjaView.__init__ = _init_view  # type: ignore[method-assign]
+
+
+def _cache_templates(project: Path) -> None:
+    """Let GX's page views load compiled templates from ``project``'s template cache."""
+    global _template_cache
+    directory = project / "gx" / "uncommitted" / "template_cache" / gx.__version__
+    if _template_cache is None or _template_cache.directory != str(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        _template_cache = FileSystemBytecodeCache(str(directory))
+
+
 def gx_context(root: Path) -> FileDataContext:
     """The file-based GX context under ``root``, configured from the committed template."""
     project = root.resolve()
+    _cache_templates(project)
     config = project / "gx" / "great_expectations.yml"
     if not config.exists():  # GX records its data sources in this copy afterwards
         config.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +274,10 @@ def _run_checkpoint(
     data: Any = frame
     if isinstance(frame, DataFrame) and chosen == "pandas":
         data = frame.toPandas()
+        # Spark Connect leaves the query's execution metrics in ``attrs``, and pandas deep-copies
+        # ``attrs`` into every frame derived from this one: GX derives hundreds per checkpoint
+        # (over a second of deep copies for a few hundred candles). They are not data.
+        data.attrs.clear()
     elif isinstance(frame, DataFrame) and chosen == "spark":
         # Every expectation runs Spark jobs of its own over the frame: cached, they read the
         # candles from memory instead of from the table each time (nothing is collected).

@@ -29,7 +29,6 @@ each chunk then knows its trade count and trade_id range without a query of its 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DecimalType, LongType, StringType, StructField, StructType
@@ -65,6 +65,7 @@ from spark_jobs.reads import in_ranges, on_branch, overlapping
 from spark_jobs.snapshots import (
     Progress,
     branch_snapshot_id,
+    head_and_existing,
     main_snapshot_id,
     progress,
     snapshot_exists,
@@ -342,7 +343,14 @@ def _run(
     calendars = market.calendars
     target = on_branch(table, branch)
     before = progress(spark, table)
-    current = trades_snapshot or main_snapshot_id(spark, tables.trades)
+    present: set[int] | None = None
+    if trades_snapshot:
+        current: int | None = trades_snapshot
+    elif advance_watermark:
+        # The plan asks whether the snapshots the progress names still exist: in the same query.
+        current, present = head_and_existing(spark, tables.trades, before.snapshots())
+    else:
+        current = main_snapshot_id(spark, tables.trades)
     result = RunResult(tf.name, ranges, current, before.watermark, before.watermark)
     if current is None:
         result.notes.append("trades is empty")
@@ -350,7 +358,9 @@ def _run(
 
     after = before
     if advance_watermark:
-        late, after = _plan(spark, tables, tf, before, current, result, late_before, max_new_trades)
+        late, after = _plan(
+            spark, tables, tf, before, current, result, late_before, max_new_trades, present
+        )
         ranges = ranges + late
     elif completes is not None and before == Progress():
         after = _sealed(spark, tables, current, completes, result)
@@ -403,7 +413,19 @@ def _run(
         if first_fill and existing.isEmpty():
             _write_first_fill(spark, table, branch, fresh, result, after)
             return result
-        compared = held.enter_context(_cached(_compare(fresh, existing)))
+        compared = _compare(fresh, existing)
+        if not market.fills_gaps(tf) and stats.trades <= COLLECTED_CANDLES_MAX:
+            # (every candle holds a trade of the read: there are at most as many as trades)
+            collected = _to_arrow(compared)
+            _diff_collected(collected, result)
+            if not result.written:
+                _record_progress(spark, table, branch, before, after, result)
+                return result
+            _merge_collected(spark, target, collected, after)
+            result.candle_snapshot_id = branch_snapshot_id(spark, table, branch or "main")
+            result.watermark = after.watermark
+            return result
+        compared = held.enter_context(_cached(compared))
         groups = _count_changes(compared, result)
         if not result.written:
             _record_progress(spark, table, branch, before, after, result)
@@ -480,13 +502,17 @@ def _plan(
     result: RunResult,
     late_before: datetime | None,
     max_new_trades: int | None,
+    present: set[int] | None = None,
 ) -> tuple[list[Range], Progress]:
     """Windows touched by trades appended since the watermark (within the budget), and the
-    progress the run records; counts them into ``result``."""
+    progress the run records; counts them into ``result``. ``present``: which of the
+    snapshots ``before`` names still exist, when already known."""
     if before.watermark == current and not before.catching_up:
         return [], before
     start = before
-    gone = sorted(s for s in before.snapshots() if not snapshot_exists(spark, tables.trades, s))
+    if present is None:
+        present = {s for s in before.snapshots() if snapshot_exists(spark, tables.trades, s)}
+    gone = sorted(before.snapshots() - present)
     if gone:
         result.notes.append(
             f"trades snapshot(s) {', '.join(map(str, gone))} that {tf} last read from no longer "
@@ -741,6 +767,78 @@ def _revisions(compared: DataFrame, result: RunResult) -> pa.Table:
     )
 
 
+# A scheduled run's few windows: the diff in the client --------------------------------------
+
+COLLECTED_CANDLES_MAX = 50_000
+"""A run that read at most this many trades (so computed at most this many candles) takes its
+diff into the client (:func:`_diff_collected`); a larger one is counted and merged on the
+server from a cached frame."""
+
+
+def _to_arrow(frame: DataFrame) -> pa.Table:
+    """``frame.toArrow()``, without the schema request Spark Connect's toArrow sends first.
+
+    pyspark 4.1's Connect ``toArrow`` asks the server for the schema (planning the whole query,
+    a round trip) only to cast the result to the Arrow schema it already arrives in.
+    """
+    to_table = getattr(frame, "_to_table", None)
+    if to_table is None:  # a classic session
+        return frame.toArrow()
+    table, _ = to_table()
+    return table
+
+
+def _diff_collected(compared: pa.Table, result: RunResult) -> None:
+    """:func:`_count_changes` and :func:`_revisions` on the diff taken into the client.
+
+    The same figures from the same rows: a scheduled run's diff is a few hundred candles, and
+    counting them on the server, caching them for the MERGE and reading the revisions back
+    cost a round trip each (and a cache) where one collect brings them all.
+    """
+    changes = compared.column("_change").to_pylist()
+    result.inserted = changes.count("insert")
+    result.updated = changes.count("update")
+    result.unchanged = changes.count("unchanged")
+    result.windows_recomputed = len(changes)
+    revised = compared.filter(compared.column("_revision"))
+    result.revised = revised.num_rows
+    if not result.revised:
+        return
+    if result.revised > MAX_REVISIONS_KEPT:
+        result.notes.append(
+            f"{result.revised} candles revised; the first {MAX_REVISIONS_KEPT} (oldest windows "
+            "first) are recorded in candle_revisions"
+        )
+    columns = {c: revised.column(c) for c in CANDLE_KEY}
+    for c in REVISED_COLUMNS:
+        columns[f"old_{c}"] = revised.column(f"_old_{c}")
+        columns[f"new_{c}"] = revised.column(c)
+    fields = [revised.schema.field(c) for c in CANDLE_KEY]
+    for c in REVISED_COLUMNS:
+        fields.append(revised.schema.field(f"_old_{c}").with_name(f"old_{c}"))
+        fields.append(revised.schema.field(c).with_name(f"new_{c}"))
+    pairs = pa.Table.from_arrays(list(columns.values()), schema=pa.schema(fields))
+    order = [("window_start", "ascending"), ("exchange", "ascending"), ("symbol", "ascending")]
+    result.revisions = pairs.sort_by(order).slice(0, MAX_REVISIONS_KEPT)
+
+
+def _merge_collected(spark: SparkSession, target: str, compared: pa.Table, after: Progress) -> None:
+    """:func:`_write_changes` from the diff in the client: its changed rows travel with the
+    MERGE (a local relation), with the progress in the snapshot summary."""
+    change = compared.column("_change")
+    changed = compared.filter(pc.not_equal(change, "unchanged")).select(
+        [*CANDLE_COLUMNS, "computed_at"]
+    )
+    starts = pc.min_max(changed.column("window_start")).as_py()
+    _merge(
+        spark,
+        target,
+        spark.createDataFrame(changed),
+        (starts["min"], starts["max"]),
+        after.properties(),
+    )
+
+
 # Write ---------------------------------------------------------------------------------------
 
 
@@ -783,21 +881,21 @@ def _merge(
     bounds: tuple[datetime, datetime],
     properties: dict[str, str],
 ) -> None:
-    """MERGE changed candles (window starts within ``bounds``) into ``target``: replace, insert."""
-    view = f"ohlcv_changed_{uuid.uuid4().hex}"
-    changed.createOrReplaceTempView(view)
+    """MERGE changed candles (window starts within ``bounds``) into ``target``: replace, insert.
+
+    ``changed`` travels inside the MERGE's own request (Spark Connect's SQL with relations),
+    not as a temporary view created and dropped around it: two round trips fewer.
+    """
     args: dict[str, Any] = {"target": target, "lo": bounds[0], "hi": bounds[1]}
-    # The view name is generated here, never user input; values travel as parameters.
-    query = f"""
+    # No value is formatted into the text: ``{changed}`` names the DataFrame passed with the
+    # query, values travel as parameters.
+    query = """
         MERGE INTO IDENTIFIER(:target) AS t
-        USING {view} AS s
+        USING {changed} AS s
         ON t.exchange = s.exchange AND t.symbol = s.symbol AND t.window_start = s.window_start
            AND t.window_start BETWEEN :lo AND :hi
         WHEN MATCHED THEN UPDATE SET *
         WHEN NOT MATCHED THEN INSERT *
     """
-    try:
-        with snapshot_properties(spark, properties):
-            spark.sql(query, args=args)
-    finally:
-        spark.catalog.dropTempView(view)
+    with snapshot_properties(spark, properties):
+        spark.sql(query, args=args, changed=changed)

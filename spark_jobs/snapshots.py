@@ -92,15 +92,24 @@ def snapshot_summary(spark: SparkSession, table: str, snapshot_id: int) -> dict[
     return dict(rows[0]["summary"]) if rows else {}
 
 
-def _lineage(spark: SparkSession, table: str) -> dict[int, Row]:
-    """Every snapshot of the table: parent, operation and the summary properties of ours."""
+def _lineage(spark: SparkSession, table: str) -> tuple[int | None, dict[int, Row]]:
+    """``main``'s head (None: no ``main``) and every snapshot of the table: parent, operation
+    and the summary properties of ours, in one query (the head joined on, not asked for
+    separately)."""
     ours = F.map_filter(F.col("summary"), lambda k, _: k.startswith("ohlcv."))
-    return {
-        int(r["snapshot_id"]): r
-        for r in spark.read.table(f"{table}.snapshots")
+    main = (
+        spark.read.table(f"{table}.refs")
+        .where(F.col("name") == F.lit("main"))
+        .select(F.col("snapshot_id").alias("_main"))
+    )
+    rows = (
+        spark.read.table(f"{table}.snapshots")
         .select("snapshot_id", "parent_id", "operation", ours.alias("ours"))
+        .join(main, F.col("snapshot_id") == F.col("_main"), "left")
         .collect()
-    }
+    )
+    heads = [int(r["snapshot_id"]) for r in rows if r["_main"] is not None]
+    return (heads[0] if heads else None), {int(r["snapshot_id"]): r for r in rows}
 
 
 def _below_compactions(lineage: dict[int, Row], head: int | None) -> int | None:
@@ -116,10 +125,9 @@ def progress_snapshot(spark: SparkSession, table: str) -> tuple[int | None, Prog
     That is ``main``'s head, or, when compactions were committed on top of it (``replace``
     snapshots, which carry no properties of ours), the newest ancestor before them.
     """
-    head = main_snapshot_id(spark, table)
+    head, lineage = _lineage(spark, table)
     if head is None:
         return None, Progress()
-    lineage = _lineage(spark, table)
     node = _below_compactions(lineage, head)
     if node is None or node not in lineage:
         return None, Progress()
@@ -128,8 +136,8 @@ def progress_snapshot(spark: SparkSession, table: str) -> tuple[int | None, Prog
 
 def only_compacted_since(spark: SparkSession, table: str, snapshot_id: int | None) -> bool:
     """True when every snapshot ``main`` gained after ``snapshot_id`` is a compaction."""
-    head = main_snapshot_id(spark, table)
-    return head != snapshot_id and _below_compactions(_lineage(spark, table), head) == snapshot_id
+    head, lineage = _lineage(spark, table)
+    return head != snapshot_id and _below_compactions(lineage, head) == snapshot_id
 
 
 def progress(spark: SparkSession, table: str) -> Progress:
@@ -140,6 +148,28 @@ def progress(spark: SparkSession, table: str) -> Progress:
 def watermark(spark: SparkSession, table: str) -> int | None:
     """The ``trades`` snapshot whose trades the candle table's ``main`` fully reflects."""
     return progress(spark, table).watermark
+
+
+def head_and_existing(
+    spark: SparkSession, table: str, snapshot_ids: set[int]
+) -> tuple[int | None, set[int]]:
+    """:func:`main_snapshot_id`, and which of ``snapshot_ids`` still exist
+    (:func:`snapshot_exists`), in one query."""
+    main = (
+        spark.read.table(f"{table}.refs")
+        .where(F.col("name") == F.lit("main"))
+        .select("snapshot_id", F.lit(True).alias("is_main"))
+    )
+    if snapshot_ids:
+        found = (
+            spark.read.table(f"{table}.snapshots")
+            .where(F.col("snapshot_id").isin(sorted(snapshot_ids)))
+            .select("snapshot_id", F.lit(False).alias("is_main"))
+        )
+        main = main.unionByName(found)
+    rows = main.collect()
+    heads = [int(r["snapshot_id"]) for r in rows if r["is_main"]]
+    return (heads[0] if heads else None), {int(r["snapshot_id"]) for r in rows if not r["is_main"]}
 
 
 def snapshot_exists(spark: SparkSession, table: str, snapshot_id: int) -> bool:
