@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -49,21 +48,25 @@ def test_a_damaged_parquet_file_is_one_line_naming_it(tmp_path: Path) -> None:
     assert str(damaged) in lines[0]
 
 
-def _small_files_only() -> None:
-    # What a full disk looks like to a writer: writes past this size fail (EFBIG), and the
-    # signal that would kill the process instead is ignored, as on a real disk error.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+# What a full disk looks like to a writer: writes past 256 KiB fail (EFBIG), and the signal
+# that would kill the process instead is ignored, as on a real disk error. The child sets this
+# itself: a preexec_fn runs Python in the forked child of this process, whose gRPC threads
+# (the session's Connect client) then logged an epoll error to the child's stderr.
+_SMALL_FILES_ONLY = (
+    "import resource, signal; "
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024)); "
+)
 
 
 def test_a_write_that_fails_for_lack_of_space_is_one_line(tmp_path: Path) -> None:
     trades = _demo_file(tmp_path / "trades.parquet", hours=24)
     assert trades.stat().st_size > 256 * 1024  # its data file cannot be written
+    command = f"{_SMALL_FILES_ONLY}from flows.cli import app; app()"
     done = subprocess.run(
-        [sys.executable, "-c", "from flows.cli import app; app()", "ingest", str(trades)],
+        [sys.executable, "-c", command, "ingest", str(trades)],
         cwd=ROOT,
         env={**os.environ, "OHLCV_DATA_DIR": str(tmp_path / "data")},
-        preexec_fn=_small_files_only,
         capture_output=True,
         text=True,
         timeout=300,
