@@ -133,8 +133,11 @@ def _codes(values: _Column) -> tuple[np.ndarray, pa.Array]:
             which = len(dictionaries)
             starts.append(starts[-1] + len(dictionaries[-1]) if dictionaries else 0)
             dictionaries.append(chunk.dictionary)
+        indices = chunk.indices
+        if indices.null_count:  # (an unsigned index type cannot hold -1)
+            indices = pc.fill_null(indices.cast(pa.int64()), -1)
         out = codes[row : row + len(chunk)]
-        out[:] = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        out[:] = indices.to_numpy(zero_copy_only=False)
         if starts[which]:
             out[out >= 0] += starts[which]
         row += len(chunk)

@@ -23,7 +23,7 @@ from ingest import IngestResult, appending, ingest
 from ingest import demo as demo_data
 from ingest.appending import CachedTransaction
 from ingest.dedup import REJECT_IDENTITY, _classify, _read_directly, _Rows
-from ingest.parsing import _parse_side
+from ingest.parsing import _encode_key_text, _parse_side
 from settings import CatalogType, Settings
 from tests.test_ingest import NOW, Row, stored_trades, text_row, text_table
 
@@ -271,6 +271,15 @@ def test_dictionary_encoded_text_gives_what_plain_text_gives(iceberg: Catalog) -
         "invalid_side": 2,
     }
     assert ingested(encoded) == expected
+
+
+def test_dictionary_codes_of_any_integer_index_type() -> None:
+    # Arrow allows unsigned index types, which cannot hold the -1 a null row's code becomes.
+    for index_type in (pa.int8(), pa.uint8(), pa.int64(), pa.uint32()):
+        indices = pa.array([1, None, 0, 2], index_type)
+        column = pa.DictionaryArray.from_arrays(indices, pa.array([" b", "a", ""]))
+        codes, values = _encode_key_text(pa.chunked_array([column]))
+        assert [values[c].as_py() if c >= 0 else None for c in codes] == ["a", None, "b", None]
 
 
 def test_decimal_fast_paths_give_what_the_general_path_gives(iceberg: Catalog) -> None:
