@@ -743,16 +743,20 @@ def _count_changes(compared: DataFrame, result: RunResult) -> dict[str, Row]:
     return groups
 
 
-def _revisions(compared: DataFrame, result: RunResult) -> pa.Table:
-    """The revised candles: key, then ``old_<c>`` and ``new_<c>`` for each revised column.
-
-    Arrow, not Rows: collected timestamps would come back naive, in local time.
-    """
+def _note_revisions_kept(result: RunResult) -> None:
     if result.revised > MAX_REVISIONS_KEPT:
         result.notes.append(
             f"{result.revised} candles revised; the first {MAX_REVISIONS_KEPT} (oldest windows "
             "first) are recorded in candle_revisions"
         )
+
+
+def _revisions(compared: DataFrame, result: RunResult) -> pa.Table:
+    """The revised candles: key, then ``old_<c>`` and ``new_<c>`` for each revised column.
+
+    Arrow, not Rows: collected timestamps would come back naive, in local time.
+    """
+    _note_revisions_kept(result)
     pairs = [
         column
         for c in REVISED_COLUMNS
@@ -804,20 +808,10 @@ def _diff_collected(compared: pa.Table, result: RunResult) -> None:
     result.revised = revised.num_rows
     if not result.revised:
         return
-    if result.revised > MAX_REVISIONS_KEPT:
-        result.notes.append(
-            f"{result.revised} candles revised; the first {MAX_REVISIONS_KEPT} (oldest windows "
-            "first) are recorded in candle_revisions"
-        )
-    columns = {c: revised.column(c) for c in CANDLE_KEY}
-    for c in REVISED_COLUMNS:
-        columns[f"old_{c}"] = revised.column(f"_old_{c}")
-        columns[f"new_{c}"] = revised.column(c)
-    fields = [revised.schema.field(c) for c in CANDLE_KEY]
-    for c in REVISED_COLUMNS:
-        fields.append(revised.schema.field(f"_old_{c}").with_name(f"old_{c}"))
-        fields.append(revised.schema.field(c).with_name(f"new_{c}"))
-    pairs = pa.Table.from_arrays(list(columns.values()), schema=pa.schema(fields))
+    _note_revisions_kept(result)
+    sources = [*CANDLE_KEY, *(name for c in REVISED_COLUMNS for name in (f"_old_{c}", c))]
+    names = [*CANDLE_KEY, *(name for c in REVISED_COLUMNS for name in (f"old_{c}", f"new_{c}"))]
+    pairs = revised.select(sources).rename_columns(names)
     order = [("window_start", "ascending"), ("exchange", "ascending"), ("symbol", "ascending")]
     result.revisions = pairs.sort_by(order).slice(0, MAX_REVISIONS_KEPT)
 
