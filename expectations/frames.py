@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -185,7 +187,11 @@ def gap_frame(
     trades is a weekend or a holiday as often as an outage)."""
     if is_daily(tf):
         return None
-    candles = read_candles(spark, tables.candles(tf), ranges, branch)
+    return gap_counts(read_candles(spark, tables.candles(tf), ranges, branch), tf)
+
+
+def gap_counts(candles: DataFrame, tf: Timeframe) -> DataFrame:
+    """:func:`gap_frame` of these candles."""
     start = F.unix_micros(F.col("window_start"))
     per_day = candles.groupBy("exchange", "symbol", "trading_date").agg(
         F.min(start).alias("_lo"),
@@ -201,3 +207,31 @@ def gap_frame(
         "real_windows",
         (spanned - F.col("real_windows")).alias("empty_windows"),
     )
+
+
+def gap_rows(candles: pd.DataFrame, tf: Timeframe) -> list[dict[str, Any]] | None:
+    """:func:`gap_frame`'s rows, ordered by exchange, symbol and date, from candles a run
+    already collected (the invariant frame, for validation in pandas): no query of its own.
+    None for daily candles."""
+    if is_daily(tf):
+        return None
+    start = pd.to_datetime(candles["window_start"], utc=True).astype("int64") // 1000
+    synthetic = candles["synthetic"].astype(object).where(candles["synthetic"].notna(), False)
+    located = pd.DataFrame(
+        {
+            "exchange": candles["exchange"],
+            "symbol": candles["symbol"],
+            "trading_date": candles["trading_date"],
+            "_start": start,
+            "_real": (~synthetic.astype(bool)).astype("int64"),
+        }
+    )
+    per_day = (
+        located.groupby(["exchange", "symbol", "trading_date"], dropna=False, sort=True)
+        .agg(_lo=("_start", "min"), _hi=("_start", "max"), real_windows=("_real", "sum"))
+        .reset_index()
+    )
+    spanned = (per_day["_hi"] - per_day["_lo"]) // tf.width_us + 1
+    per_day["windows"] = spanned
+    per_day["empty_windows"] = spanned - per_day["real_windows"]
+    return per_day[list(GAP_COLUMNS)].to_dict("records")  # type: ignore[return-value]

@@ -193,6 +193,21 @@ def _batch_definition(
         return data_asset.add_batch_definition_whole_dataframe("written")  # type: ignore[no-any-return]
 
 
+def validates_in_pandas(engine: Engine, rows: int, pandas_max_rows: int = 5_000) -> bool:
+    """Whether :func:`run_checkpoint` validates ``rows`` rows of a Spark frame in pandas."""
+    return engine == "pandas" or (engine == "auto" and rows <= pandas_max_rows)
+
+
+def collect(frame: DataFrame) -> pd.DataFrame:
+    """``frame``'s rows in pandas, for validation there (one query)."""
+    data = frame.toPandas()
+    # Spark Connect leaves the query's execution metrics in ``attrs``, and pandas deep-copies
+    # ``attrs`` into every frame derived from this one: GX derives hundreds per checkpoint
+    # (over a second of deep copies for a few hundred candles). They are not data.
+    data.attrs.clear()
+    return data
+
+
 def run_checkpoint(
     root: Path,
     name: str,
@@ -225,7 +240,7 @@ def run_checkpoint(
         chosen = "pandas"
     elif engine == "auto":
         expected = frame.count() if rows_hint is None else rows_hint
-        chosen = "pandas" if expected <= pandas_max_rows else "onepass"
+        chosen = "pandas" if validates_in_pandas(engine, expected, pandas_max_rows) else "onepass"
     run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
     key_columns = [c for c in CANDLE_KEY if c in frame.columns]
     evaluated = None
@@ -273,11 +288,7 @@ def _run_checkpoint(
     """GX validates through a checkpoint: rows, results by key, ranges seen, suite rewritten."""
     data: Any = frame
     if isinstance(frame, DataFrame) and chosen == "pandas":
-        data = frame.toPandas()
-        # Spark Connect leaves the query's execution metrics in ``attrs``, and pandas deep-copies
-        # ``attrs`` into every frame derived from this one: GX derives hundreds per checkpoint
-        # (over a second of deep copies for a few hundred candles). They are not data.
-        data.attrs.clear()
+        data = collect(frame)
     elif isinstance(frame, DataFrame) and chosen == "spark":
         # Every expectation runs Spark jobs of its own over the frame: cached, they read the
         # candles from memory instead of from the table each time (nothing is collected).

@@ -32,9 +32,21 @@ from pyspark.sql import SparkSession
 from core.ranges import Range, backfill_ranges
 from core.tables import Tables
 from core.timeframes import Timeframe, rollup_source
-from expectations.frames import gap_frame, invariant_frame, reconciliation_frame
+from expectations.frames import (
+    GAP_COLUMNS,
+    gap_frame,
+    gap_rows,
+    invariant_frame,
+    reconciliation_frame,
+)
 from expectations.suites import gap_suite, invariant_suite, reconciliation_suite
-from expectations.validation import ValidationFailed, ValidationReport, run_checkpoint
+from expectations.validation import (
+    ValidationFailed,
+    ValidationReport,
+    collect,
+    run_checkpoint,
+    validates_in_pandas,
+)
 from settings import Settings
 from spark_jobs import jobs, revisions, wap
 from spark_jobs.snapshots import main_snapshot_id, only_compacted_since, watermark
@@ -260,10 +272,13 @@ def validate(
         )
 
     calendars = settings.market().calendars
-    validation.invariants = check(
-        invariant_suite(tf),
-        invariant_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH, calendars),
-    )
+    invariants: Any = invariant_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH, calendars)
+    if validates_in_pandas(
+        settings.validation_engine, computed, settings.validation_pandas_max_rows
+    ):
+        # Collected here, once: the gap report below counts the same rows without a query.
+        invariants = collect(invariants)
+    validation.invariants = check(invariant_suite(tf), invariants)
     source = rollup_source(tf)
     rollup_suite = reconciliation_suite(tf)
     rolled = reconciliation_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH, calendars)
@@ -281,14 +296,18 @@ def validate(
                 f"trades snapshot {source_watermark} while this run read {run.watermark}: "
                 f"not blocking; run {source} first to reconcile"
             )
-    gaps = gap_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
-    if gaps is not None:
-        validation.gap_rows = [
-            r.asDict() for r in gaps.orderBy("exchange", "symbol", "trading_date").collect()
-        ]
-        # Validated from the rows just collected (a few per symbol and day), not recomputed.
+    if isinstance(invariants, pd.DataFrame):
+        rows = gap_rows(invariants, tf)
+    else:
+        gaps = gap_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
+        rows = None if gaps is None else [r.asDict() for r in gaps.collect()]
+    if rows is not None:
+        validation.gap_rows = sorted(
+            rows, key=lambda r: (r["exchange"], r["symbol"], r["trading_date"])
+        )
+        # Validated from these rows (a few per symbol and day), not recomputed.
         validation.gaps = check(
-            gap_suite(tf), pd.DataFrame(validation.gap_rows, columns=gaps.columns)
+            gap_suite(tf), pd.DataFrame(validation.gap_rows, columns=GAP_COLUMNS)
         )
         empty = validation.empty_windows
         if empty:

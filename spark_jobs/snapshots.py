@@ -78,8 +78,18 @@ def main_snapshot_id(spark: SparkSession, table: str) -> int | None:
 
 def branch_snapshot_id(spark: SparkSession, table: str, branch: str) -> int | None:
     """Snapshot id a branch (or tag) of the table points at (None if it does not exist)."""
-    rows = spark.read.table(f"{table}.refs").where(F.col("name") == F.lit(branch)).collect()
-    return int(rows[0]["snapshot_id"]) if rows else None
+    return ref_snapshot_ids(spark, table, branch).get(branch)
+
+
+def ref_snapshot_ids(spark: SparkSession, table: str, *names: str) -> dict[str, int]:
+    """Snapshot ids of these branches or tags, by name, in one query (absent: not there)."""
+    rows = (
+        spark.read.table(f"{table}.refs")
+        .where(F.col("name").isin(*names))
+        .select("name", "snapshot_id")
+        .collect()
+    )
+    return {r["name"]: int(r["snapshot_id"]) for r in rows}
 
 
 def snapshot_summary(spark: SparkSession, table: str, snapshot_id: int) -> dict[str, str]:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from pyspark.sql import SparkSession
 
-from spark_jobs.snapshots import branch_snapshot_id, main_snapshot_id
+from spark_jobs.snapshots import branch_snapshot_id, main_snapshot_id, ref_snapshot_ids
 
 AUDIT_BRANCH = "audit"
 REJECTED_TAG_PREFIX = "rejected-"
@@ -59,20 +59,22 @@ def publish(spark: SparkSession, table: str, branch: str = AUDIT_BRANCH) -> int 
     Fails (and changes nothing) if ``main`` moved since :func:`start_audit`: there is one
     writer per candle table, so that means someone else wrote to it.
     """
-    audited = branch_snapshot_id(spark, table, branch)
+    refs = ref_snapshot_ids(spark, table, "main", branch)
+    audited = refs.get(branch)
     if audited is None:
         raise ValueError(f"{table} has no branch {branch!r} to publish: run start_audit first")
-    if audited == main_snapshot_id(spark, table):
+    if audited == refs.get("main"):
         return audited  # nothing new on the branch
     catalog = table.split(".")[0]
     _checked(table)
     # The qualified name: given "namespace.name", Iceberg first tries the namespace as a
     # catalog and logs the failure with a stack trace on every publish.
-    spark.sql(
+    moved = spark.sql(
         f"CALL `{catalog}`.system.fast_forward(table => :table, branch => 'main', to => :branch)",
         args={"table": table, "branch": branch},
     ).collect()
-    return main_snapshot_id(spark, table)
+    # (the procedure answers with main's snapshot before and after: no query to ask again)
+    return int(moved[0]["updated_ref"])
 
 
 def keep_rejected(
@@ -82,8 +84,9 @@ def keep_rejected(
 
     Returns the tag name (None when the branch holds nothing beyond ``main``).
     """
-    audited = branch_snapshot_id(spark, table, branch)
-    if audited is None or audited == main_snapshot_id(spark, table):
+    refs = ref_snapshot_ids(spark, table, "main", branch)
+    audited = refs.get(branch)
+    if audited is None or audited == refs.get("main"):
         return None
     tag = f"{REJECTED_TAG_PREFIX}{(now or datetime.now(UTC)):%Y%m%dT%H%M%S%f}"
     spark.sql(

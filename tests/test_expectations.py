@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from pyspark.sql import functions as F
 
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES
-from expectations.frames import with_window_columns
+from expectations.frames import gap_counts, gap_rows, with_window_columns
 from expectations.suites import (
     NOT_NULL,
     RECONCILED,
@@ -24,7 +25,7 @@ from expectations.suites import (
     invariant_suite,
     reconciliation_suite,
 )
-from expectations.validation import ValidationReport, run_checkpoint
+from expectations.validation import ValidationReport, collect, run_checkpoint
 from settings import Settings
 
 ONE_MINUTE = TIMEFRAMES["1m"]
@@ -318,3 +319,37 @@ def test_onepass_reconciles_and_reports_gaps_exactly_as_gx_does(
         # Then: the same verdicts, counts and sample candles
         assert _outcomes(reports[1]) == _outcomes(reports[0])
         assert not reports[1].success
+
+
+def test_the_gap_report_of_collected_candles_equals_the_one_spark_computes(
+    spark: SparkSession, tables: Tables
+) -> None:
+    # Given: candles with windows missing (A: minutes 2-4), synthetic fills (C: 1 and 2), one
+    # row written before the synthetic column existed (null: real), a second trading date, and
+    # a symbol with one candle
+    next_day = 24 * 60
+    rows = [
+        *(good_candle("A", m) for m in (0, 1, 5)),
+        good_candle("B", 0),
+        good_candle("C", 0),
+        synthetic_candle("C", 1),
+        synthetic_candle("C", 2),
+        {**good_candle("C", 3), "synthetic": None},
+        *(good_candle("A", next_day + m) for m in (0, 3)),
+    ]
+    candles = frame(spark, tables, rows)
+    # When: the report is computed in Spark, and from the same candles collected
+    in_spark = [r.asDict() for r in gap_counts(candles, ONE_MINUTE).collect()]
+    collected = gap_rows(collect(candles), ONE_MINUTE)
+    # Then: the same rows, with the same Python types
+    assert collected is not None
+    key = itemgetter("exchange", "symbol", "trading_date")
+    assert sorted(in_spark, key=key) == collected
+    assert [(r["symbol"], r["windows"], r["empty_windows"]) for r in collected] == [
+        ("A", 6, 3),
+        ("A", 4, 2),
+        ("B", 1, 0),
+        ("C", 4, 2),
+    ]
+    assert all(type(r["windows"]) is int and type(r["empty_windows"]) is int for r in collected)
+    assert gap_rows(collect(candles), TIMEFRAMES["1d"]) is None  # daily: no gap report
