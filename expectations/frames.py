@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -175,7 +175,8 @@ def reconciliation_frame(
     return joined.fillna(False, subset=["in_candles", "in_rollup"])
 
 
-GAP_COLUMNS = ("exchange", "symbol", "trading_date", "windows", "real_windows", "empty_windows")
+GAP_KEY = ("exchange", "symbol", "trading_date")
+GAP_COLUMNS = (*GAP_KEY, "windows", "real_windows", "empty_windows")
 
 
 def gap_frame(
@@ -210,7 +211,7 @@ def gap_counts(candles: DataFrame, tf: Timeframe) -> DataFrame:
 
 
 def gap_rows(candles: pd.DataFrame, tf: Timeframe) -> list[dict[str, Any]] | None:
-    """:func:`gap_frame`'s rows, ordered by exchange, symbol and date, from candles a run
+    """:func:`gap_frame`'s rows from candles a run
     already collected (the invariant frame, for validation in pandas): no query of its own.
     None for daily candles."""
     if is_daily(tf):
@@ -227,11 +228,18 @@ def gap_rows(candles: pd.DataFrame, tf: Timeframe) -> list[dict[str, Any]] | Non
         }
     )
     per_day = (
-        located.groupby(["exchange", "symbol", "trading_date"], dropna=False, sort=True)
+        located.groupby(list(GAP_KEY), dropna=False, sort=True)
         .agg(_lo=("_start", "min"), _hi=("_start", "max"), real_windows=("_real", "sum"))
         .reset_index()
     )
     spanned = (per_day["_hi"] - per_day["_lo"]) // tf.width_us + 1
     per_day["windows"] = spanned
     per_day["empty_windows"] = spanned - per_day["real_windows"]
+    for key in GAP_KEY:  # a missing key is a group of its own, as in Spark: None, not NaN
+        per_day[key] = [None if pd.isna(v) else v for v in per_day[key]]
     return per_day[list(GAP_COLUMNS)].to_dict("records")  # type: ignore[return-value]
+
+
+def gap_order(row: Mapping[str, Any]) -> tuple[tuple[bool, Any], ...]:
+    """Sort key of a gap report row: exchange, symbol, trading date; missing values first."""
+    return tuple((row[key] is not None, row[key]) for key in GAP_KEY)

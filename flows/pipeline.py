@@ -35,6 +35,7 @@ from core.timeframes import Timeframe, rollup_source
 from expectations.frames import (
     GAP_COLUMNS,
     gap_frame,
+    gap_order,
     gap_rows,
     invariant_frame,
     reconciliation_frame,
@@ -302,9 +303,7 @@ def validate(
         gaps = gap_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
         rows = None if gaps is None else [r.asDict() for r in gaps.collect()]
     if rows is not None:
-        validation.gap_rows = sorted(
-            rows, key=lambda r: (r["exchange"], r["symbol"], r["trading_date"])
-        )
+        validation.gap_rows = sorted(rows, key=gap_order)
         # Validated from these rows (a few per symbol and day), not recomputed.
         validation.gaps = check(
             gap_suite(tf), pd.DataFrame(validation.gap_rows, columns=GAP_COLUMNS)

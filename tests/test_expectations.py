@@ -6,7 +6,6 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from pyspark.sql import functions as F
 
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES
-from expectations.frames import gap_counts, gap_rows, with_window_columns
+from expectations.frames import gap_counts, gap_order, gap_rows, with_window_columns
 from expectations.suites import (
     NOT_NULL,
     RECONCILED,
@@ -336,6 +335,7 @@ def test_the_gap_report_of_collected_candles_equals_the_one_spark_computes(
         synthetic_candle("C", 2),
         {**good_candle("C", 3), "synthetic": None},
         *(good_candle("A", next_day + m) for m in (0, 3)),
+        {**good_candle("D", 0), "trading_date": None},  # (null: the suite's finding, not a crash)
     ]
     candles = frame(spark, tables, rows)
     # When: the report is computed in Spark, and from the same candles collected
@@ -343,13 +343,14 @@ def test_the_gap_report_of_collected_candles_equals_the_one_spark_computes(
     collected = gap_rows(collect(candles), ONE_MINUTE)
     # Then: the same rows, with the same Python types
     assert collected is not None
-    key = itemgetter("exchange", "symbol", "trading_date")
-    assert sorted(in_spark, key=key) == collected
+    assert sorted(in_spark, key=gap_order) == sorted(collected, key=gap_order)
     assert [(r["symbol"], r["windows"], r["empty_windows"]) for r in collected] == [
         ("A", 6, 3),
         ("A", 4, 2),
         ("B", 1, 0),
         ("C", 4, 2),
+        ("D", 1, 0),
     ]
+    assert collected[-1]["trading_date"] is None
     assert all(type(r["windows"]) is int and type(r["empty_windows"]) is int for r in collected)
     assert gap_rows(collect(candles), TIMEFRAMES["1d"]) is None  # daily: no gap report
