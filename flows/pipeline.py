@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from core.ranges import Range, backfill_ranges
 from core.tables import Tables
@@ -273,12 +273,13 @@ def validate(
         )
 
     calendars = settings.market().calendars
-    invariants: Any = invariant_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH, calendars)
+    written = invariant_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH, calendars)
+    invariants: DataFrame | pd.DataFrame = written
     if validates_in_pandas(
         settings.validation_engine, computed, settings.validation_pandas_max_rows
     ):
         # Collected here, once: the gap report below counts the same rows without a query.
-        invariants = collect(invariants)
+        invariants = collect(written)
     validation.invariants = check(invariant_suite(tf), invariants)
     source = rollup_source(tf)
     rollup_suite = reconciliation_suite(tf)
