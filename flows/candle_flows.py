@@ -37,7 +37,8 @@ from flows import pipeline
 from flows.pipeline import RunMetrics, RunRequest
 from flows.stopping import ends_within_grace
 from flows.writers import one_writer
-from infra.session import close, connect
+from infra.budgets import UNWIND_S
+from infra.session import close, connect, server_gone
 from settings import Settings
 from spark_jobs import jobs
 
@@ -93,12 +94,6 @@ def interruptible(
     return outcome["value"]  # type: ignore[no-any-return]
 
 
-UNWIND_S = 10.0
-"""How long a stopping run waits for the server to acknowledge an interrupt, and then for the
-interrupted call to unwind: a signal or a timeout ends the run within about twice this, even
-when the server no longer answers (then nothing of ours can commit there either)."""
-
-
 def _interrupt(spark: SparkSession, tag: str) -> bool:
     """Interrupt the operations tagged ``tag`` on the server; False if it did not answer within
     :data:`UNWIND_S` (the call goes on in a daemon thread, which never delays the exit)."""
@@ -115,18 +110,20 @@ def _interrupt(spark: SparkSession, tag: str) -> bool:
     return done.wait(UNWIND_S)
 
 
-def _not_a_validation_failure(task: Any, task_run: Any, state: State[Any]) -> bool:
-    """Retry transient errors, never a validation failure (the data would fail again)."""
+def _worth_retrying(task: Any, task_run: Any, state: State[Any]) -> bool:
+    """Retry transient errors; never a validation failure (the data would fail again), nor a
+    server that is gone (the run's session died with it: the retry would fail the same way,
+    only after the retry delay, holding the writer slot)."""
     try:
         state.result(raise_on_failure=True)
     except ValidationFailed:
         return False
-    except BaseException:
-        return True
+    except BaseException as e:
+        return not server_gone(e)
     return True
 
 
-@task(name="generate_candles", cache_policy=NO_CACHE)
+@task(name="generate_candles", cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying)
 def generate_candles(
     spark: SparkSession, settings: Settings, tf: Timeframe, tag: str, request: RunRequest
 ) -> jobs.RunResult:
@@ -152,7 +149,7 @@ def generate_candles(
     return run
 
 
-@task(name="validate_candles", cache_policy=NO_CACHE, retry_condition_fn=_not_a_validation_failure)
+@task(name="validate_candles", cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying)
 def validate_candles(
     spark: SparkSession, settings: Settings, tf: Timeframe, tag: str, run: jobs.RunResult
 ) -> pipeline.Validation:

@@ -22,9 +22,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-STOP_GRACE_S = 30.0
-"""How long a stopping run may take to end gracefully (interrupting its server-side work takes
-at most about 20 s, see :data:`flows.candle_flows.UNWIND_S`)."""
+from infra.budgets import STOP_GRACE_S
 
 
 def _watchdog(signum: int) -> None:

@@ -1,17 +1,21 @@
-"""Opening Spark Connect sessions from settings.
+"""Opening and closing Spark Connect sessions from settings.
 
 The Connect client retries a call whose server is unreachable for ten minutes and more by
 default, so a run whose server died would hang on for longer than any schedule. Sessions made
-here retry within ``OHLCV_CONNECT_RETRY_S`` and log every retry; then the call fails.
+here retry within ``OHLCV_CONNECT_RETRY_S`` and log every retry; then the call fails. A server
+that refuses connections is gone and is given up on sooner (:data:`REFUSED_RETRY_S`), and
+closing a session never waits longer than :data:`CLOSE_WAIT_S` (see :mod:`infra.budgets`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import cast
+from typing import Any, cast
 
 from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
@@ -19,17 +23,23 @@ from pyspark.sql.connect.client.reattach import ExecutePlanResponseReattachableI
 from pyspark.sql.connect.client.retries import DefaultPolicy
 from pyspark.sql.connect.session import SparkSession as ConnectSession
 
+from infra.budgets import CLOSE_RETRY_S, CLOSE_WAIT_S, REFUSED_RETRY_S
 from infra.net import port_open
 from settings import Settings, redact
 
-__all__ = ["ConnectError", "close", "connect", "redact", "session"]
+__all__ = ["ConnectError", "close", "connect", "redact", "server_gone", "session"]
 
 _HOST_PORT = re.compile(r"^sc://(?P<host>[^:/;]+)(?::(?P<port>\d+))?")
 log = logging.getLogger(__name__)
 
 
 class BoundedRetries(DefaultPolicy):
-    """The client's default retry rules, with backoffs that add up to at most ``budget_s``."""
+    """The client's default retry rules, with backoffs that add up to at most ``budget_s``, and
+    to at most :data:`REFUSED_RETRY_S` once the server refuses connections.
+
+    One policy serves every call of its session (from any thread), so the time the server has
+    been refusing is the session's, not one call's.
+    """
 
     _FIRST_S, _FACTOR, _CAP_S = 0.05, 4.0, 5.0
 
@@ -48,9 +58,31 @@ class BoundedRetries(DefaultPolicy):
             recognize_server_retry_delay=False,
         )
         self.budget_s, self.where = budget_s, where
+        self._refused: tuple[float, float] | None = None  # (first, last) refusal of this outage
+        self._refused_lock = threading.Lock()
+
+    def _refused_too_long(self, e: BaseException) -> bool:
+        """Whether ``e`` is a refused connection and the server has refused for too long."""
+        if "Connection refused" not in str(e):
+            return False
+        now = time.monotonic()
+        with self._refused_lock:
+            # No refusal for longer than two backoffs: the last outage ended, a new one begins.
+            if self._refused is None or now - self._refused[1] > 2 * self._CAP_S:
+                self._refused = (now, now)
+            else:
+                self._refused = (self._refused[0], now)
+            return now - self._refused[0] >= min(REFUSED_RETRY_S, self.budget_s)
 
     def can_retry(self, e: BaseException) -> bool:
         retry = bool(super().can_retry(e))
+        if retry and self._refused_too_long(e):
+            log.warning(
+                "Spark Connect at %s refuses connections for %.0f s: the server is gone",
+                self.where,
+                REFUSED_RETRY_S,
+            )
+            return False
         if retry:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             log.warning(
@@ -64,6 +96,15 @@ class BoundedRetries(DefaultPolicy):
 
 class ConnectError(RuntimeError):
     """No Spark Connect server answers at the configured address."""
+
+
+_GONE = ("Connection refused", "SESSION_CHANGED", "SESSION_CLOSED")
+
+
+def server_gone(e: BaseException) -> bool:
+    """Whether ``e`` says the session's server is gone: it refuses connections, or a restarted
+    server no longer knows the session. Nothing done with that session can succeed any more."""
+    return isinstance(e, ConnectError) or any(mark in str(e) for mark in _GONE)
 
 
 def probe(settings: Settings) -> str:
@@ -127,22 +168,58 @@ def connect(settings: Settings, *, tags: tuple[str, ...] = ()) -> SparkSession:
     return spark
 
 
-CLOSE_RETRY_S = 2.0
-"""Retry budget of the calls that close a session: releasing finished executions is a courtesy
-(the server drops abandoned ones by itself), and must not hold a failing run's exit for a
-whole connect budget per pending release when the server is gone."""
-
-
 def close(spark: SparkSession) -> None:
-    """Stop a session after its pending ReleaseExecute calls are done.
+    """Stop a session within :data:`CLOSE_WAIT_S`, whatever state its server is in.
 
-    The Connect client releases finished executions from a background pool; stopping the
-    session first makes each late release fail with a logged SESSION_CLOSED warning.
+    The Connect client releases finished executions from a background pool shared by every
+    session of the process, and its own ``stop()`` waits for that pool without a bound: a
+    release retrying a dead server held a failing run's exit for minutes. Here the pool is
+    taken out of use (the next execution makes a new one) and its pending releases get until
+    the deadline to finish (none are sent to a server that refuses connections); then
+    ReleaseSession gets what is left of it (skipped for a server that is gone). Whatever still
+    waits after that is cancelled by closing the channel.
     """
+    deadline = time.monotonic() + CLOSE_WAIT_S
     client = cast(ConnectSession, spark).client
     client.set_retry_policies([BoundedRetries(CLOSE_RETRY_S, "(closing the session)")])
-    ExecutePlanResponseReattachableIterator.shutdown()  # waits; the pool is recreated lazily
-    spark.stop()
+    endpoint: str = cast(Any, client._builder).endpoint  # host:port, as the channel dials it
+    gone = not _listening(endpoint)
+    _drain_releases(deadline, cancel=gone)
+    if gone:
+        spark.release_session_on_close = False  # type: ignore[attr-defined]
+    stopper = threading.Thread(target=spark.stop, name="spark-connect-close", daemon=True)
+    stopper.start()
+    stopper.join(max(0.0, deadline - time.monotonic()))
+    if stopper.is_alive():
+        log.warning(
+            "Spark Connect at %s did not release the session within %.0f s; closing the connection",
+            endpoint,
+            CLOSE_WAIT_S,
+        )
+        client._channel.close()  # fails the waiting call, so stop() ends
+        stopper.join(CLOSE_RETRY_S)
+
+
+def _listening(endpoint: str) -> bool:
+    host, _, port = endpoint.rpartition(":")
+    return port_open("127.0.0.1" if host == "localhost" else host, int(port), timeout=0.5)
+
+
+def _drain_releases(deadline: float, *, cancel: bool) -> None:
+    """Take the client's ReleaseExecute pool out of use and give its work until ``deadline``
+    (``cancel``: drop what has not started). Its threads are not daemons (the interpreter joins
+    them at exit): a release still running after the deadline ends at its next attempt, which
+    fails on the closed channel."""
+    iterator = ExecutePlanResponseReattachableIterator
+    with iterator._lock:
+        pool = iterator._release_thread_pool_instance
+        iterator._release_thread_pool_instance = None
+    if pool is None:
+        return
+    pool.shutdown(wait=False, cancel_futures=cancel)
+    for thread in list(pool._threads):  # type: ignore[attr-defined]
+        thread.join(max(0.0, deadline - time.monotonic()))
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 @contextmanager

@@ -35,7 +35,7 @@ from infra.session import close, connect
 from settings import Settings
 from spark_jobs import jobs, snapshots, wap
 from tests.conftest import export_settings, port, prefect_api
-from tests.helpers import START, assert_matches_oracle, deliver, random_trades
+from tests.helpers import START, SYMBOLS, assert_matches_oracle, deliver, random_trades
 from tests.oracle import Trade, diff, expected_candles, stored_candles
 
 ONE_MINUTE = TIMEFRAMES["1m"]
@@ -409,3 +409,129 @@ def test_killing_the_server_at_any_point_fails_promptly_and_the_rerun_recovers(
         stack.down(own)
     print(f"kill -9 of the server -> the run failed after: {exits}")
     assert exits and max(exits.values()) < own.connect_retry_s + 30, exits
+
+
+KILL_TRIES = int(os.environ.get("KILL_TRIES", "2"))
+"""Kills per point in the suite. Each kill lands while the command's query runs on the server
+(its plan is seen running in the server's monitoring API), so every try takes the path that
+hung: a reattachable execution in flight, its releases pending. ``KILL_TRIES=10`` for more."""
+
+WRITE_NODES = {"ReplaceData", "WriteDelta", "AppendData", "OverwriteByExpression", "MergeRows"}
+OHLCV = str(Path(sys.executable).with_name("ohlcv"))  # the installed command, as users run it
+
+
+def _running_plans(settings: Settings) -> list[set[str]]:
+    """The node names of each SQL execution running on the server ([] if the API is slow)."""
+    base = f"http://127.0.0.1:{settings.ui_port}/api/v1/applications"
+    try:
+        with urllib.request.urlopen(base, timeout=5) as response:
+            app = json.load(response)[0]["id"]
+        with urllib.request.urlopen(f"{base}/{app}/sql?details=true", timeout=5) as response:
+            executions = json.load(response)
+    except (TimeoutError, urllib.error.URLError):
+        return []
+    return [
+        {node["nodeName"] for node in e.get("nodes", [])}
+        for e in executions
+        if e["status"] == "RUNNING"
+    ]
+
+
+def _kill_when(
+    child: subprocess.Popen[str], out: Path, settings: Settings, after: str, nodes: set[str]
+) -> float | None:
+    """Kill -9 the server once the child has written ``after`` to ``out`` and a query with one
+    of ``nodes`` (any query if empty) runs on it; the time of the kill, or None when the child
+    ended first."""
+    while child.poll() is None:
+        ready = after in out.read_text(errors="replace")
+        if ready and any(nodes & p or not nodes for p in _running_plans(settings)):
+            pid = stack.status(settings).pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            return time.monotonic()
+        time.sleep(0.05)
+    return None
+
+
+def _one_line_within_30_s(child: subprocess.Popen[str], killed: float, what: str) -> None:
+    try:
+        _, stderr = child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        raise AssertionError(f"{what}: still running 60 s after the server was killed") from None
+    took = time.monotonic() - killed
+    assert took <= 30, f"{what}: ended {took:.1f} s after the kill"
+    assert child.returncode == 1, f"{what}: exit {child.returncode}: {stderr}"
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, f"{what}: {stderr}"
+
+
+@pytest.mark.spark  # starts a server of its own, to kill it
+@pytest.mark.parametrize("point", ["backfill mid-chunk", "run mid-MERGE", "candles --live"])
+def test_a_command_whose_server_is_killed_mid_query_ends_in_one_line_and_the_rerun_recovers(
+    point: str, tmp_path: Path, prefect_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given: the CLI with its default budgets, a server of its own and two days of trades
+    own = Settings(
+        data_dir=tmp_path,
+        connect_port=port(15016),
+        ui_port=port(14056),
+        spark_remote=None,
+        driver_memory="1g",
+        gx_dir=tmp_path / "gx",
+    )
+    export_settings(monkeypatch, own)
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    stack.up(own)
+    catalog = open_catalog(own)
+    ensure_tables(catalog, own.namespace)
+    tables = tables_for(own)
+    rng = random.Random(26)
+    end = START + timedelta(days=2)
+    trades = random_trades(rng, START, end, 20_000, first_id=1)
+    deliver(catalog, tables, trades, now=end)
+    span = ["--start", START.isoformat(), "--end", end.isoformat()]
+    backfill = [OHLCV, "backfill", "1m", *span, "--chunk", "6h"]
+    backfill_ = "backfill mid-chunk"
+    if point == "run mid-MERGE":
+        assert subprocess.run(backfill, env=env, capture_output=True).returncode == 0
+    try:
+        for n in range(KILL_TRIES):
+            if point == backfill_:
+                command, nodes = [*backfill, "--restart"], set()
+            elif point == "run mid-MERGE":  # late trades in every window: a MERGE with work
+                late = random_trades(rng, START, end, 5_000, first_id=100_000 * (n + 1))
+                deliver(catalog, tables, late, now=end)
+                trades += late
+                command = [OHLCV, "run", "1m", "--at", end.isoformat(), "--lookback", "48h"]
+                nodes = WRITE_NODES
+            else:
+                command = [OHLCV, "candles", *SYMBOLS, "--live", *span, "--output", "/dev/null"]
+                nodes = set()
+            stack.up(own)
+            out = tmp_path / f"try-{n}.out"
+            with out.open("w") as stdout:
+                child = subprocess.Popen(
+                    command, cwd=tmp_path, env=env, text=True, stdout=stdout, stderr=subprocess.PIPE
+                )
+            # When: the server is killed while the command's query runs (a backfill's after
+            # its first chunk, inside a later one)
+            after = "inserted" if point == backfill_ else ""
+            killed = _kill_when(child, out, own, after, nodes)
+            assert killed is not None, f"{point}: ended before the kill: {child.communicate()}"
+            # Then: it ends within 30 s, in one line
+            _one_line_within_30_s(child, killed, f"{point}, try {n + 1}")
+        # And the same command, once the server is back, leaves every candle right
+        stack.up(own)
+        if point != "candles --live":
+            rerun = backfill if point == backfill_ else command
+            done = subprocess.run(rerun, cwd=tmp_path, env=env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+            spark = connect(own)
+            try:
+                _consistent(spark, tables, trades)
+            finally:
+                close(spark)
+    finally:
+        stack.down(own)
