@@ -64,7 +64,9 @@ class Settings(BaseSettings):
     spark_remote: str | None = Field(
         default=None,
         validation_alias=AliasChoices("SPARK_REMOTE", "OHLCV_SPARK_REMOTE"),
-        description="sc://host:port/;token=...;use_ssl=true. Unset: the local embedded server.",
+        description="sc://host:port/;token=...;use_ssl=true of a Spark Connect server (the "
+        "client sends a token in plaintext only to the host localhost: any other host needs "
+        "use_ssl=true). Unset: the local embedded server.",
     )
     connect_token: SecretStr | None = Field(
         default=None,
@@ -86,7 +88,8 @@ class Settings(BaseSettings):
     )
     server_log_level: Literal["error", "warn", "info", "debug"] = Field(
         default="warn",
-        description="Log level of the local Spark Connect server (its log: stack/server.log).",
+        description="Log level of the local Spark Connect server (its log: stack/server.log, "
+        "moved to server.log.1 past 20 MB at the next start).",
     )
     local_cores: int = Field(
         default=0,
@@ -157,7 +160,8 @@ class Settings(BaseSettings):
         default=30,
         ge=1,
         description="Flow runs (task runs, logs, artifacts) the local Prefect server keeps, in "
-        "days after they end; older ones are deleted by its database vacuum service.",
+        "days after they end; older ones are deleted by its database vacuum service, events "
+        "after at most 7 days.",
     )
 
     # Iceberg catalog
@@ -236,7 +240,8 @@ class Settings(BaseSettings):
     # Great Expectations
     gx_dir: Path | None = Field(
         default=None,
-        description="GX project root (validation results, data docs). Unset: <data_dir>.",
+        description="GX project root: validation results and data docs under gx/. Unset: "
+        "<data_dir>.",
     )
     validation_engine: Literal["auto", "spark", "pandas", "onepass"] = Field(
         default="auto",
@@ -258,7 +263,8 @@ class Settings(BaseSettings):
         default=300,
         ge=1,
         description="Validation results (and their data docs pages) kept per suite, newest "
-        "first: every run adds one, and GX rebuilds the data docs index over all of them.",
+        "first: every run adds one, and GX rebuilds the data docs index over all of them (the "
+        "index lists the newest 100 of all suites).",
     )
 
     # Market calendars and gaps (core/calendars.py; docs/calendars-and-gaps.md)
@@ -266,7 +272,8 @@ class Settings(BaseSettings):
         default=None,
         description="Instrument time zones and sessions: a JSON list, or the path of a JSON "
         'file holding one, e.g. [{"exchange": "nyse", "zone": "America/New_York", '
-        '"session": "09:30-16:00"}]. Unset: every instrument is UTC, no session.',
+        '"session": "09:30-16:00"}]. Unset: every instrument is UTC, no session. See '
+        "docs/calendars-and-gaps.md.",
     )
     gap_policy: str = Field(
         default="",
@@ -282,7 +289,10 @@ class Settings(BaseSettings):
         "catch-up proceeds in bounded steps over the next runs.",
     )
     snapshot_retention_h: float = Field(
-        default=48.0, gt=0, description="Maintenance expires snapshots older than this."
+        default=48.0,
+        gt=0,
+        description="Maintenance expires snapshots older than this many hours; as_of reads "
+        "reach back this far.",
     )
     snapshots_retain_last: int = Field(
         default=20, ge=1, description="Maintenance always keeps this many newest snapshots."
