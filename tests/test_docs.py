@@ -67,7 +67,8 @@ def test_configuration_reference_is_current() -> None:
 
 def test_configuration_reference_has_a_row_per_setting() -> None:
     # An independent look at the table: one row per Settings field, named as the env var.
-    documented = re.findall(r"^\| `([A-Z0-9_]+)`", CONFIGURATION.read_text(encoding="utf-8"), re.MULTILINE)
+    text = CONFIGURATION.read_text(encoding="utf-8")
+    documented = re.findall(r"^\| `([A-Z0-9_]+)`", text, re.MULTILINE)
     assert documented == [
         env_names(name, field)[0] for name, field in Settings.model_fields.items()
     ]
