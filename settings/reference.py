@@ -151,7 +151,7 @@ def main(argv: list[str]) -> None:
     """Write the reference to the path given, or print it."""
     text = render()
     if argv:
-        Path(argv[0]).write_text(text)
+        Path(argv[0]).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
 
