@@ -43,6 +43,12 @@ lint: setup
 docs: setup
 	$(UV) run ohlcv docs
 
+# docs/configuration.md is generated from the Settings field descriptions; tests/test_docs.py
+# fails when it is stale.
+.PHONY: docs-config
+docs-config: setup
+	$(UV) run python -m settings.reference docs/configuration.md
+
 # The example notebook in JupyterLab, installed for this command only (the stack must be up).
 notebook: setup
 	$(UV) run --with jupyterlab==4.6.6 jupyter lab notebooks/explore_candles.ipynb

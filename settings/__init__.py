@@ -64,40 +64,85 @@ class Settings(BaseSettings):
     spark_remote: str | None = Field(
         default=None,
         validation_alias=AliasChoices("SPARK_REMOTE", "OHLCV_SPARK_REMOTE"),
-        description="sc://host:port/;token=...;use_ssl=true. Unset: the local embedded server.",
+        description="sc://host:port/;token=...;use_ssl=true of a Spark Connect server (the "
+        "client sends a token in plaintext only to the host localhost: any other host needs "
+        "use_ssl=true). Unset: the local embedded server.",
     )
     connect_token: SecretStr | None = Field(
         default=None,
         description="Token the local server requires. Unset: one is generated per data "
         "directory (<data_dir>/stack/token, mode 600).",
     )
-    connect_host: str = "127.0.0.1"
-    connect_port: int = Field(default=15002, ge=1, le=65535)
-    driver_memory: str = "4g"
+    connect_host: str = Field(
+        default="127.0.0.1",
+        description="Address the local Spark Connect server binds to (loopback: only this "
+        "machine can reach it).",
+    )
+    connect_port: int = Field(
+        default=15002, ge=1, le=65535, description="Port of the local Spark Connect server."
+    )
+    driver_memory: str = Field(
+        default="4g",
+        description="Memory of the local Spark Connect server's driver (spark-submit's "
+        "--driver-memory), e.g. 4g.",
+    )
     server_log_level: Literal["error", "warn", "info", "debug"] = Field(
         default="warn",
-        description="Log level of the local Spark Connect server (its log: stack/server.log).",
+        description="Log level of the local Spark Connect server (its log: stack/server.log, "
+        "moved to server.log.1 past 20 MB at the next start).",
     )
-    local_cores: int = Field(default=0, ge=0, description="0 = all cores of this machine.")
-    shuffle_partitions: int = Field(default=4, ge=1)
-    server_start_timeout_s: float = Field(default=180.0, gt=0)
+    local_cores: int = Field(
+        default=0,
+        ge=0,
+        description="Cores the local server runs Spark on in local mode (local[N]); 0: all "
+        "cores of this machine. Not used with OHLCV_WORKERS.",
+    )
+    shuffle_partitions: int = Field(
+        default=4,
+        ge=1,
+        description="spark.sql.shuffle.partitions of the local server: partitions of every "
+        "aggregation and join (Spark's default of 200 suits a cluster, not one machine).",
+    )
+    server_start_timeout_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="How long `stack up` waits for each local JVM server (Spark Connect, the "
+        "standalone master, the S3 server, the REST catalog) to become healthy before it "
+        "fails with the last lines of that server's log.",
+    )
     connect_retry_s: float = Field(
         default=60.0,
         ge=0,
         description="How long a Spark Connect call retries an unreachable server before it "
         "fails (the client's own default is over ten minutes).",
     )
-    ui_port: int = Field(default=4040, ge=1, le=65535, description="Spark UI of the local server")
+    ui_port: int = Field(
+        default=4040, ge=1, le=65535, description="Port of the local server's Spark UI."
+    )
     workers: int = Field(
         default=0,
         ge=0,
         description="0: the server runs Spark in local mode. N: `stack up` also starts a "
         "standalone master and N worker processes on loopback, and the server uses them.",
     )
-    worker_cores: int = Field(default=1, ge=1)
-    worker_memory: str = "2g"
-    master_port: int = Field(default=7077, ge=1, le=65535)
-    master_ui_port: int = Field(default=8080, ge=1, le=65535)
+    worker_cores: int = Field(
+        default=1, ge=1, description="Cores of each standalone worker (OHLCV_WORKERS > 0)."
+    )
+    worker_memory: str = Field(
+        default="2g", description="Memory of each standalone worker (OHLCV_WORKERS > 0)."
+    )
+    master_port: int = Field(
+        default=7077,
+        ge=1,
+        le=65535,
+        description="Port of the standalone master on 127.0.0.1 (OHLCV_WORKERS > 0).",
+    )
+    master_ui_port: int = Field(
+        default=8080,
+        ge=1,
+        le=65535,
+        description="Port of the standalone master's web UI on 127.0.0.1 (OHLCV_WORKERS > 0).",
+    )
     prefect_port: int = Field(
         default=4200,
         ge=1,
@@ -105,25 +150,49 @@ class Settings(BaseSettings):
         description="Port of the local Prefect server `stack up` starts on 127.0.0.1 (API and "
         "UI), unless PREFECT_API_URL names another one.",
     )
-    prefect_start_timeout_s: float = Field(default=180.0, gt=0)
+    prefect_start_timeout_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="How long `stack up` waits for the local Prefect server to answer before "
+        "it fails, naming the server's log.",
+    )
     prefect_retention_days: float = Field(
         default=30,
         ge=1,
         description="Flow runs (task runs, logs, artifacts) the local Prefect server keeps, in "
-        "days after they end; older ones are deleted by its database vacuum service.",
+        "days after they end; older ones are deleted by its database vacuum service, events "
+        "after at most 7 days.",
     )
 
     # Iceberg catalog
-    catalog_type: CatalogType = CatalogType.SQLITE
-    catalog_name: str = "ohlcv"
-    namespace: str = "market"
+    catalog_type: CatalogType = Field(
+        default=CatalogType.SQLITE,
+        description="The Iceberg catalog Spark and PyIceberg share: sqlite (a JDBC catalog in "
+        "<data_dir>/catalog.db), postgres (a JDBC catalog in PostgreSQL) or rest (an Iceberg "
+        "REST catalog; without OHLCV_CATALOG_URI, `stack up` starts a local one).",
+    )
+    catalog_name: str = Field(
+        default="ohlcv",
+        description="Spark's name of the catalog (the first part of ohlcv.market.trades); "
+        "letters, digits and underscores.",
+    )
+    namespace: str = Field(
+        default="market",
+        description="Namespace of the tables in the catalog; letters, digits and underscores.",
+    )
     catalog_uri: str | None = Field(
         default=None,
         description="JDBC URL (postgres: jdbc:postgresql://host:5432/db) or REST URL. "
         "Unset with sqlite: <data_dir>/catalog.db.",
     )
-    catalog_user: str | None = None
-    catalog_password: SecretStr | None = None
+    catalog_user: str | None = Field(
+        default=None, description="User of the JDBC catalog (postgres)."
+    )
+    catalog_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the JDBC catalog (postgres); handed to the local server in "
+        "a private file, never on its command line.",
+    )
     catalog_token: SecretStr | None = Field(
         default=None,
         description="Bearer token of the REST catalog. Unset with the local REST catalog: one "
@@ -148,41 +217,63 @@ class Settings(BaseSettings):
         default=None, description="Warehouse location. Unset: file:<data_dir>/warehouse."
     )
     # S3-compatible object storage for an s3:// warehouse (Iceberg's S3FileIO on both sides)
-    s3_endpoint: str | None = Field(default=None, description="e.g. http://minio:9000")
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: SecretStr | None = None
-    s3_region: str = "us-east-1"
-    s3_path_style_access: bool = True
+    s3_endpoint: str | None = Field(
+        default=None,
+        description="URL of S3-compatible object storage for an s3:// warehouse, e.g. "
+        "http://minio:9000. Unset with OHLCV_STORAGE=s3: the local S3 server.",
+    )
+    s3_access_key_id: str | None = Field(
+        default=None,
+        description="S3 access key id. Unset with the local S3 server: a pair is generated "
+        "per data directory (<data_dir>/stack/s3-credentials.json, mode 600).",
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="S3 secret access key (see OHLCV_S3_ACCESS_KEY_ID)."
+    )
+    s3_region: str = Field(default="us-east-1", description="S3 region of the warehouse.")
+    s3_path_style_access: bool = Field(
+        default=True,
+        description="Path-style S3 URLs (endpoint/bucket/key), as MinIO and the local S3 "
+        "server expect.",
+    )
 
     # Great Expectations
     gx_dir: Path | None = Field(
         default=None,
-        description="GX project root (validation results, data docs). Unset: <data_dir>.",
+        description="GX project root: validation results and data docs under gx/. Unset: "
+        "<data_dir>.",
     )
     validation_engine: Literal["auto", "spark", "pandas", "onepass"] = Field(
         default="auto",
         description="pandas: GX validates the collected rows; spark: GX validates the Spark "
         "DataFrame (Spark jobs per expectation); onepass: the suite is evaluated in one Spark "
         "aggregation and stored as its GX result. auto: pandas up to "
-        "validation_pandas_max_rows rows, onepass above.",
+        "OHLCV_VALIDATION_PANDAS_MAX_ROWS rows, onepass above.",
     )
     # Measured side by side (1m suite, load average 11): 500 rows pandas 5.0 s / onepass 3.8 s,
     # 20,000 rows 7.2 s / 3.5 s, 100,000 rows 19.6 s / 5.7 s; 400,000 rows GX's Spark engine
     # 70 s / onepass 13 s. Scheduled runs (hundreds of candles) stay on GX's own engine.
-    validation_pandas_max_rows: int = Field(default=5_000, ge=0)
+    validation_pandas_max_rows: int = Field(
+        default=5_000,
+        ge=0,
+        description="With OHLCV_VALIDATION_ENGINE=auto: batches up to this many candles are "
+        "validated by GX's pandas engine, larger ones by onepass. 0: always onepass.",
+    )
     validation_results_kept: int = Field(
         default=300,
         ge=1,
         description="Validation results (and their data docs pages) kept per suite, newest "
-        "first: every run adds one, and GX rebuilds the data docs index over all of them.",
+        "first: every run adds one, and GX rebuilds the data docs index over all of them (the "
+        "index lists the newest 100 of all suites).",
     )
 
-    # Market calendars and gaps (core/calendars.py; README "Calendars and gaps")
+    # Market calendars and gaps (core/calendars.py; docs/calendars-and-gaps.md)
     calendars: str | None = Field(
         default=None,
         description="Instrument time zones and sessions: a JSON list, or the path of a JSON "
         'file holding one, e.g. [{"exchange": "nyse", "zone": "America/New_York", '
-        '"session": "09:30-16:00"}]. Unset: every instrument is UTC, no session.',
+        '"session": "09:30-16:00"}]. Unset: every instrument is UTC, no session. See '
+        "docs/calendars-and-gaps.md.",
     )
     gap_policy: str = Field(
         default="",
@@ -198,7 +289,10 @@ class Settings(BaseSettings):
         "catch-up proceeds in bounded steps over the next runs.",
     )
     snapshot_retention_h: float = Field(
-        default=48.0, gt=0, description="Maintenance expires snapshots older than this."
+        default=48.0,
+        gt=0,
+        description="Maintenance expires snapshots older than this many hours; as_of reads "
+        "reach back this far.",
     )
     snapshots_retain_last: int = Field(
         default=20, ge=1, description="Maintenance always keeps this many newest snapshots."
@@ -224,11 +318,27 @@ class Settings(BaseSettings):
     )
 
     # Orchestration (Prefect task defaults; tests shorten them)
-    generate_retries: int = Field(default=2, ge=0)
-    generate_retry_delay_s: float = Field(default=60.0, ge=0)
-    generate_timeout_s: float = Field(default=300.0, gt=0)
-    validate_retries: int = Field(default=1, ge=0)
-    validate_retry_delay_s: float = Field(default=30.0, ge=0)
+    generate_retries: int = Field(
+        default=2, ge=0, description="Retries of a flow run's generate_candles task."
+    )
+    generate_retry_delay_s: float = Field(
+        default=60.0, ge=0, description="Seconds between generate_candles retries."
+    )
+    generate_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Time limit of one generate_candles attempt: its Spark operations are "
+        "interrupted on the server (interruptTag) when it runs out.",
+    )
+    validate_retries: int = Field(
+        default=1,
+        ge=0,
+        description="Retries of a flow run's validate_candles task (never for a failed "
+        "validation: the data would fail again).",
+    )
+    validate_retry_delay_s: float = Field(
+        default=30.0, ge=0, description="Seconds between validate_candles retries."
+    )
 
     @field_validator("calendars")
     @classmethod
