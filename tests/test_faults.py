@@ -420,21 +420,32 @@ WRITE_NODES = {"ReplaceData", "WriteDelta", "AppendData", "OverwriteByExpression
 OHLCV = str(Path(sys.executable).with_name("ohlcv"))  # the installed command, as users run it
 
 
-def _running_plans(settings: Settings) -> list[set[str]]:
-    """The node names of each SQL execution running on the server ([] if the API is slow)."""
-    base = f"http://127.0.0.1:{settings.ui_port}/api/v1/applications"
-    try:
-        with urllib.request.urlopen(base, timeout=5) as response:
-            app = json.load(response)[0]["id"]
-        with urllib.request.urlopen(f"{base}/{app}/sql?details=true", timeout=5) as response:
-            executions = json.load(response)
-    except (TimeoutError, urllib.error.URLError):
-        return []
-    return [
-        {node["nodeName"] for node in e.get("nodes", [])}
-        for e in executions
-        if e["status"] == "RUNNING"
-    ]
+class _Queries:
+    """What runs on a server, from its monitoring API (cheap enough to poll every 50 ms: only
+    executions newer than those already seen are fetched with their plans)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.base = f"http://127.0.0.1:{settings.ui_port}/api/v1/applications"
+        self.seen = 0
+
+    def _get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"{self.base}{path}", timeout=5) as response:
+            return json.load(response)
+
+    def running(self, nodes: set[str]) -> bool:
+        """Whether a query runs whose plan has one of ``nodes`` (any query: ``nodes`` empty)."""
+        try:
+            app = self._get("")[0]["id"]
+            if not nodes:
+                return bool(self._get(f"/{app}/jobs?status=running"))
+            executions = self._get(f"/{app}/sql?details=true&offset={self.seen}&length=1000")
+        except (TimeoutError, urllib.error.URLError):
+            return False
+        done = [e for e in executions if e["status"] != "RUNNING"]
+        running = [e for e in executions if e["status"] == "RUNNING"]
+        if not running:  # (never skip past a running one)
+            self.seen += len(done)
+        return any(nodes & {n["nodeName"] for n in e.get("nodes", [])} for e in running)
 
 
 def _kill_when(
@@ -443,9 +454,9 @@ def _kill_when(
     """Kill -9 the server once the child has written ``after`` to ``out`` and a query with one
     of ``nodes`` (any query if empty) runs on it; the time of the kill, or None when the child
     ended first."""
+    queries = _Queries(settings)
     while child.poll() is None:
-        ready = after in out.read_text(errors="replace")
-        if ready and any(nodes & p or not nodes for p in _running_plans(settings)):
+        if after in out.read_text(errors="replace") and queries.running(nodes):
             pid = stack.status(settings).pid
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
@@ -482,7 +493,8 @@ def test_a_command_whose_server_is_killed_mid_query_ends_in_one_line_and_the_rer
         gx_dir=tmp_path / "gx",
     )
     export_settings(monkeypatch, own)
-    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    # (unbuffered: the test reads the command's progress while it runs)
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONUNBUFFERED": "1"}
     stack.up(own)
     catalog = open_catalog(own)
     ensure_tables(catalog, own.namespace)
