@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 
 from core.tables import Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
-from flows import pipeline
+from flows.backfill import in_session, run_backfill
 from flows.candle_flows import FLOWS
 from infra import spark_server, stack
 from infra.catalog import open_catalog
@@ -87,10 +87,18 @@ def test_a_backfill_survives_losing_a_worker(
     trades = random_trades(random.Random(72), START, end, 1200, first_id=1)
     deliver(catalog, tables, trades, now=end)
     tf = TIMEFRAMES["1m"]
-    chunks = pipeline.backfill_timeframe(spark, settings, tf, START, end, chunk=timedelta(hours=1))
+    backfill = run_backfill(
+        settings,
+        tf,
+        START,
+        end,
+        chunk=timedelta(hours=1),
+        run_chunk=in_session(spark, settings, tf),
+    )
+    chunks = iter(backfill)
 
     first = next(chunks)
-    assert first.published
+    assert first.metrics.published
     # When: one worker process (and its executors) is killed mid-backfill
     victim = spark_server.cluster_pids(settings)["workers"][0]
     os.killpg(victim, signal.SIGKILL)
@@ -100,5 +108,5 @@ def test_a_backfill_survives_losing_a_worker(
     assert spark_server.alive_workers(settings) == 1
     rest = list(chunks)
     # Then: every remaining chunk still completes on the surviving worker, exactly
-    assert len(rest) == 3 and all(r.published for r in rest)
+    assert len(rest) == 3 and all(r.metrics.published for r in rest)
     assert not diff(expected_candles(trades, tf), stored_candles(spark, tables.candles(tf)))

@@ -61,7 +61,7 @@ def test_a_token_to_an_address_without_tls_is_refused_at_once(tmp_path: Path) ->
 def _ohlcv(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it, in a process of its own (no PREFECT_API_URL of the tests)."""
     return subprocess.run(
-        [sys.executable, "-c", "from flows.cli import main; main()", *args],
+        [sys.executable, "-c", "from cli.main import main; main()", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
