@@ -190,10 +190,10 @@ def serve_command(ctx: typer.Context) -> None:
     from flows.candle_flows import deployments
     from flows.maintenance import CRON, FLOW_NAME, maintenance_deployment
 
-    for tf in TIMEFRAMES.values():
-        console.print(f"{tf.flow_name}: cron '{tf.cron}' UTC, one run at a time")
-    console.print(f"{FLOW_NAME}: cron '{CRON}' UTC, one run at a time")
-    with flow_context(settings_of(ctx)):
+    with flow_context(settings_of(ctx)):  # a stack that is down: one line, nothing else
+        for tf in TIMEFRAMES.values():
+            console.print(f"{tf.flow_name}: cron '{tf.cron}' UTC, one run at a time")
+        console.print(f"{FLOW_NAME}: cron '{CRON}' UTC, one run at a time")
         serve(*deployments(), maintenance_deployment())
 
 
