@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from core.tables import TRADES, Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
-from flows.backfill import in_session, run_backfill
+from flows.backfill import run_backfill
 from infra import stack
 from infra.catalog import open_catalog
 from infra.session import connect
@@ -371,7 +371,7 @@ def main() -> None:
                     ticks_start,
                     chunk_trades=chunk_trades,
                     restart=True,  # measured afresh on every bench run
-                    run_chunk=in_session(spark, settings, tf),
+                    spark=spark,
                 )
                 results = [done.metrics for done in backfill]
                 row["chunks"] = len(results)

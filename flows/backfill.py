@@ -173,6 +173,7 @@ def run_backfill(
     chunk: timedelta = timedelta(days=1),
     chunk_trades: int | None = None,
     restart: bool = False,
+    spark: SparkSession | None = None,
     run_chunk: ChunkRunner | None = None,
 ) -> Backfill:
     """Recompute every window of [start, end) chunk by chunk, each chunk audited and published
@@ -188,7 +189,10 @@ def run_backfill(
             pinned snapshot, so a resumed backfill cuts the same chunks); each chunk's run gets
             the trade counts of the plan and does not count them again.
         restart: recompute every chunk, also those a previous run finished.
-        run_chunk: how a chunk runs (default: as a flow run of the timeframe's Prefect flow).
+        spark: run each chunk as the plain pipeline in this session (:func:`in_session`:
+            tests, benchmarks, notebooks) instead of as a flow run of the timeframe's Prefect
+            flow (:func:`as_flow_runs`, what ``ohlcv backfill`` does).
+        run_chunk: any other way to run a chunk.
     """
     chunks = backfill_ranges(tf, start, end, chunk)
     catalog = open_catalog(settings)
@@ -214,9 +218,9 @@ def run_backfill(
         for r in backfill_requests(chunks, progress.trades_snapshot_id, stats)
         if r.window_range is not None
     }
-    return Backfill(
-        tf, chunks, progress.todo(chunks), requests, progress, run_chunk or as_flow_runs(tf)
-    )
+    if run_chunk is None:
+        run_chunk = as_flow_runs(tf) if spark is None else in_session(spark, settings, tf)
+    return Backfill(tf, chunks, progress.todo(chunks), requests, progress, run_chunk)
 
 
 def backfill_requests(

@@ -78,6 +78,11 @@ class LocalServer:
     def config_file(self, settings: Settings) -> Path:
         return settings.stack_dir / f"{self.name}.properties"
 
+    def write_config(self, settings: Settings, config: dict[str, str]) -> Path:
+        """Write the server's configuration, secrets included, as properties (mode 600)."""
+        write_private(self.config_file(settings), java_properties(config))
+        return self.config_file(settings)
+
     def recorded_pid(self, settings: Settings) -> int | None:
         """The pid in the pid file (the process may be gone)."""
         try:

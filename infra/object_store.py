@@ -16,14 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from infra.artifacts import S3PROXY_JARS, ensure_jar_set, java_executable
-from infra.local_servers import (
-    HOST,
-    JVM_OPTIONS,
-    Launch,
-    LocalServer,
-    java_properties,
-    write_private,
-)
+from infra.local_servers import HOST, JVM_OPTIONS, Launch, LocalServer, write_private
 from infra.processes import StackStatus
 from settings import LOCAL_S3_BUCKET, Settings
 
@@ -117,7 +110,7 @@ def up(settings: Settings) -> StackStatus:
         "--properties",
         str(SERVER.config_file(settings)),
     ]
-    write_private(SERVER.config_file(settings), java_properties(config))
+    SERVER.write_config(settings, config)
     launch = Launch(cmd, umask=PRIVATE_UMASK)
     SERVER.start(settings, settings.s3_port, lambda: launch, lambda: refuses_anonymous(settings))
     return status(settings)

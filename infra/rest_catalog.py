@@ -19,14 +19,7 @@ from pathlib import Path
 
 from infra import object_store
 from infra.artifacts import REST_CATALOG_JARS, ensure_jar_set, java_executable
-from infra.local_servers import (
-    HOST,
-    JVM_OPTIONS,
-    Launch,
-    LocalServer,
-    java_properties,
-    write_private,
-)
+from infra.local_servers import HOST, JVM_OPTIONS, Launch, LocalServer, write_private
 from infra.processes import StackError, StackStatus
 from settings import Settings
 
@@ -111,7 +104,7 @@ def up(settings: Settings) -> StackStatus:
         str(LAUNCHER),
         str(SERVER.config_file(settings)),
     ]
-    write_private(SERVER.config_file(settings), java_properties(config))
+    SERVER.write_config(settings, config)
     launch = Launch(cmd, {**os.environ, **(object_store.SDK_ENV if settings.local_s3 else {})})
     SERVER.start(settings, settings.rest_port, lambda: launch, lambda: _healthy(settings, token))
     return status(settings)

@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from core.ranges import Range, lookback_range
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES
-from flows.backfill import Backfill, in_session, run_backfill
+from flows.backfill import Backfill, run_backfill
 from settings import Settings
 from spark_jobs import jobs, snapshots
 from spark_jobs.candles import TradeIdRange, candles
@@ -147,7 +147,7 @@ def test_backfill_in_chunks_equals_oracle(
         START,
         end,
         chunk=timedelta(minutes=90),
-        run_chunk=in_session(spark, run_settings, tf),
+        spark=spark,
     )
     results = _runs(backfill)
 
@@ -203,8 +203,7 @@ def test_backfill_in_chunks_of_trades_equals_oracle(
     assert [c.stats.trades for c in chunks] == [500, 300]
 
     # When: the backfill runs in those chunks on an empty table (a first fill)
-    runner = in_session(spark, run_settings, tf)
-    results = _runs(run_backfill(run_settings, tf, START, end, chunk_trades=350, run_chunk=runner))
+    results = _runs(run_backfill(run_settings, tf, START, end, chunk_trades=350, spark=spark))
     # Then: the candles equal the oracle, and the last chunk records the watermark
     assert [r.ranges[0] for r in results] == [c.window_range for c in chunks]
     assert sum(r.inserted for r in results) == len(expected_candles(trades, tf))
@@ -217,7 +216,7 @@ def test_backfill_in_chunks_of_trades_equals_oracle(
     late = Trade(EXCHANGE, "BTC-USD", 99_999, Decimal("42.5"), Decimal("2"), "sell", START)
     deliver(catalog, tables, [late], now=end)
     again = _runs(
-        run_backfill(run_settings, tf, START, end, chunk_trades=350, restart=True, run_chunk=runner)
+        run_backfill(run_settings, tf, START, end, chunk_trades=350, restart=True, spark=spark)
     )
     # Then: one candle is updated, nothing else is written, and the oracle still holds
     assert sum(r.updated for r in again) == 1 and sum(r.inserted for r in again) == 0

@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 
 from core.tables import Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
-from flows.backfill import in_session, run_backfill
+from flows.backfill import run_backfill
 from flows.candle_flows import FLOWS
 from infra import spark_server, stack
 from infra.catalog import open_catalog
@@ -93,7 +93,7 @@ def test_a_backfill_survives_losing_a_worker(
         START,
         end,
         chunk=timedelta(hours=1),
-        run_chunk=in_session(spark, settings, tf),
+        spark=spark,
     )
     chunks = iter(backfill)
 

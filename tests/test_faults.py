@@ -27,7 +27,7 @@ from pyspark.sql import SparkSession
 from core.tables import Tables, ensure_tables
 from core.timeframes import TIMEFRAMES, Timeframe
 from flows import pipeline
-from flows.backfill import in_session, run_backfill
+from flows.backfill import run_backfill
 from flows.candle_flows import FLOWS
 from flows.pipeline import RunRequest, tables_for
 from infra import stack
@@ -364,9 +364,7 @@ def test_killing_the_server_at_any_point_fails_promptly_and_the_rerun_recovers(
         history = random_trades(rng, START + timedelta(hours=1), end, 300, first_id=100_000)
         deliver(catalog, tables, history, now=end)
         trades += history
-        chunks = iter(
-            run_backfill(own, ONE_MINUTE, START, end, run_chunk=in_session(spark, own, ONE_MINUTE))
-        )
+        chunks = iter(run_backfill(own, ONE_MINUTE, START, end, spark=spark))
         assert next(chunks).metrics.published
         pid = stack.status(own).pid
         assert pid is not None
@@ -380,9 +378,7 @@ def test_killing_the_server_at_any_point_fails_promptly_and_the_rerun_recovers(
         stack.up(own)
         spark = connect(own)
         # (the same backfill resumes after the chunk published before the kill)
-        rerun = run_backfill(
-            own, ONE_MINUTE, START, end, run_chunk=in_session(spark, own, ONE_MINUTE)
-        )
+        rerun = run_backfill(own, ONE_MINUTE, START, end, spark=spark)
         assert rerun.resumed == 1 and all(c.metrics.published for c in rerun)
         _consistent(spark, tables, trades)
 

@@ -20,7 +20,7 @@ from pyspark.sql import SparkSession
 from core.tables import LONG_LIFE_PROPERTIES, TRADES, Tables, ensure_tables
 from core.timeframes import TIMEFRAMES, Timeframe
 from flows import pipeline
-from flows.backfill import in_session, run_backfill
+from flows.backfill import run_backfill
 from flows.pipeline import RunRequest
 from settings import Settings
 from spark_jobs import jobs, maintenance, snapshots
@@ -88,9 +88,7 @@ def test_first_run_after_a_backfill_of_many_days_reads_only_the_late_trades(
         deliver(catalog, tables, batch, now=end)
         trades += batch
     # Given: a backfill of every day, in day chunks, through the audited pipeline
-    backfill = run_backfill(
-        run_settings, ONE_MINUTE, START, end, run_chunk=in_session(spark, run_settings, ONE_MINUTE)
-    )
+    backfill = run_backfill(run_settings, ONE_MINUTE, START, end, spark=spark)
     chunks = [done.metrics for done in backfill]
     assert len(chunks) == 4 and all(c.published for c in chunks)
     last = chunks[-1].run
@@ -136,7 +134,7 @@ def test_a_run_that_reads_new_trades_but_changes_nothing_advances_the_watermark(
             START,
             now,
             chunk=timedelta(hours=2),
-            run_chunk=in_session(spark, run_settings, ONE_MINUTE),
+            spark=spark,
         )
     ]
     assert chunk is not None and chunk.updated > 0
@@ -369,7 +367,7 @@ def test_a_backfill_that_does_not_cover_every_trade_records_no_watermark(
         end - timedelta(hours=2),
         end,
         chunk=timedelta(hours=1),
-        run_chunk=in_session(spark, run_settings, ONE_MINUTE),
+        spark=spark,
     )
     (*_, last) = [done.metrics.run for done in backfill]
     # Then: it records no watermark (older trades are not reflected) and says why
