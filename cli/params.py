@@ -34,6 +34,19 @@ def usage(parse: Callable[[str], Any]) -> Callable[[str | None], str | None]:
     return check
 
 
+def instant(help: str, *names: str) -> Any:
+    """An option holding an ISO-8601 time (UTC when it has no offset)."""
+    return typer.Option(*names, help=help, callback=usage(parse_instant))
+
+
+def duration(help: str) -> Any:
+    """An option holding a duration such as 10m or 2h."""
+    return typer.Option(help=help, callback=usage(parse_duration))
+
+
+TIMEFRAME_HELP = "1m, 5m, 30m, 1h or 1d"
+
+
 def parse_duration(text: str) -> timedelta:
     """'90s', '10m', '2h', '2d' -> timedelta."""
     match = _DURATION.match(text.strip())

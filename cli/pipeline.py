@@ -18,7 +18,15 @@ from cli import output
 from cli.app import app, settings_of
 from cli.errors import friendly_errors
 from cli.output import console
-from cli.params import chunk_size, known_tables, parse_duration, usage
+from cli.params import (
+    TIMEFRAME_HELP,
+    chunk_size,
+    duration,
+    instant,
+    known_tables,
+    parse_duration,
+    usage,
+)
 from cli.requires import flow_context, prepare_tables
 from cli.stack import start_stack
 from core.time import parse_instant
@@ -86,21 +94,9 @@ def _ingest_demo(
 @friendly_errors
 def run_command(
     ctx: typer.Context,
-    tf: Annotated[str, typer.Argument(help="1m, 5m, 30m, 1h or 1d", callback=usage(timeframe))],
-    at: Annotated[
-        str | None,
-        typer.Option(
-            "--at",
-            help="Reference time (ISO-8601, default now)",
-            callback=usage(parse_instant),
-        ),
-    ] = None,
-    lookback: Annotated[
-        str | None,
-        typer.Option(
-            help="e.g. 10m, 2h (default: the timeframe's)", callback=usage(parse_duration)
-        ),
-    ] = None,
+    tf: Annotated[str, typer.Argument(help=TIMEFRAME_HELP, callback=usage(timeframe))],
+    at: Annotated[str | None, instant("Reference time (ISO-8601, default now)", "--at")] = None,
+    lookback: Annotated[str | None, duration("e.g. 10m, 2h (default: the timeframe's)")] = None,
 ) -> None:
     """Run the timeframe's flow now: generate -> validate -> publish."""
     tf_ = timeframe(tf)
@@ -116,13 +112,10 @@ def run_command(
 @friendly_errors
 def backfill_command(
     ctx: typer.Context,
-    tf: Annotated[str, typer.Argument(help="1m, 5m, 30m, 1h or 1d", callback=usage(timeframe))],
-    start: Annotated[str, typer.Option(help="ISO-8601, inclusive", callback=usage(parse_instant))],
-    end: Annotated[str, typer.Option(help="ISO-8601, exclusive", callback=usage(parse_instant))],
-    chunk: Annotated[
-        str | None,
-        typer.Option(help="Length of one chunk (default 1d)", callback=usage(parse_duration)),
-    ] = None,
+    tf: Annotated[str, typer.Argument(help=TIMEFRAME_HELP, callback=usage(timeframe))],
+    start: Annotated[str, instant("ISO-8601, inclusive")],
+    end: Annotated[str, instant("ISO-8601, exclusive")],
+    chunk: Annotated[str | None, duration("Length of one chunk (default 1d)")] = None,
     chunk_trades: Annotated[
         int | None,
         typer.Option(

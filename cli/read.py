@@ -13,13 +13,14 @@ from cli import output
 from cli.app import app, settings_of
 from cli.errors import friendly_errors
 from cli.params import (
+    TIMEFRAME_HELP,
     candle_window,
     chosen_format,
+    duration,
+    instant,
     output_format,
-    parse_duration,
     usage,
 )
-from core.time import parse_instant
 from core.timeframes import timeframe
 from settings import Settings
 
@@ -61,25 +62,12 @@ def candles_command(
     symbols: Annotated[
         list[str], typer.Argument(help="One or more symbols, e.g. BTC-USD", metavar="SYMBOL")
     ],
-    tf: Annotated[
-        str, typer.Option("--tf", help="1m, 5m, 30m, 1h or 1d", callback=usage(timeframe))
-    ] = "1m",
+    tf: Annotated[str, typer.Option("--tf", help=TIMEFRAME_HELP, callback=usage(timeframe))] = "1m",
     start: Annotated[
-        str | None,
-        typer.Option(
-            help="First window start, ISO-8601 (UTC without offset)", callback=usage(parse_instant)
-        ),
+        str | None, instant("First window start, ISO-8601 (UTC without offset)")
     ] = None,
-    end: Annotated[
-        str | None,
-        typer.Option(help="Windows starting before this, ISO-8601", callback=usage(parse_instant)),
-    ] = None,
-    last: Annotated[
-        str | None,
-        typer.Option(
-            help="The windows of the last DURATION, e.g. 2h", callback=usage(parse_duration)
-        ),
-    ] = None,
+    end: Annotated[str | None, instant("Windows starting before this, ISO-8601")] = None,
+    last: Annotated[str | None, duration("The windows of the last DURATION, e.g. 2h")] = None,
     live: Annotated[
         bool,
         typer.Option(
@@ -89,12 +77,7 @@ def candles_command(
         ),
     ] = False,
     as_of: Annotated[
-        str | None,
-        typer.Option(
-            "--as-of",
-            help="The candles as published at this time, ISO-8601",
-            callback=usage(parse_instant),
-        ),
+        str | None, instant("The candles as published at this time, ISO-8601", "--as-of")
     ] = None,
     exchange: Annotated[str | None, typer.Option(help="Only this exchange")] = None,
     fmt: Annotated[

@@ -141,15 +141,9 @@ def test_backfill_in_chunks_equals_oracle(
 
     # (90-minute chunks: three, the last one shorter; each chunk is a commit, and this test
     # also runs on PostgreSQL and REST + S3)
-    backfill = run_backfill(
-        run_settings,
-        tf,
-        START,
-        end,
-        chunk=timedelta(minutes=90),
-        spark=spark,
+    results = _runs(
+        run_backfill(run_settings, tf, START, end, chunk=timedelta(minutes=90), spark=spark)
     )
-    results = _runs(backfill)
 
     assert len(results) == 3  # 4 hours: 90 + 90 + 60 minutes
     assert sum(r.inserted for r in results) == len(expected_candles(trades, tf))

@@ -87,15 +87,7 @@ def test_a_backfill_survives_losing_a_worker(
     trades = random_trades(random.Random(72), START, end, 1200, first_id=1)
     deliver(catalog, tables, trades, now=end)
     tf = TIMEFRAMES["1m"]
-    backfill = run_backfill(
-        settings,
-        tf,
-        START,
-        end,
-        chunk=timedelta(hours=1),
-        spark=spark,
-    )
-    chunks = iter(backfill)
+    chunks = iter(run_backfill(settings, tf, START, end, chunk=timedelta(hours=1), spark=spark))
 
     first = next(chunks)
     assert first.metrics.published

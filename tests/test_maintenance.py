@@ -129,12 +129,7 @@ def test_a_run_that_reads_new_trades_but_changes_nothing_advances_the_watermark(
     (chunk,) = [
         done.metrics.run
         for done in run_backfill(
-            run_settings,
-            ONE_MINUTE,
-            START,
-            now,
-            chunk=timedelta(hours=2),
-            spark=spark,
+            run_settings, ONE_MINUTE, START, now, chunk=timedelta(hours=2), spark=spark
         )
     ]
     assert chunk is not None and chunk.updated > 0
@@ -361,13 +356,9 @@ def test_a_backfill_that_does_not_cover_every_trade_records_no_watermark(
     trades = random_trades(rng, START, end, 300, first_id=1)
     deliver(catalog, tables, trades, now=end)
     # Given: a backfill of only the last two hours
+    first = end - timedelta(hours=2)
     backfill = run_backfill(
-        run_settings,
-        ONE_MINUTE,
-        end - timedelta(hours=2),
-        end,
-        chunk=timedelta(hours=1),
-        spark=spark,
+        run_settings, ONE_MINUTE, first, end, chunk=timedelta(hours=1), spark=spark
     )
     (*_, last) = [done.metrics.run for done in backfill]
     # Then: it records no watermark (older trades are not reflected) and says why
