@@ -15,11 +15,11 @@ def flow_context(settings: Settings) -> Iterator[None]:
     Connect server, a URL the client cannot use, no Prefect server), else run the block
     against the user's PREFECT_API_URL or the local Prefect server. Without the checks, a flow
     run would start, record a failure and print Prefect's traceback first."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from infra.session import probe
 
-    probe(settings)
+    probe(settings)  # before Prefect's import: a stack that is down fails in a blink
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url(settings)}):
         yield
 
