@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from core.tables import ensure_tables
+from infra.catalog import open_catalog
 from infra.stack import StackStatus
 from settings import Settings
 from tests.conftest import port
@@ -160,3 +162,11 @@ def test_a_failed_flow_run_prints_one_line_and_keeps_its_traceback_on_the_server
         ]
     ours = [m for m in logs if missing in m]
     assert any("Traceback" in m for m in ours), logs
+
+    # And: once the tables exist, a run that succeeds prints its summary line and nothing of
+    # Prefect's (flow and task runs starting and finishing are in the run's logs only)
+    ensure_tables(open_catalog(settings), missing)
+    done = _ohlcv(env, "run", "1m")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines() == [done.stdout.strip()], done.stdout
+    assert done.stdout.startswith("1m: read 0 trades") and not done.stderr.strip(), done
