@@ -13,7 +13,7 @@ setup:
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --user --quiet uv \
 	  || python3 -m pip install --user --quiet --break-system-packages uv
 	$(UV) sync --frozen --compile-bytecode
-	$(UV) run python -m compileall -q core flows ingest read settings spark_jobs expectations infra
+	$(UV) run python -m compileall -q cli core flows ingest read settings spark_jobs expectations infra
 	$(UV) run ohlcv setup
 
 demo: setup
@@ -38,7 +38,7 @@ test-fast: setup
 lint: setup
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
-	$(UV) run mypy core flows ingest read spark_jobs expectations infra settings tests bench
+	$(UV) run mypy cli core flows ingest read spark_jobs expectations infra settings tests bench
 
 docs: setup
 	$(UV) run ohlcv docs

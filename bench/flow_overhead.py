@@ -186,7 +186,7 @@ def main() -> None:
         spark.stop()
 
         serve = subprocess.Popen(
-            [sys.executable, "-c", "from flows.cli import main; main()", "serve"],
+            [sys.executable, "-c", "from cli.main import main; main()", "serve"],
             stdout=(work / "serve.log").open("wb"),
             stderr=subprocess.STDOUT,
         )

@@ -88,7 +88,7 @@ def time_command(data_dir: Path, repeat: int) -> tuple[list[float], list[float]]
     command = [
         sys.executable,
         "-c",
-        "from flows.cli import main; main()",
+        "from cli.main import main; main()",
         "candles",
         "SYM0-USD",
         "--tf",

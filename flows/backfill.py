@@ -11,23 +11,40 @@ history: nothing is skipped that the table does not hold.
 The file also pins the ``trades`` snapshot every chunk reads, so a resumed backfill reads the
 same trades as the first chunks did, and its last chunk may record that snapshot as the
 table's watermark.
+
+:func:`run_backfill` is the one backfill: ``ohlcv backfill`` runs it with each chunk a Prefect
+flow run, tests and benchmarks with each chunk the plain pipeline in their own session
+(:func:`in_session`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import ancestors_of
 
-from core.ranges import Range
+from core.ranges import Range, backfill_ranges
+from core.tables import TRADES, Tables, ensure_tables
 from core.timeframes import Timeframe
+from flows.pipeline import RunMetrics, RunRequest, run_pipeline
+from infra.catalog import open_catalog
 from settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from spark_jobs.jobs import TradeStats
+
+ChunkRunner = Callable[[RunRequest], RunMetrics]
+"""Runs one chunk's request: a Prefect flow run (:func:`as_flow_runs`), or the pipeline in a
+session (:func:`in_session`)."""
 
 
 @dataclass
@@ -113,3 +130,154 @@ class BackfillProgress:
         partial = self.path.with_name(self.path.name + ".part")
         partial.write_text(json.dumps(state, indent=1))
         partial.replace(self.path)  # a crash mid-write never leaves a torn file
+
+
+@dataclass(frozen=True)
+class ChunkDone:
+    """One finished chunk of a backfill and what its run reported."""
+
+    window: Range
+    metrics: RunMetrics
+
+
+@dataclass
+class Backfill:
+    """A planned backfill: its chunks and the ones still to do. Iterating runs those, oldest
+    first, recording each as done once its run returned."""
+
+    tf: Timeframe
+    chunks: list[Range]
+    todo: list[Range]
+    requests: dict[Range, RunRequest]
+    progress: BackfillProgress
+    run_chunk: ChunkRunner
+
+    @property
+    def resumed(self) -> int:
+        """Chunks already done by an earlier run of the same backfill."""
+        return len(self.chunks) - len(self.todo)
+
+    def __iter__(self) -> Iterator[ChunkDone]:
+        for window in self.todo:
+            metrics = self.run_chunk(self.requests[window])
+            self.progress.mark_done(window, metrics.main_snapshot_id)
+            yield ChunkDone(window, metrics)
+
+
+def run_backfill(
+    settings: Settings,
+    tf: Timeframe,
+    start: datetime,
+    end: datetime,
+    *,
+    chunk: timedelta = timedelta(days=1),
+    chunk_trades: int | None = None,
+    restart: bool = False,
+    spark: SparkSession | None = None,
+    run_chunk: ChunkRunner | None = None,
+) -> Backfill:
+    """Recompute every window of [start, end) chunk by chunk, each chunk audited and published
+    on its own; iterate the result to run the chunks not done yet.
+
+    Every chunk reads the trades snapshot current when the backfill first started (kept in its
+    progress file); the last one records it as the watermark of a table that has none, when
+    the backfill covered every trade.
+
+    Args:
+        chunk: the length of a chunk.
+        chunk_trades: size chunks by trades instead, about this many each (planned on the
+            pinned snapshot, so a resumed backfill cuts the same chunks); each chunk's run gets
+            the trade counts of the plan and does not count them again.
+        restart: recompute every chunk, also those a previous run finished.
+        spark: run each chunk as the plain pipeline in this session (:func:`in_session`:
+            tests, benchmarks, notebooks) instead of as a flow run of the timeframe's Prefect
+            flow (:func:`as_flow_runs`, what ``ohlcv backfill`` does).
+        run_chunk: any other way to run a chunk.
+    """
+    chunks = backfill_ranges(tf, start, end, chunk)
+    catalog = open_catalog(settings)
+    ensure_tables(catalog, settings.namespace)
+    pinned = catalog.load_table((settings.namespace, TRADES)).current_snapshot()
+    candles = catalog.load_table((settings.namespace, tf.table))
+    progress = BackfillProgress.load(
+        settings,
+        candles,
+        tf,
+        chunks,
+        chunk,
+        pinned.snapshot_id if pinned else None,
+        restart=restart,
+        chunk_trades=chunk_trades,
+    )
+    stats: dict[Range, TradeStats] = {}
+    if chunk_trades is not None and progress.trades_snapshot_id is not None:
+        stats = _chunks_by_trades(settings, tf, chunks, progress.trades_snapshot_id, chunk_trades)
+        chunks = list(stats)
+    requests = {
+        r.window_range: r
+        for r in backfill_requests(chunks, progress.trades_snapshot_id, stats)
+        if r.window_range is not None
+    }
+    if run_chunk is None:
+        run_chunk = as_flow_runs(tf) if spark is None else in_session(spark, settings, tf)
+    return Backfill(tf, chunks, progress.todo(chunks), requests, progress, run_chunk)
+
+
+def backfill_requests(
+    chunks: list[Range],
+    trades_snapshot_id: int | None,
+    stats: dict[Range, TradeStats] | None = None,
+) -> list[RunRequest]:
+    """One request per chunk, all pinned to one trades snapshot; the last completes the range."""
+    covered = Range(chunks[0].start, chunks[-1].end)
+    return [
+        RunRequest(
+            window_range=chunk,
+            trades_snapshot_id=trades_snapshot_id,
+            completes=covered if i == len(chunks) - 1 else None,
+            stats=(stats or {}).get(chunk),
+        )
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+def _chunks_by_trades(
+    settings: Settings, tf: Timeframe, chunks: list[Range], pinned: int, chunk_trades: int
+) -> dict[Range, TradeStats]:
+    """Chunks of about ``chunk_trades`` trades each, with their trade counts."""
+    from infra.session import session
+    from spark_jobs.jobs import plan_chunks
+
+    with session(settings) as spark:
+        tables = Tables(settings.catalog_name, settings.namespace)
+        planned = plan_chunks(
+            spark, tables, tf, chunks[0].start, chunks[-1].end, pinned, chunk_trades
+        )
+    return {c.window_range: c.stats for c in planned}
+
+
+def as_flow_runs(tf: Timeframe) -> ChunkRunner:
+    """Each chunk a flow run of the timeframe's Prefect flow (what ``ohlcv backfill`` does)."""
+
+    def run(request: RunRequest) -> RunMetrics:
+        from flows.candle_flows import FLOWS
+
+        assert request.window_range is not None
+        stats = request.stats
+        return FLOWS[tf.name](
+            window_start=request.window_range.start,
+            window_end=request.window_range.end,
+            trades_snapshot_id=request.trades_snapshot_id,
+            backfill_start=request.completes.start if request.completes else None,
+            chunk_trades=stats.trades if stats else None,
+            chunk_trade_ids=(
+                (stats.trade_ids.low, stats.trade_ids.high) if stats and stats.trade_ids else None
+            ),
+        )
+
+    return run
+
+
+def in_session(spark: SparkSession, settings: Settings, tf: Timeframe) -> ChunkRunner:
+    """Each chunk the plain pipeline (no Prefect) in the caller's session: tests, benchmarks."""
+    return lambda request: RunMetrics.of(tf, run_pipeline(spark, settings, tf, request))

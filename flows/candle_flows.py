@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -41,6 +42,8 @@ from infra.budgets import UNWIND_S
 from infra.session import close, connect, server_gone
 from settings import Settings
 from spark_jobs import jobs
+from spark_jobs.candles import TradeIdRange
+from spark_jobs.jobs import TradeStats
 
 T = TypeVar("T")
 
@@ -311,6 +314,8 @@ def run_candle_pipeline(
     window_end: datetime | None = None,
     trades_snapshot_id: int | None = None,
     backfill_start: datetime | None = None,
+    chunk_trades: int | None = None,
+    chunk_trade_ids: tuple[int, int] | None = None,
 ) -> RunMetrics:
     """The body of every timeframe's flow (see the module docstring)."""
     logger = get_run_logger()
@@ -322,6 +327,10 @@ def run_candle_pipeline(
     request = _request(
         at, lookback_minutes, window_start, window_end, trades_snapshot_id, backfill_start
     )
+    if chunk_trades is not None:
+        # Counted when the backfill planned its chunks by trades: the run does not count again.
+        ids = TradeIdRange(*chunk_trade_ids) if chunk_trade_ids else None
+        request = replace(request, stats=TradeStats(chunk_trades, ids))
     with ends_within_grace(), one_writer(settings, tf.table):
         spark = connect(settings)
         try:
@@ -374,9 +383,19 @@ def _make_flow(tf: Timeframe) -> Flow[..., RunMetrics]:
         window_end: datetime | None = None,
         trades_snapshot_id: int | None = None,
         backfill_start: datetime | None = None,
+        chunk_trades: int | None = None,
+        chunk_trade_ids: tuple[int, int] | None = None,
     ) -> RunMetrics:
         return run_candle_pipeline(
-            tf, at, lookback_minutes, window_start, window_end, trades_snapshot_id, backfill_start
+            tf,
+            at,
+            lookback_minutes,
+            window_start,
+            window_end,
+            trades_snapshot_id,
+            backfill_start,
+            chunk_trades,
+            chunk_trade_ids,
         )
 
     # Deployments load flows by module attribute: give each the name it is exported under.

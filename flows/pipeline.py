@@ -22,14 +22,14 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
-from core.ranges import Range, backfill_ranges
+from core.ranges import Range
 from core.tables import Tables
 from core.timeframes import Timeframe, rollup_source
 from expectations.frames import (
@@ -436,46 +436,3 @@ def run_pipeline(
                 raise
             log.info("%s: main was compacted during the run; running again on top of it", tf)
             base = main_snapshot_id(spark, table)
-
-
-def backfill_timeframe(
-    spark: SparkSession,
-    settings: Settings,
-    tf: Timeframe,
-    start: datetime,
-    end: datetime,
-    *,
-    chunk: timedelta = timedelta(days=1),
-    chunk_trades: int | None = None,
-) -> Iterator[PipelineResult]:
-    """Backfill [start, end) chunk by chunk, each chunk audited and published on its own.
-
-    Every chunk reads the trades snapshot current at the start; the last one records it as the
-    watermark of a table that has none, when the backfill covered every trade. Chunks are
-    ``chunk`` long or, with ``chunk_trades``, hold about that many trades each.
-    """
-    pinned = main_snapshot_id(spark, tables_for(settings).trades)
-    if chunk_trades is not None and pinned is not None:
-        planned = jobs.plan_chunks(
-            spark, tables_for(settings), tf, start, end, pinned, chunk_trades
-        )
-        chunks = [c.window_range for c in planned]
-        stats: list[jobs.TradeStats | None] = [c.stats for c in planned]
-    else:
-        chunks = backfill_ranges(tf, start, end, chunk)
-        stats = [None] * len(chunks)
-    for request, known in zip(backfill_requests(chunks, pinned), stats, strict=True):
-        yield run_pipeline(spark, settings, tf, replace(request, stats=known))
-
-
-def backfill_requests(chunks: list[Range], trades_snapshot_id: int | None) -> list[RunRequest]:
-    """One request per chunk, all pinned to one trades snapshot; the last completes the range."""
-    covered = Range(chunks[0].start, chunks[-1].end)
-    return [
-        RunRequest(
-            window_range=chunk,
-            trades_snapshot_id=trades_snapshot_id,
-            completes=covered if i == len(chunks) - 1 else None,
-        )
-        for i, chunk in enumerate(chunks)
-    ]

@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 from core.tables import Tables
 from core.time import from_us
 from core.timeframes import TIMEFRAMES, Timeframe
+from settings import Settings
 from spark_jobs.snapshots import main_snapshot_id, watermark
 
 
@@ -104,3 +105,14 @@ def symbol_summary(spark: SparkSession, tables: Tables, tf: Timeframe) -> list[R
         .collect()
     )
     return list(rows)
+
+
+def status_rows(settings: Settings) -> dict[str, list[str]]:
+    """`ohlcv status`: per timeframe, what is published and the last flow run."""
+    from infra.session import session
+
+    with session(settings) as spark:
+        rows = published_status(spark, Tables(settings.catalog_name, settings.namespace))
+    for name, last in last_flow_runs().items():
+        rows[name] += last
+    return rows

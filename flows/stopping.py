@@ -8,7 +8,7 @@ logging handler, an HTTP client) and the exit then waits forever: measured once 
 run that got SIGINT was still alive two minutes later. So the first signal also arms a
 watchdog that ends the process after :data:`STOP_GRACE_S` if the graceful path has not. The
 server drops whatever a vanished client left running
-(:data:`infra.stack.ABANDONED_OPERATIONS_CONF`).
+(:data:`infra.spark_server.ABANDONED_OPERATIONS_CONF`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""What the stack's loopback JVM servers beside Spark share: files, start, health, stop.
+"""The one implementation of a local server: a pid file, a log, and waiting until healthy.
 
-The local S3 server (:mod:`infra.object_store`) and the local REST catalog
-(:mod:`infra.rest_catalog`) are started like the Spark Connect server: pinned jars, loopback
-only, a pid file and a log under ``<data_dir>/stack``, a health check before ``up`` returns,
-and one clear line when their port is taken. Their configuration, credentials included, is a
-properties file of mode 600 (a command line would show secrets in ``ps``).
+The four servers of the local stack (the Spark Connect server, :mod:`infra.spark_server`; the
+Prefect server, :mod:`infra.prefect_server`; the S3 server, :mod:`infra.object_store`; the REST
+catalog, :mod:`infra.rest_catalog`) are started alike: loopback only, a pid file and a log
+under ``<data_dir>/stack``, a running server of the data directory reused, a health check
+before ``up`` returns, and one clear line when their port is taken. Configuration with secrets
+goes to a properties file of mode 600 (a command line would show secrets in ``ps``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.net import port_open
-from infra.stack import StackError, StackStatus, alive, spawn, stop_process
+from infra.processes import StackError, StackStatus, alive, log_tail, reap, spawn, stop_process
 from settings import Settings
 
 HOST = "127.0.0.1"
@@ -44,12 +45,29 @@ def java_properties(values: dict[str, str]) -> str:
 
 
 @dataclass(frozen=True)
+class Launch:
+    """How to start a server: its command, its whole environment, the umask of its files."""
+
+    cmd: list[str]
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    umask: int = -1
+
+
+@dataclass(frozen=True)
 class LocalServer:
-    """One loopback server of the stack, named ``name`` in its files under the stack dir."""
+    """One loopback server of the stack, named ``name`` in its files under the stack dir.
+
+    ``error`` is what its failures raise; ``timeout_setting`` the settings field (and, as
+    ``OHLCV_<FIELD>``, the variable) bounding its start-up; ``port_hint`` ends the message
+    about a taken port.
+    """
 
     name: str
     title: str
     port_variable: str
+    error: type[StackError] = StackError
+    timeout_setting: str = "server_start_timeout_s"
+    port_hint: str = ""
 
     def pid_file(self, settings: Settings) -> Path:
         return settings.stack_dir / f"{self.name}.json"
@@ -60,92 +78,97 @@ class LocalServer:
     def config_file(self, settings: Settings) -> Path:
         return settings.stack_dir / f"{self.name}.properties"
 
-    def _pid(self, settings: Settings) -> int | None:
+    def write_config(self, settings: Settings, config: dict[str, str]) -> Path:
+        """Write the server's configuration, secrets included, as properties (mode 600)."""
+        write_private(self.config_file(settings), java_properties(config))
+        return self.config_file(settings)
+
+    def recorded_pid(self, settings: Settings) -> int | None:
+        """The pid in the pid file (the process may be gone)."""
         try:
             return int(json.loads(self.pid_file(settings).read_text())["pid"])
         except (FileNotFoundError, ValueError, KeyError):
             return None
 
-    def status(self, settings: Settings, url: str) -> StackStatus:
-        pid = self._pid(settings)
-        running = pid is not None and alive(pid)
-        return StackStatus(running, pid if running else None, url, self.log_file(settings))
+    def running_pid(self, settings: Settings) -> int | None:
+        """The pid of this data directory's running server, if any."""
+        pid = self.recorded_pid(settings)
+        return pid if pid is not None and alive(pid) else None
 
-    def refuse_a_taken_port(self, settings: Settings, port: int) -> None:
+    def status(self, settings: Settings, url: str) -> StackStatus:
+        pid = self.running_pid(settings)
+        return StackStatus(pid is not None, pid, url, self.log_file(settings))
+
+    def refuse_a_taken_port(self, settings: Settings, port: int, host: str = HOST) -> None:
         """Fail in one line when another process holds ``port`` (this data directory's own
         running server may). Checked before anything is fetched or written.
 
         Raises:
             StackError: naming the port and the setting that moves it.
         """
-        pid = self._pid(settings)
-        if (pid is None or not alive(pid)) and port_open(HOST, port):
-            raise StackError(
-                f"port {port} on {HOST} is used by another process, so the {self.title} cannot "
-                f"start: stop it or choose another port with {self.port_variable}"
+        if self.running_pid(settings) is None and port_open(host, port):
+            raise self.error(
+                f"port {port} on {host} is used by another process, so the {self.title} cannot "
+                f"start: stop it or choose another port with {self.port_variable}{self.port_hint}"
             )
 
     def start(
         self,
         settings: Settings,
         port: int,
-        cmd: list[str],
-        config: dict[str, str],
+        launch: Callable[[], Launch],
         healthy: Callable[[], bool],
-        env: dict[str, str] | None = None,
-        umask: int = -1,
+        host: str = HOST,
     ) -> int:
-        """Write ``config`` (mode 600), run ``cmd`` and wait until ``healthy()``; return the pid.
+        """Run what ``launch()`` prepares and wait until ``healthy()``; return the pid.
 
-        A server of this data directory that is already running is reused.
+        A server of this data directory that is already running is reused (``launch`` is not
+        called); one of ours that died is reaped first.
 
         Raises:
             StackError: the port is taken by another process, the server exited, or it was not
-                healthy within ``OHLCV_SERVER_START_TIMEOUT_S``.
+                healthy within the start-up timeout.
         """
-        pid = self._pid(settings)
-        if pid is not None and alive(pid):
-            self._wait_healthy(settings, pid, healthy)
+        pid = self.running_pid(settings)
+        if pid is not None:
+            self.wait_healthy(settings, pid, healthy)
             return pid
-        self.refuse_a_taken_port(settings, port)
+        dead = self.recorded_pid(settings)
+        if dead is not None:
+            reap(dead)
+        self.refuse_a_taken_port(settings, port, host)
         settings.stack_dir.mkdir(parents=True, exist_ok=True)
-        write_private(self.config_file(settings), java_properties(config))
-        pid = spawn(settings, self.log_file(settings), cmd, env, umask=umask)
+        how = launch()
+        pid = spawn(self.log_file(settings), how.cmd, how.env, settings.stack_dir, how.umask)
         self.pid_file(settings).write_text(json.dumps({"pid": pid, "port": port}))
         try:
-            self._wait_healthy(settings, pid, healthy)
+            self.wait_healthy(settings, pid, healthy)
         except StackError:
             self.stop(settings)
             raise
         return pid
 
-    def _wait_healthy(self, settings: Settings, pid: int, healthy: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + settings.server_start_timeout_s
+    def wait_healthy(self, settings: Settings, pid: int, healthy: Callable[[], bool]) -> None:
+        timeout_s = float(getattr(settings, self.timeout_setting))
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not alive(pid):
-                raise StackError(
+                raise self.error(
                     f"the {self.title} exited during start-up; last lines of "
-                    f"{self.log_file(settings)}:\n{self._log_tail(settings)}"
+                    f"{self.log_file(settings)}:\n{log_tail(self.log_file(settings))}"
                 )
             if healthy():
                 return
             time.sleep(0.25)
-        raise StackError(
-            f"the {self.title} was not healthy within {settings.server_start_timeout_s:.0f} s "
-            f"(OHLCV_SERVER_START_TIMEOUT_S); last lines of {self.log_file(settings)}:\n"
-            f"{self._log_tail(settings)}"
+        raise self.error(
+            f"the {self.title} was not healthy within {timeout_s:.0f} s "
+            f"(OHLCV_{self.timeout_setting.upper()}); last lines of {self.log_file(settings)}:\n"
+            f"{log_tail(self.log_file(settings))}"
         )
-
-    def _log_tail(self, settings: Settings, lines: int = 25) -> str:
-        try:
-            text = self.log_file(settings).read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, settings: Settings) -> None:
         """Stop this data directory's server, if it runs (a no-op otherwise)."""
-        pid = self._pid(settings)
-        if pid is not None and alive(pid):
+        pid = self.running_pid(settings)
+        if pid is not None:
             stop_process(pid)
         self.pid_file(settings).unlink(missing_ok=True)

@@ -16,8 +16,8 @@ import urllib.request
 from pathlib import Path
 
 from infra.artifacts import S3PROXY_JARS, ensure_jar_set, java_executable
-from infra.local_servers import HOST, JVM_OPTIONS, LocalServer, write_private
-from infra.stack import StackStatus
+from infra.local_servers import HOST, JVM_OPTIONS, Launch, LocalServer, write_private
+from infra.processes import StackStatus
 from settings import LOCAL_S3_BUCKET, Settings
 
 S3PROXY_MAIN = "org.gaul.s3proxy.Main"
@@ -110,14 +110,9 @@ def up(settings: Settings) -> StackStatus:
         "--properties",
         str(SERVER.config_file(settings)),
     ]
-    SERVER.start(
-        settings,
-        settings.s3_port,
-        cmd,
-        config,
-        lambda: refuses_anonymous(settings),
-        umask=PRIVATE_UMASK,
-    )
+    SERVER.write_config(settings, config)
+    launch = Launch(cmd, umask=PRIVATE_UMASK)
+    SERVER.start(settings, settings.s3_port, lambda: launch, lambda: refuses_anonymous(settings))
     return status(settings)
 
 

@@ -10,24 +10,29 @@ always wins: then no local server is started.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.net import port_open
-from infra.stack import alive, rotate_log, stop_process
+from infra.local_servers import HOST, Launch, LocalServer
+from infra.processes import StackError
 from settings import Settings
 
-HOST = "127.0.0.1"
 
-
-class PrefectUnavailable(RuntimeError):
+class PrefectUnavailable(StackError):
     """No Prefect API to run flows against."""
+
+
+SERVER = LocalServer(
+    "prefect",
+    "local Prefect server",
+    "OHLCV_PREFECT_PORT",
+    error=PrefectUnavailable,
+    timeout_setting="prefect_start_timeout_s",
+    port_hint=", or point PREFECT_API_URL at the Prefect server that runs there",
+)
 
 
 @dataclass(frozen=True)
@@ -55,14 +60,6 @@ def user_url() -> str | None:
     return PREFECT_API_URL.value() or None
 
 
-def _pid_file(settings: Settings) -> Path:
-    return settings.stack_dir / "prefect.json"
-
-
-def _log_file(settings: Settings) -> Path:
-    return settings.stack_dir / "prefect.log"
-
-
 def _duration(days: float) -> str:
     """An ISO 8601 duration, the form Prefect's settings parse from the environment."""
     return f"PT{int(days * 86400)}S"
@@ -80,97 +77,49 @@ def healthy(url: str, timeout_s: float = 5.0) -> bool:
         return False
 
 
-def _pid(settings: Settings) -> int | None:
-    """The pid of this data directory's running Prefect server, if any."""
-    try:
-        pid = int(json.loads(_pid_file(settings).read_text())["pid"])
-    except (FileNotFoundError, ValueError, KeyError):
-        return None
-    return pid if alive(pid) else None
-
-
 def status(settings: Settings) -> PrefectStatus:
-    pid = _pid(settings)
-    return PrefectStatus(pid is not None, pid, local_url(settings), _log_file(settings))
+    pid = SERVER.running_pid(settings)
+    return PrefectStatus(pid is not None, pid, local_url(settings), SERVER.log_file(settings))
 
 
 def up(settings: Settings) -> PrefectStatus:
     """Start the local Prefect server (or reuse the running one); wait until it answers."""
-    current = status(settings)
-    if current.running:
-        _wait_healthy(settings, current.pid)
-        return current
-    if port_open(HOST, settings.prefect_port):
-        raise PrefectUnavailable(
-            f"port {settings.prefect_port} on {HOST} is used by another process: stop it, "
-            "choose another port with OHLCV_PREFECT_PORT, or point PREFECT_API_URL at the "
-            "Prefect server that runs there"
+
+    def launch() -> Launch:
+        home = _home(settings)
+        home.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(
+            PREFECT_HOME=str(home),  # its SQLite database lives here
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_SERVER_API_HOST=HOST,
+            PREFECT_SERVER_API_PORT=str(settings.prefect_port),
+            PREFECT_UI_API_URL=local_url(settings),
+            # Runs every few minutes for months: flow runs (with their task runs, logs and
+            # artifacts) and events older than the retention are deleted by the server itself.
+            PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED="events,flow_runs",
+            PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD=_duration(
+                settings.prefect_retention_days
+            ),
+            PREFECT_SERVER_EVENTS_RETENTION_PERIOD=_duration(
+                min(settings.prefect_retention_days, 7)
+            ),
         )
-    settings.stack_dir.mkdir(parents=True, exist_ok=True)
-    home = _home(settings)
-    home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home),  # its SQLite database lives here
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_API_HOST=HOST,
-        PREFECT_SERVER_API_PORT=str(settings.prefect_port),
-        PREFECT_UI_API_URL=local_url(settings),
-        # Runs every few minutes for months: flow runs (with their task runs, logs and
-        # artifacts) and events older than the retention are deleted by the server itself.
-        PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED="events,flow_runs",
-        PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD=_duration(
-            settings.prefect_retention_days
-        ),
-        PREFECT_SERVER_EVENTS_RETENTION_PERIOD=_duration(min(settings.prefect_retention_days, 7)),
+        cmd = [sys.executable, "-m", "prefect", "server", "start"]
+        return Launch([*cmd, "--host", HOST, "--port", str(settings.prefect_port)], env)
+
+    SERVER.start(
+        settings,
+        settings.prefect_port,
+        launch,
+        lambda: healthy(local_url(settings), timeout_s=2.0),
     )
-    cmd = [sys.executable, "-m", "prefect", "server", "start"]
-    cmd += ["--host", HOST, "--port", str(settings.prefect_port)]
-    rotate_log(_log_file(settings))
-    with _log_file(settings).open("ab") as out:
-        out.write(f"\n=== starting: {' '.join(cmd)}\n".encode())
-        out.flush()
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=settings.stack_dir,
-            start_new_session=True,
-        )
-    _pid_file(settings).write_text(json.dumps({"pid": proc.pid, "port": settings.prefect_port}))
-    try:
-        _wait_healthy(settings, proc.pid)
-    except PrefectUnavailable:
-        stop_process(proc.pid)
-        _pid_file(settings).unlink(missing_ok=True)
-        raise
     return status(settings)
-
-
-def _wait_healthy(settings: Settings, pid: int | None) -> None:
-    deadline = time.monotonic() + settings.prefect_start_timeout_s
-    while not healthy(local_url(settings), timeout_s=2.0):
-        if pid is not None and _pid(settings) is None:
-            raise PrefectUnavailable(
-                f"the local Prefect server exited while starting; see {_log_file(settings)}"
-            )
-        if time.monotonic() > deadline:
-            raise PrefectUnavailable(
-                f"the local Prefect server did not answer within "
-                f"{settings.prefect_start_timeout_s:.0f} s (OHLCV_PREFECT_START_TIMEOUT_S); "
-                f"see {_log_file(settings)}"
-            )
-        time.sleep(0.5)
 
 
 def down(settings: Settings) -> PrefectStatus:
     """Stop the local Prefect server; a no-op when it is not running."""
-    pid = _pid(settings)
-    if pid is not None:
-        stop_process(pid)
-    _pid_file(settings).unlink(missing_ok=True)
+    SERVER.stop(settings)
     return status(settings)
 
 

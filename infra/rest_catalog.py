@@ -11,6 +11,7 @@ the token and the S3 credentials from a properties file of mode 600, never its c
 
 from __future__ import annotations
 
+import os
 import secrets
 import urllib.error
 import urllib.request
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from infra import object_store
 from infra.artifacts import REST_CATALOG_JARS, ensure_jar_set, java_executable
-from infra.local_servers import HOST, JVM_OPTIONS, LocalServer, write_private
-from infra.stack import StackError, StackStatus
+from infra.local_servers import HOST, JVM_OPTIONS, Launch, LocalServer, write_private
+from infra.processes import StackError, StackStatus
 from settings import Settings
 
 LAUNCHER = Path(__file__).with_name("RestCatalogServer.java")
@@ -103,8 +104,9 @@ def up(settings: Settings) -> StackStatus:
         str(LAUNCHER),
         str(SERVER.config_file(settings)),
     ]
-    env = object_store.SDK_ENV if settings.local_s3 else None
-    SERVER.start(settings, settings.rest_port, cmd, config, lambda: _healthy(settings, token), env)
+    SERVER.write_config(settings, config)
+    launch = Launch(cmd, {**os.environ, **(object_store.SDK_ENV if settings.local_s3 else {})})
+    SERVER.start(settings, settings.rest_port, lambda: launch, lambda: _healthy(settings, token))
     return status(settings)
 
 

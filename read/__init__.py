@@ -10,6 +10,7 @@ from read.api import (
     AsOfUnavailable,
     CandleQuery,
     candles_frame,
+    read_candle_table,
     read_candles,
     read_revisions,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "AsOfUnavailable",
     "CandleQuery",
     "candles_frame",
+    "read_candle_table",
     "read_candles",
     "read_revisions",
 ]

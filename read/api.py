@@ -410,21 +410,38 @@ def read_candles(
         AsOfUnavailable: ``as_of`` is older than the history kept.
     """
     query = CandleQuery.of(tf, symbols, start, end, exchange=exchange, as_of=as_of, live=live)
-    if live and spark is None:
-        raise ValueError(_LIVE_NEEDS_SPARK)
     if settings is None:
         from settings import Settings
 
         settings = Settings()
+    return to_pandas(read_candle_table(query, settings, spark=spark, catalog=catalog))
+
+
+def read_candle_table(
+    query: CandleQuery,
+    settings: Settings,
+    *,
+    spark: SparkSession | None = None,
+    catalog: Catalog | None = None,
+) -> pa.Table:
+    """The one read path (:func:`read_candles`, ``ohlcv candles``): the query's candles as an
+    Arrow table, on Spark when a session is given (with the instruments' calendars), else
+    through PyIceberg (``catalog``, default: opened from ``settings``).
+
+    Raises:
+        ValueError: ``query.live`` without ``spark``.
+    """
+    if query.live and spark is None:
+        raise ValueError(_LIVE_NEEDS_SPARK)
     if spark is not None:
         tables = Tables(settings.catalog_name, settings.namespace)
         frame = candles_frame(spark, tables, query, settings.market().calendars)
-        return to_pandas(normalized(frame.toArrow(), query.live))
+        return normalized(frame.toArrow(), query.live)
     if catalog is None:
         from infra.catalog import open_catalog
 
         catalog = open_catalog(settings)
-    return to_pandas(read_candles_arrow(catalog, settings.namespace, query))
+    return read_candles_arrow(catalog, settings.namespace, query)
 
 
 # Spark ------------------------------------------------------------------------------------

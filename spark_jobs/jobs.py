@@ -46,7 +46,6 @@ from core.ranges import (
     Range,
     align_down,
     align_up,
-    backfill_ranges,
     coalesce_ranges,
     lookback_range,
     window_of,
@@ -215,54 +214,6 @@ def recompute(
         first_fill=True,
         market=market,
     )
-
-
-def backfill(
-    spark: SparkSession,
-    tables: Tables,
-    tf: Timeframe,
-    start: datetime,
-    end: datetime,
-    *,
-    chunk: timedelta = timedelta(days=1),
-    chunk_trades: int | None = None,
-    computed_at: datetime | None = None,
-    branch: str | None = None,
-    market: Market = UTC_MARKET,
-) -> Iterator[RunResult]:
-    """Recompute every window overlapping [start, end), one bounded chunk at a time.
-
-    Yields one RunResult per chunk, oldest first, all read from the trades snapshot current at
-    the start. A watermark is carried over unchanged, so trades appended since the last refresh
-    are still picked up by the next refresh; a table without one gets the backfill's snapshot
-    when the backfill covered every trade (see :func:`recompute`).
-
-    Chunks are ``chunk`` long, or, with ``chunk_trades``, hold about that many trades each
-    (:func:`plan_chunks`; a busy hour is never split, a quiet week may be one chunk).
-    """
-    pinned = main_snapshot_id(spark, tables.trades)
-    planned: list[tuple[Range, TradeStats | None]]
-    if chunk_trades is not None and pinned is not None:
-        planned = [
-            (c.window_range, c.stats)
-            for c in plan_chunks(spark, tables, tf, start, end, pinned, chunk_trades)
-        ]
-    else:
-        planned = [(r, None) for r in backfill_ranges(tf, start, end, chunk)]
-    covered = Range(planned[0][0].start, planned[-1][0].end)
-    for i, (window_range, stats) in enumerate(planned):
-        yield recompute(
-            spark,
-            tables,
-            tf,
-            window_range,
-            computed_at=computed_at,
-            branch=branch,
-            trades_snapshot=pinned,
-            completes=covered if i == len(planned) - 1 else None,
-            stats=stats,
-            market=market,
-        )
 
 
 def plan_chunks(

@@ -6,6 +6,7 @@ import itertools
 import random
 from datetime import timedelta
 from decimal import Decimal
+from typing import cast
 
 import pytest
 from pyiceberg.catalog import Catalog
@@ -16,6 +17,8 @@ from pyspark.sql import functions as F
 from core.ranges import Range, lookback_range
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES
+from flows.backfill import Backfill, run_backfill
+from settings import Settings
 from spark_jobs import jobs, snapshots
 from spark_jobs.candles import TradeIdRange, candles
 from spark_jobs.reads import in_ranges
@@ -128,7 +131,7 @@ def test_batch_run_replaces_only_its_windows(
 
 
 def test_backfill_in_chunks_equals_oracle(
-    spark: SparkSession, catalog: Catalog, tables: Tables
+    spark: SparkSession, catalog: Catalog, tables: Tables, run_settings: Settings
 ) -> None:
     rng = random.Random(3)
     end = START + timedelta(hours=4)
@@ -138,7 +141,9 @@ def test_backfill_in_chunks_equals_oracle(
 
     # (90-minute chunks: three, the last one shorter; each chunk is a commit, and this test
     # also runs on PostgreSQL and REST + S3)
-    results = list(jobs.backfill(spark, tables, tf, START, end, chunk=timedelta(minutes=90)))
+    results = _runs(
+        run_backfill(run_settings, tf, START, end, chunk=timedelta(minutes=90), spark=spark)
+    )
 
     assert len(results) == 3  # 4 hours: 90 + 90 + 60 minutes
     assert sum(r.inserted for r in results) == len(expected_candles(trades, tf))
@@ -153,8 +158,15 @@ def test_backfill_in_chunks_equals_oracle(
     assert_matches_oracle(spark, tables, trades, [tf])
 
 
+def _runs(backfill: Backfill) -> list[jobs.RunResult]:
+    """Run the backfill's chunks; what each chunk's candle job did."""
+    runs = [done.metrics.run for done in backfill]
+    assert all(run is not None for run in runs)
+    return cast(list[jobs.RunResult], runs)
+
+
 def test_backfill_in_chunks_of_trades_equals_oracle(
-    spark: SparkSession, catalog: Catalog, tables: Tables
+    spark: SparkSession, catalog: Catalog, tables: Tables, run_settings: Settings
 ) -> None:
     rng = random.Random(7)
     end = START + timedelta(hours=5)
@@ -185,7 +197,7 @@ def test_backfill_in_chunks_of_trades_equals_oracle(
     assert [c.stats.trades for c in chunks] == [500, 300]
 
     # When: the backfill runs in those chunks on an empty table (a first fill)
-    results = list(jobs.backfill(spark, tables, tf, START, end, chunk_trades=350))
+    results = _runs(run_backfill(run_settings, tf, START, end, chunk_trades=350, spark=spark))
     # Then: the candles equal the oracle, and the last chunk records the watermark
     assert [r.ranges[0] for r in results] == [c.window_range for c in chunks]
     assert sum(r.inserted for r in results) == len(expected_candles(trades, tf))
@@ -193,11 +205,13 @@ def test_backfill_in_chunks_of_trades_equals_oracle(
     assert_matches_oracle(spark, tables, trades, [tf])
     assert snapshots.watermark(spark, tables.candles(tf)) == pinned
 
-    # When: a late trade lands in the first hour and the same backfill runs again (not a
-    # first fill: the stored candles are compared and only what changed is written)
+    # When: a late trade lands in the first hour and the same backfill runs again from the
+    # start (not a first fill: the stored candles are compared and only what changed is written)
     late = Trade(EXCHANGE, "BTC-USD", 99_999, Decimal("42.5"), Decimal("2"), "sell", START)
     deliver(catalog, tables, [late], now=end)
-    again = list(jobs.backfill(spark, tables, tf, START, end, chunk_trades=350))
+    again = _runs(
+        run_backfill(run_settings, tf, START, end, chunk_trades=350, restart=True, spark=spark)
+    )
     # Then: one candle is updated, nothing else is written, and the oracle still holds
     assert sum(r.updated for r in again) == 1 and sum(r.inserted for r in again) == 0
     assert_matches_oracle(spark, tables, [*trades, late], [tf])

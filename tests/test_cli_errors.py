@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from infra.stack import StackStatus
 from ingest.demo import demo_trades, write_demo_file
 from settings import Settings
@@ -62,7 +62,7 @@ _SMALL_FILES_ONLY = (
 def test_a_write_that_fails_for_lack_of_space_is_one_line(tmp_path: Path) -> None:
     trades = _demo_file(tmp_path / "trades.parquet", hours=24)
     assert trades.stat().st_size > 256 * 1024  # its data file cannot be written
-    command = f"{_SMALL_FILES_ONLY}from flows.cli import app; app()"
+    command = f"{_SMALL_FILES_ONLY}from cli.main import app; app()"
     done = subprocess.run(
         [sys.executable, "-c", command, "ingest", str(trades)],
         cwd=ROOT,

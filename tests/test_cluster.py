@@ -16,9 +16,9 @@ from pyspark.sql import SparkSession
 
 from core.tables import Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
-from flows import pipeline
+from flows.backfill import run_backfill
 from flows.candle_flows import FLOWS
-from infra import stack
+from infra import spark_server, stack
 from infra.catalog import open_catalog
 from infra.session import close, connect
 from settings import Settings
@@ -60,9 +60,9 @@ def on_cluster(
 
 
 def test_the_server_runs_on_two_worker_processes(cluster: Settings) -> None:
-    pids = stack.cluster_pids(cluster)
+    pids = spark_server.cluster_pids(cluster)
     assert len(pids["master"]) == 1 and len(pids["workers"]) == 2
-    assert stack.alive_workers(cluster) == 2
+    assert spark_server.alive_workers(cluster) == 2
 
 
 def test_the_five_flows_on_the_cluster_equal_the_oracle(
@@ -87,18 +87,18 @@ def test_a_backfill_survives_losing_a_worker(
     trades = random_trades(random.Random(72), START, end, 1200, first_id=1)
     deliver(catalog, tables, trades, now=end)
     tf = TIMEFRAMES["1m"]
-    chunks = pipeline.backfill_timeframe(spark, settings, tf, START, end, chunk=timedelta(hours=1))
+    chunks = iter(run_backfill(settings, tf, START, end, chunk=timedelta(hours=1), spark=spark))
 
     first = next(chunks)
-    assert first.published
+    assert first.metrics.published
     # When: one worker process (and its executors) is killed mid-backfill
-    victim = stack.cluster_pids(settings)["workers"][0]
+    victim = spark_server.cluster_pids(settings)["workers"][0]
     os.killpg(victim, signal.SIGKILL)
     deadline = time.monotonic() + 60
-    while stack.alive_workers(settings) != 1 and time.monotonic() < deadline:
+    while spark_server.alive_workers(settings) != 1 and time.monotonic() < deadline:
         time.sleep(1)
-    assert stack.alive_workers(settings) == 1
+    assert spark_server.alive_workers(settings) == 1
     rest = list(chunks)
     # Then: every remaining chunk still completes on the surviving worker, exactly
-    assert len(rest) == 3 and all(r.published for r in rest)
+    assert len(rest) == 3 and all(r.metrics.published for r in rest)
     assert not diff(expected_candles(trades, tf), stored_candles(spark, tables.candles(tf)))

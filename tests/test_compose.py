@@ -14,7 +14,7 @@ import yaml
 
 from infra import object_store, rest_catalog
 from infra.artifacts import ICEBERG_AWS_BUNDLE, ICEBERG_SPARK_RUNTIME, server_artifacts
-from infra.stack import ABANDONED_OPERATIONS_CONF, server_conf
+from infra.spark_server import ABANDONED_OPERATIONS_CONF, server_conf
 from settings import CatalogType, Settings, StorageType
 
 COMPOSE_DIR = Path(__file__).resolve().parent.parent / "infra" / "compose"

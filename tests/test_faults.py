@@ -27,6 +27,7 @@ from pyspark.sql import SparkSession
 from core.tables import Tables, ensure_tables
 from core.timeframes import TIMEFRAMES, Timeframe
 from flows import pipeline
+from flows.backfill import run_backfill
 from flows.candle_flows import FLOWS
 from flows.pipeline import RunRequest, tables_for
 from infra import stack
@@ -363,8 +364,8 @@ def test_killing_the_server_at_any_point_fails_promptly_and_the_rerun_recovers(
         history = random_trades(rng, START + timedelta(hours=1), end, 300, first_id=100_000)
         deliver(catalog, tables, history, now=end)
         trades += history
-        chunks = pipeline.backfill_timeframe(spark, own, ONE_MINUTE, START, end)
-        assert next(chunks).published
+        chunks = iter(run_backfill(own, ONE_MINUTE, START, end, spark=spark))
+        assert next(chunks).metrics.published
         pid = stack.status(own).pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
@@ -376,9 +377,9 @@ def test_killing_the_server_at_any_point_fails_promptly_and_the_rerun_recovers(
             close(spark)
         stack.up(own)
         spark = connect(own)
-        # (the chunk published before the kill has nothing left to change)
-        rerun = list(pipeline.backfill_timeframe(spark, own, ONE_MINUTE, START, end))
-        assert [c.published for c in rerun][1:] == [True] * (len(rerun) - 1)
+        # (the same backfill resumes after the chunk published before the kill)
+        rerun = run_backfill(own, ONE_MINUTE, START, end, spark=spark)
+        assert rerun.resumed == 1 and all(c.metrics.published for c in rerun)
         _consistent(spark, tables, trades)
 
         # And a disk that fills up under a run: the server's writes fail (a file-size limit

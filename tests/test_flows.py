@@ -21,12 +21,12 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from typer.testing import CliRunner
 
+from cli.main import app
 from core.tables import Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
 from flows import candle_flows, pipeline
 from flows import maintenance as maintenance_flow
 from flows.candle_flows import FLOWS, deployments
-from flows.cli import app
 from flows.pipeline import RunMetrics
 from settings import Settings
 from spark_jobs import jobs, snapshots, wap

@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 from core.tables import LONG_LIFE_PROPERTIES, TRADES, Tables, ensure_tables
 from core.timeframes import TIMEFRAMES, Timeframe
 from flows import pipeline
+from flows.backfill import run_backfill
 from flows.pipeline import RunRequest
 from settings import Settings
 from spark_jobs import jobs, maintenance, snapshots
@@ -87,9 +88,11 @@ def test_first_run_after_a_backfill_of_many_days_reads_only_the_late_trades(
         deliver(catalog, tables, batch, now=end)
         trades += batch
     # Given: a backfill of every day, in day chunks, through the audited pipeline
-    chunks = list(pipeline.backfill_timeframe(spark, run_settings, ONE_MINUTE, START, end))
+    backfill = run_backfill(run_settings, ONE_MINUTE, START, end, spark=spark)
+    chunks = [done.metrics for done in backfill]
     assert len(chunks) == 4 and all(c.published for c in chunks)
-    assert "covered every trade" in " ".join(chunks[-1].run.notes)
+    last = chunks[-1].run
+    assert last is not None and "covered every trade" in " ".join(last.notes)
     table = tables.candles(ONE_MINUTE)
     assert snapshots.watermark(spark, table) == snapshots.main_snapshot_id(spark, tables.trades)
 
@@ -112,7 +115,7 @@ def test_first_run_after_a_backfill_of_many_days_reads_only_the_late_trades(
 
 
 def test_a_run_that_reads_new_trades_but_changes_nothing_advances_the_watermark(
-    spark: SparkSession, catalog: Catalog, tables: Tables
+    spark: SparkSession, catalog: Catalog, tables: Tables, run_settings: Settings
 ) -> None:
     rng = random.Random(92)
     now = START + timedelta(hours=2)
@@ -123,8 +126,13 @@ def test_a_run_that_reads_new_trades_but_changes_nothing_advances_the_watermark(
     # Given: late trades whose windows a backfill already recomputed (watermark unchanged)
     late = _late(rng, 20, first_id=10_000)
     deliver(catalog, tables, late, now=now)
-    (chunk,) = jobs.backfill(spark, tables, ONE_MINUTE, START, now, chunk=timedelta(hours=2))
-    assert chunk.updated > 0
+    (chunk,) = [
+        done.metrics.run
+        for done in run_backfill(
+            run_settings, ONE_MINUTE, START, now, chunk=timedelta(hours=2), spark=spark
+        )
+    ]
+    assert chunk is not None and chunk.updated > 0
     current = snapshots.main_snapshot_id(spark, tables.trades)
     assert snapshots.watermark(spark, table) != current
 
@@ -341,20 +349,20 @@ def test_an_orphan_margin_under_a_day_is_refused(age: timedelta) -> None:
 
 
 def test_a_backfill_that_does_not_cover_every_trade_records_no_watermark(
-    spark: SparkSession, catalog: Catalog, tables: Tables
+    spark: SparkSession, catalog: Catalog, tables: Tables, run_settings: Settings
 ) -> None:
     rng = random.Random(98)
     end = START + timedelta(hours=4)
     trades = random_trades(rng, START, end, 300, first_id=1)
     deliver(catalog, tables, trades, now=end)
     # Given: a backfill of only the last two hours
-    results = list(
-        jobs.backfill(
-            spark, tables, ONE_MINUTE, end - timedelta(hours=2), end, chunk=timedelta(hours=1)
-        )
+    first = end - timedelta(hours=2)
+    backfill = run_backfill(
+        run_settings, ONE_MINUTE, first, end, chunk=timedelta(hours=1), spark=spark
     )
+    (*_, last) = [done.metrics.run for done in backfill]
     # Then: it records no watermark (older trades are not reflected) and says why
-    assert "did not cover every trade" in " ".join(results[-1].notes)
+    assert last is not None and "did not cover every trade" in " ".join(last.notes)
     assert snapshots.watermark(spark, tables.candles(ONE_MINUTE)) is None
     # and the next incremental run still picks up everything
     jobs.refresh_candles(spark, tables, ONE_MINUTE, now=end)
@@ -368,7 +376,7 @@ def test_ohlcv_maintain_runs_the_maintenance_flow_with_its_artifact(
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from cli.main import app
 
     rng = random.Random(99)
     now = START + timedelta(hours=1)

@@ -28,10 +28,10 @@ from pyiceberg.catalog import Catalog
 from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
+from cli.main import app
 from core.tables import CANDLE_VALUE_COLUMNS, Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
 from flows import pipeline
-from flows.cli import app
 from flows.pipeline import PipelineResult, RunMetrics, RunRequest
 from read import AsOfUnavailable, read_candles, read_revisions
 from read.api import CandleQuery, row_filter, snapshot_as_of
@@ -312,7 +312,7 @@ def test_the_candles_command_refuses_bad_arguments_in_one_line(
 READ_WITHOUT_JVM = """
 import sys
 from typer.testing import CliRunner
-from flows.cli import app
+from cli.main import app
 
 for args in (["--help"], ["candles", "--help"], ["candles", "BTC-USD", "--last", "1d"]):
     done = CliRunner().invoke(app, args)

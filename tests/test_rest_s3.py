@@ -194,7 +194,9 @@ def test_core_oracle_tests_pass_on_rest_and_s3(
     oracle_test: Any, rs_spark: SparkSession, rs: tuple[Settings, Catalog, Tables]
 ) -> None:
     settings, catalog, tables = rs
-    oracle_test(rs_spark, catalog, tables)
+    # (the backfill runs the one backfill, which needs the settings of these tables)
+    backfill = oracle_test is test_candles.test_backfill_in_chunks_equals_oracle
+    oracle_test(rs_spark, catalog, tables, *([settings] if backfill else []))
     # Spark wrote the candles' data files through S3FileIO into the S3 server
     files = _s3_files(settings, tables.namespace)
     candle_files = [p for p in files if any(part.startswith("ohlcv_") for part in p.parts)]

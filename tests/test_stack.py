@@ -14,7 +14,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from core.tables import Tables
-from infra import stack
+from infra import net, processes, stack
 from infra.artifacts import Artifact, ArtifactError, ensure_artifacts
 from infra.session import ConnectError, connect
 from settings import Settings
@@ -61,7 +61,7 @@ def test_a_token_to_an_address_without_tls_is_refused_at_once(tmp_path: Path) ->
 def _ohlcv(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it, in a process of its own (no PREFECT_API_URL of the tests)."""
     return subprocess.run(
-        [sys.executable, "-c", "from flows.cli import main; main()", *args],
+        [sys.executable, "-c", "from cli.main import main; main()", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -131,7 +131,7 @@ def test_stack_up_serves_flow_runs_through_its_own_prefect_server_and_down_stops
         down = _ohlcv(env, "stack", "down")
     # And: stopping stops both; the ports are free; stopping again is a no-op
     assert down.returncode == 0, down.stdout + down.stderr
-    assert not stack.port_open("127.0.0.1", connect_port) and not stack.port_open(
+    assert not net.port_open("127.0.0.1", connect_port) and not net.port_open(
         "127.0.0.1", prefect_port
     )
     assert "stopped" in stack.status(own).describe()
@@ -177,12 +177,12 @@ def test_the_server_logs_warnings_not_every_job(
 
 def test_a_long_log_is_rotated_before_a_server_starts(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
-    stack.rotate_log(log, max_bytes=10)  # no log yet: nothing to do
+    processes.rotate_log(log, max_bytes=10)  # no log yet: nothing to do
     log.write_text("short")
-    stack.rotate_log(log, max_bytes=10)
+    processes.rotate_log(log, max_bytes=10)
     assert log.read_text() == "short"
     log.write_text("x" * 11)
-    stack.rotate_log(log, max_bytes=10)
+    processes.rotate_log(log, max_bytes=10)
     assert not log.exists() and log.with_name("server.log.1").read_text() == "x" * 11
 
 

@@ -1,0 +1,129 @@
+"""Process primitives of the local servers: start in a group of its own, check, stop, logs.
+
+A leaf: it imports nothing of ``infra``, so every local server (:mod:`infra.local_servers`
+and the four servers built on it) can use it without an import circle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from settings import redact
+
+LOG_MAX_BYTES = 20 * 1024 * 1024
+
+# Servers started by this process. Holding the Popen objects lets `down` reap them, and keeps
+# Python from warning that a still-running child was garbage-collected.
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class StackError(RuntimeError):
+    """The local stack could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    running: bool
+    pid: int | None
+    remote: str
+    log_file: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "remote", redact(self.remote))  # never show a token
+
+    def describe(self) -> str:
+        if self.running:
+            return f"running (pid {self.pid}) at {self.remote}; log: {self.log_file}"
+        return f"stopped; log: {self.log_file}"
+
+
+def rotate_log(log: Path, max_bytes: int = LOG_MAX_BYTES) -> None:
+    """Before a server starts, move a log grown past ``max_bytes`` to ``<name>.1`` (replacing
+    the previous one): a stack restarted for months keeps at most two logs."""
+    with contextlib.suppress(FileNotFoundError):
+        if log.stat().st_size > max_bytes:
+            log.replace(log.with_name(log.name + ".1"))
+
+
+def log_tail(log: Path, lines: int = 25) -> str:
+    """The last ``lines`` of a server's log (for an error message)."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def alive(pid: int) -> bool:
+    """Whether the process lives (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as gone.
+    with contextlib.suppress(FileNotFoundError):
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return False
+    return True
+
+
+def _redacted(cmd: list[str]) -> str:
+    return " ".join("password=***" if "password=" in part else part for part in cmd)
+
+
+def spawn(
+    log: Path,
+    cmd: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    umask: int = -1,
+) -> int:
+    """Start ``cmd`` with exactly ``env`` in a process group of its own (so `stop_process`
+    stops its children too), its output appended to ``log``; ``umask`` (-1: inherited) sets
+    the mode of the files it creates. Returns its pid."""
+    rotate_log(log)
+    with log.open("ab") as out:
+        out.write(f"\n=== starting: {_redacted(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,  # a worker's executors die with its process group
+            umask=umask,
+        )
+    _STARTED[proc.pid] = proc
+    return proc.pid
+
+
+def reap(pid: int) -> None:
+    """Collect the exit status of a server this process started that died (crashed, killed)."""
+    proc = _STARTED.pop(pid, None)
+    if proc is not None:
+        proc.wait(timeout=10)
+
+
+def stop_process(pid: int, timeout_s: float = 30.0) -> None:
+    """SIGTERM the process group of ``pid`` (a server started with a session of its own), then
+    SIGKILL it after ``timeout_s``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            break
+        time.sleep(0.2)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    reap(pid)
