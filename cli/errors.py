@@ -53,6 +53,13 @@ def one_line(e: Exception) -> tuple[int, str] | None:
         or _raised_by(e, "ingest", "SchemaError")
     ):
         return 1, f"[red]error:[/red] {e}"
+    session = sys.modules.get("infra.session")
+    if session is not None and session.server_gone(e):
+        return 1, (
+            "[red]error:[/red] the Spark Connect server went away during the command (it "
+            "refuses connections): start it again (`ohlcv stack up` for the local one), then "
+            "run the same command again (nothing unvalidated was published; a backfill resumes)"
+        )
     if _raised_by(e, "pyspark.errors", "PySparkException"):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return 1, f"[red]Spark error:[/red] {first}"
