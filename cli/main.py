@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -24,4 +25,9 @@ def main() -> None:
         # Run logs go to the Prefect server, not beside the summaries; read before Prefect's
         # first import (its logging is set up once, then).
         os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(RUN_LOGGING))
+        # Nor the Connect client's retries of an unreachable server: a command that gives up
+        # ends with one line saying what happened (`ohlcv serve` logs them with its runs).
+        retries = logging.getLogger("infra.session")
+        retries.addHandler(logging.NullHandler())
+        retries.propagate = False
     app()
