@@ -565,7 +565,7 @@ def _chunks_by_trades(
 ) -> list[Range]:
     from core.tables import Tables
     from infra.session import connect
-    from spark_jobs.jobs import plan_chunks
+    from spark_jobs.plan import plan_chunks
 
     spark = connect(settings)
     try:

@@ -49,7 +49,7 @@ from expectations.validation import (
     validates_in_pandas,
 )
 from settings import Settings
-from spark_jobs import jobs, revisions, wap
+from spark_jobs import jobs, plan, revisions, wap
 from spark_jobs.snapshots import main_snapshot_id, only_compacted_since, watermark
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ class RunRequest:
     window_range: Range | None = None
     trades_snapshot_id: int | None = None
     completes: Range | None = None
-    stats: jobs.TradeStats | None = None
-    """The chunk's trades, when the backfill counted them already (:func:`jobs.plan_chunks`)."""
+    stats: plan.TradeStats | None = None
+    """The chunk's trades, when the backfill counted them already (:func:`plan.plan_chunks`)."""
 
 
 @dataclass
@@ -456,11 +456,11 @@ def backfill_timeframe(
     """
     pinned = main_snapshot_id(spark, tables_for(settings).trades)
     if chunk_trades is not None and pinned is not None:
-        planned = jobs.plan_chunks(
+        planned = plan.plan_chunks(
             spark, tables_for(settings), tf, start, end, pinned, chunk_trades
         )
         chunks = [c.window_range for c in planned]
-        stats: list[jobs.TradeStats | None] = [c.stats for c in planned]
+        stats: list[plan.TradeStats | None] = [c.stats for c in planned]
     else:
         chunks = backfill_ranges(tf, start, end, chunk)
         stats = [None] * len(chunks)

@@ -8,8 +8,9 @@ stored rows (:mod:`ingest.dedup`), the ingest itself (:mod:`ingest.run`) and the
 generator (:mod:`ingest.demo`, import it explicitly).
 """
 
+from core.tables import MAX_EXCHANGE_LENGTH, MAX_SYMBOL_LENGTH
 from ingest.reading import REQUIRED_COLUMNS, SchemaError, read_trades_file
-from ingest.rules import MAX_EXCHANGE_LENGTH, MAX_SYMBOL_LENGTH, REASONS
+from ingest.rules import REASONS
 from ingest.run import IngestAccountingError, IngestResult, ingest, ingest_file
 
 __all__ = [

@@ -8,12 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from core.tables import MAX_EXCHANGE_LENGTH, MAX_SYMBOL_LENGTH
 from ingest.parsing import ParsedTrades, _lengths
-
-MAX_EXCHANGE_LENGTH = 64
-"""Longest accepted exchange name, in characters (code points) after stripping whitespace."""
-MAX_SYMBOL_LENGTH = 64
-"""Longest accepted symbol, in characters (code points) after stripping whitespace."""
 
 
 @dataclass(frozen=True)
