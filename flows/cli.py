@@ -691,7 +691,7 @@ def demo_command(
     hours: Annotated[float, typer.Option(help="Hours of demo trades, ending now")] = 48,
 ) -> None:
     """Start the local stack, ingest demo trades, run all five timeframes, print a summary."""
-    from expectations.validation import data_docs_index
+    from expectations.project import data_docs_index
     from flows import pipeline, status
     from infra.session import session
 
@@ -723,7 +723,7 @@ def docs_command(
     ] = False,
 ) -> None:
     """Build the GX data docs site (suites and validation results) and print its path."""
-    from expectations.validation import build_data_docs
+    from expectations.data_docs import build_data_docs
 
     settings = _settings(ctx)
     index = build_data_docs(settings.gx_root, settings.web_cache_dir)

@@ -40,10 +40,10 @@ from expectations.frames import (
     invariant_frame,
     reconciliation_frame,
 )
+from expectations.report import ValidationReport
 from expectations.suites import gap_suite, invariant_suite, reconciliation_suite
 from expectations.validation import (
     ValidationFailed,
-    ValidationReport,
     collect,
     run_checkpoint,
     validates_in_pandas,

@@ -30,7 +30,8 @@ from pyspark.sql import SparkSession
 
 from core.tables import Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
-from expectations.validation import ValidationFailed, build_data_docs
+from expectations.data_docs import build_data_docs
+from expectations.validation import ValidationFailed
 from flows import pipeline
 from flows.candle_flows import FLOWS
 from infra import object_store, rest_catalog, stack
