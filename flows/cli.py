@@ -766,7 +766,9 @@ def _chosen_format(fmt: str | None, output: Path | None) -> str:
 
 def _read_candle_table(settings: Settings, query: Any) -> Any:
     """The query's candles as an Arrow table: PyIceberg, or a Spark session for --live."""
-    from read.api import candles_frame, normalized, read_candles_arrow
+    from read.iceberg_reader import read_candles_arrow
+    from read.shape import normalized
+    from read.spark_reader import candles_frame
 
     if not query.live:
         from infra.catalog import open_catalog
@@ -855,7 +857,7 @@ def candles_command(
     Reads the published candles through PyIceberg (no Spark needed); --live also needs the
     Spark Connect server.
     """
-    from read.api import CandleQuery
+    from read.query import CandleQuery
 
     settings = _settings(ctx)
     tf_ = timeframe(tf)

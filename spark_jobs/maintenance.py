@@ -11,7 +11,7 @@ reads slow down. Per table, :func:`maintain_table`:
   catch-up target) on: late trades are found by reading the ``trades`` snapshots appended since
   a watermark, so those must survive; for a candle table, the snapshot that records its
   progress (below any compactions) and the one ``main`` held when the retention window
-  began, so ``as_of`` reads (:mod:`read.api`) work for every time within the retention;
+  began, so ``as_of`` reads (:mod:`read.as_of`) work for every time within the retention;
 - compacts small data files in sealed partitions (:func:`_sealed_boundary`): ``trades`` days
   that ended over an hour ago, a candle table's partitions its lookback left over an hour ago.
   Each 1m run adds a small file, so candle tables need it too. A compaction moves ``main``;
