@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.artifacts import ensure_artifacts, server_artifacts, spark_env, spark_home
+from infra.catalog_properties import spark_catalog_conf
 from infra.net import port_open
 from settings import CatalogType, Settings, redact
 
@@ -128,7 +129,7 @@ def server_conf(settings: Settings) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.port": str(settings.ui_port),
         **ABANDONED_OPERATIONS_CONF,
-        **settings.spark_catalog_conf(),
+        **spark_catalog_conf(settings),
     }
 
 
