@@ -19,7 +19,6 @@ from ingest.columns import (
     bools,
     decoded,
     digits_to_ints,
-    field,
     first_true,
     ints,
     is_text,
@@ -77,20 +76,24 @@ def _parse_ts_text(values: Column) -> Timestamps:
     bad = ~missing & bools(pc.is_null(parts))
     if bad.any():
         raise _not_a_timestamp(values, bad)
-    seconds = field(parts, "sec")
+    seconds = pc.struct_field(parts, "sec")
     seconds = pc.if_else(pc.equal(seconds, ""), text_scalar("00"), seconds)
     t, colon, nothing = text_scalar("T"), text_scalar(":"), text_scalar("")
     wall_text = pc.binary_join_element_wise(
-        field(parts, "date"), t, field(parts, "hm"), colon, seconds, nothing
+        pc.struct_field(parts, "date"), t, pc.struct_field(parts, "hm"), colon, seconds, nothing
     )
     # Missing values get a harmless placeholder so the cast only fails on real garbage.
     wall_text = pc.if_else(pa.array(missing), text_scalar("2000-01-01T00:00:00"), wall_text)
     wall = _cast_or_locate(wall_text, pa.timestamp("s"), lambda bad: _not_a_timestamp(values, bad))
-    frac = field(parts, "frac")
+    frac = pc.struct_field(parts, "frac")
     micros = digits_to_ints(pc.utf8_slice_codeunits(pc.utf8_rpad(frac, 6, "0"), 0, 6))
     beyond = pc.utf8_rtrim(pc.utf8_slice_codeunits(frac, 6), characters="0")
-    zone_minutes = digits_to_ints(field(parts, "zh")) * 60 + digits_to_ints(field(parts, "zm"))
-    zone_minutes = np.where(bools(pc.equal(field(parts, "zsign"), "-")), -1, 1) * zone_minutes
+    zone_minutes = digits_to_ints(pc.struct_field(parts, "zh")) * 60 + digits_to_ints(
+        pc.struct_field(parts, "zm")
+    )
+    zone_minutes = (
+        np.where(bools(pc.equal(pc.struct_field(parts, "zsign"), "-")), -1, 1) * zone_minutes
+    )
     us = (ints(wall.cast(pa.int64())) - zone_minutes * 60) * _US_PER_S + micros
     sub_us = (ints(pc.utf8_length(beyond)) > 0) & ~missing
     return Timestamps(np.where(missing, 0, us), missing, sub_us)

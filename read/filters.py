@@ -91,30 +91,33 @@ def arrow_filter(query: CandleQuery) -> pc.Expression:
     import pyarrow.compute as pc
 
     utc_us = pa.timestamp("us", tz="UTC")
-    expression = pc.scalar(True)
-    for term in query_terms(query):
-        field = pc.field(term.column)
-        if term.op == "in":
-            part = field.isin(list(term.value))
-        else:
-            value = term.value
-            part = _COMPARE[term.op](
-                field, pa.scalar(value, utc_us) if isinstance(value, datetime) else value
-            )
-        expression = expression & part
-    return expression
+    return _conjunction(
+        query_terms(query),
+        pc.scalar(True),
+        pc.field,
+        lambda v: pa.scalar(v, utc_us) if isinstance(v, datetime) else v,
+    )
 
 
 def spark_filter(query: CandleQuery) -> Column:
     """The query's filter as a Spark column (window bounds, symbols, exchange)."""
     from pyspark.sql import functions as F
 
-    condition = F.lit(True)
-    for term in query_terms(query):
-        column = F.col(term.column)
+    return _conjunction(query_terms(query), F.lit(True), F.col, F.lit)
+
+
+def _conjunction(
+    terms: Sequence[Term],
+    true: Any,
+    column: Callable[[str], Any],
+    value: Callable[[Any], Any],
+) -> Any:
+    """``true & term & ...`` for Arrow or Spark, whose columns share ``isin`` and operators."""
+    expression = true
+    for term in terms:
+        field = column(term.column)
         if term.op == "in":
-            part = column.isin(list(term.value))
+            expression = expression & field.isin(list(term.value))
         else:
-            part = _COMPARE[term.op](column, F.lit(term.value))
-        condition = condition & part
-    return condition
+            expression = expression & _COMPARE[term.op](field, value(term.value))
+    return expression
