@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from pyiceberg.table import DataScan, FileScanTask, Table
 
 
-def published_snapshot(table: Table, query: CandleQuery) -> int | None:
+def _published_snapshot(table: Table, query: CandleQuery) -> int | None:
     """``main``'s current snapshot, or the one it held at ``query.as_of``."""
     if query.as_of is None:
         current = table.current_snapshot()
@@ -57,7 +57,7 @@ def read_candles_arrow(catalog: Catalog, namespace: str, query: CandleQuery) -> 
     if query.live:
         raise ValueError(LIVE_NEEDS_SPARK)
     table = load_table(catalog, namespace, query.tf.table)
-    snapshot = published_snapshot(table, query)
+    snapshot = _published_snapshot(table, query)
     if snapshot is None:
         return normalized(candle_arrow_schema().empty_table())
     scan = table.scan(row_filter=row_filter(query), snapshot_id=snapshot)

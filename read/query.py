@@ -46,7 +46,7 @@ class CandleQuery:
             symbols=symbols_of(symbols),
             start=instant(start, "start"),
             end=instant(end, "end"),
-            exchange=checked_name(exchange, "exchange") if exchange is not None else None,
+            exchange=_checked_name(exchange, "exchange") if exchange is not None else None,
             as_of=instant(as_of, "as_of"),
             live=live,
         )
@@ -82,7 +82,7 @@ def instant(value: Instant | None, name: str) -> datetime | None:
     return utc(value)
 
 
-def checked_name(value: str, what: str) -> str:
+def _checked_name(value: str, what: str) -> str:
     """A symbol or exchange as ingestion stores it (trimmed, 1-64 characters), else an error."""
     if not isinstance(value, str) or not value or value != value.strip():
         raise ValueError(
@@ -102,4 +102,4 @@ def symbols_of(symbols: str | Sequence[str] | None) -> tuple[str, ...]:
         return ()
     if isinstance(symbols, str):
         symbols = [symbols]
-    return tuple(dict.fromkeys(checked_name(s, "symbol") for s in symbols))
+    return tuple(dict.fromkeys(_checked_name(s, "symbol") for s in symbols))
