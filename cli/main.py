@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from cli import pipeline, read, stack  # noqa: F401  (they register their commands)
@@ -30,4 +31,5 @@ def main() -> None:
         retries = logging.getLogger("infra.session")
         retries.addHandler(logging.NullHandler())
         retries.propagate = False
+        warnings.filterwarnings("ignore", r"\[RETRIES_EXCEEDED\]", UserWarning, "pyspark")
     app()

@@ -206,7 +206,7 @@ def demo_command(
     hours: Annotated[float, typer.Option(help="Hours of demo trades, ending now")] = 48,
 ) -> None:
     """Start the local stack, ingest demo trades, run all five timeframes, print a summary."""
-    from expectations.validation import data_docs_index
+    from expectations.project import data_docs_index
     from flows import pipeline, status
     from infra.session import session
 

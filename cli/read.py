@@ -34,7 +34,7 @@ def docs_command(
     ] = False,
 ) -> None:
     """Build the GX data docs site (suites and validation results) and print its path."""
-    from expectations.validation import build_data_docs
+    from expectations.data_docs import build_data_docs
 
     settings = settings_of(ctx)
     index = build_data_docs(settings.gx_root, settings.web_cache_dir)

@@ -41,9 +41,14 @@ from pyiceberg.types import (
 
 from core.timeframes import TIMEFRAMES, Timeframe
 
-PRICE = DecimalType(18, 8)
-QUANTITY = DecimalType(18, 8)
-VOLUME = DecimalType(28, 8)  # sum of DECIMAL(18, 8), as Spark types it
+DECIMAL_PRECISION = 18
+"""Digits of price and quantity: 18 keeps them in Spark's 64-bit decimal representation."""
+DECIMAL_SCALE = 8
+"""Decimal places of price and quantity (DECIMAL(18, 8)): ingestion parses to it, candles sum
+at it."""
+PRICE = DecimalType(DECIMAL_PRECISION, DECIMAL_SCALE)
+QUANTITY = DecimalType(DECIMAL_PRECISION, DECIMAL_SCALE)
+VOLUME = DecimalType(28, DECIMAL_SCALE)  # sum of DECIMAL(18, 8), as Spark types it
 QUOTE_VOLUME = DecimalType(38, 16)  # sum of price * quantity, DECIMAL(37, 16) each
 
 TRADES = "trades"
@@ -51,6 +56,12 @@ TRADES_REJECTED = "trades_rejected"
 CANDLE_REVISIONS = "candle_revisions"
 TRADE_KEY = ("exchange", "symbol", "trade_id")
 CANDLE_KEY = ("exchange", "symbol", "window_start")
+MAX_EXCHANGE_LENGTH = 64
+"""Longest stored exchange name, in characters (code points) after stripping whitespace."""
+MAX_SYMBOL_LENGTH = 64
+"""Longest stored symbol, in characters (code points) after stripping whitespace."""
+PROVISIONAL = "provisional"
+"""Column a live read adds: True for a candle computed from trades not yet published."""
 
 TRADES_SCHEMA = Schema(
     NestedField(1, "exchange", StringType(), required=True),

@@ -1,9 +1,9 @@
 """Run the suites through GX checkpoints, update data docs, and raise on failure.
 
-The GX project configuration is committed (``expectations/great_expectations.yml``); each
-data directory gets a copy, under which GX keeps what it generates (suites, validation
-definitions, checkpoints, results, data docs). Suites, validation definitions and checkpoints
-are rebuilt from code on every run, so the code is the one source of truth.
+Suites, validation definitions and checkpoints are rebuilt from code on every run, so the code
+is the one source of truth (the project: :mod:`expectations.project`; the report:
+:mod:`expectations.report`; the data docs: :mod:`expectations.data_docs`; retention:
+:mod:`expectations.retention`).
 
 Engines: ``pandas`` collects the frame once and GX validates it in pandas; ``spark`` has GX
 validate the Spark Connect DataFrame where it lives, running each expectation as Spark jobs of
@@ -15,15 +15,9 @@ outcome as the suite's GX result. ``auto``: pandas up to ``pandas_max_rows`` row
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import html
-import shutil
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlparse
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
@@ -36,18 +30,17 @@ from great_expectations.data_context.types.resource_identifiers import (
     ExpectationSuiteIdentifier,
     ValidationResultIdentifier,
 )
-from great_expectations.render.view.view import DefaultJinjaView
-from jinja2 import FileSystemBytecodeCache
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from core.tables import CANDLE_KEY
 from expectations import onepass
+from expectations.data_docs import annotate, render_results
 from expectations.docs_assets import localize
+from expectations.project import data_docs_index, gx_context
+from expectations.report import ValidationReport, outcomes_of
+from expectations.retention import prune_results
 
-CONFIG_TEMPLATE = Path(__file__).with_name("great_expectations.yml")
-DATA_DOCS_SITE = "local_site"
-INDEX_RESULTS_LIMIT = 100  # as in the template; projects copied before it are upgraded
 Engine = Literal["auto", "spark", "pandas", "onepass"]
 
 
@@ -57,122 +50,6 @@ class ValidationFailed(RuntimeError):
     def __init__(self, report: ValidationReport) -> None:
         self.report = report
         super().__init__(report.describe_failures())
-
-
-@dataclass
-class ExpectationOutcome:
-    suite: str
-    expectation: str
-    invariant: str
-    success: bool
-    unexpected_count: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        shown = "; ".join(self.examples) if self.examples else "no row sample"
-        return (
-            f"{self.suite}: {self.expectation} ({self.invariant}) failed on "
-            f"{self.unexpected_count} row(s), e.g. {shown}"
-        )
-
-
-@dataclass
-class ValidationReport:
-    """What one checkpoint found."""
-
-    checkpoint: str
-    success: bool
-    rows: int
-    engine: str
-    outcomes: list[ExpectationOutcome]
-    data_docs: Path | None
-    result_page: Path | None = None  # this validation's own page in the data docs
-    ranges: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # column -> (min, max) seen
-
-    @property
-    def failures(self) -> list[ExpectationOutcome]:
-        return [o for o in self.outcomes if not o.success]
-
-    @property
-    def evaluated(self) -> int:
-        return len(self.outcomes)
-
-    @property
-    def passed_count(self) -> int:
-        return self.evaluated - len(self.failures)
-
-    def describe_failures(self) -> str:
-        lines = [
-            f"validation {self.checkpoint} failed: {len(self.failures)} of {self.evaluated} "
-            f"expectations on {self.rows} candle row(s)"
-        ]
-        lines += [f"  - {o.describe()}" for o in self.failures]
-        if self.result_page or self.data_docs:
-            lines.append(f"  data docs: {self.result_page or self.data_docs}")
-        return "\n".join(lines)
-
-
-_template_cache: FileSystemBytecodeCache | None = None
-_view_init = DefaultJinjaView.__init__
-
-
-def _init_view(self: DefaultJinjaView, *args: Any, **kwargs: Any) -> None:
-    _view_init(self, *args, **kwargs)
-    if _template_cache is not None:
-        self.env.bytecode_cache = _template_cache
-
-
-# Every GX page view builds a jinja Environment of its own, so every data docs build compiled
-# GX's templates again: about 0.75 s a checkpoint, in a process that `serve` starts per flow
-# run. With a bytecode cache each template is compiled once per project and GX version, then
-# loaded. Jinja keys an entry by template name and checks the source's checksum, and writes it
-# atomically (concurrent runs are safe); GX's views all share one jinja configuration.
-DefaultJinjaView.__init__ = _init_view  # type: ignore[method-assign]
-
-
-def _cache_templates(project: Path) -> None:
-    """Let GX's page views load compiled templates from ``project``'s template cache."""
-    global _template_cache
-    directory = project / "gx" / "uncommitted" / "template_cache" / gx.__version__
-    if _template_cache is None or _template_cache.directory != str(directory):
-        directory.mkdir(parents=True, exist_ok=True)
-        _template_cache = FileSystemBytecodeCache(str(directory))
-
-
-def gx_context(root: Path) -> FileDataContext:
-    """The file-based GX context under ``root``, configured from the committed template."""
-    project = root.resolve()
-    _cache_templates(project)
-    config = project / "gx" / "great_expectations.yml"
-    if not config.exists():  # GX records its data sources in this copy afterwards
-        config.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(CONFIG_TEMPLATE, config)
-    context = gx.get_context(mode="file", project_root_dir=str(project))
-    assert isinstance(context, FileDataContext)
-    site = copy.deepcopy((context.config.data_docs_sites or {}).get(DATA_DOCS_SITE))
-    index = (site or {}).get("site_index_builder")
-    if site and index is not None and index.get("validation_results_limit") != INDEX_RESULTS_LIMIT:
-        # The index page reads every result it lists, so without a limit each checkpoint's
-        # rebuild grows with the stored results (measured in the soak bench).
-        index["validation_results_limit"] = INDEX_RESULTS_LIMIT
-        context.update_data_docs_site(DATA_DOCS_SITE, site)
-    return context
-
-
-def data_docs_index(root: Path) -> Path:
-    """Path of the data docs site's index page (it may not exist yet)."""
-    return root.resolve() / "gx" / "uncommitted" / "data_docs" / DATA_DOCS_SITE / "index.html"
-
-
-def build_data_docs(root: Path, web_cache: Path) -> Path:
-    """Rebuild the data docs site from the stored suites and results; return its index.
-
-    ``web_cache`` is where the pinned front-end packages the pages use are cached.
-    """
-    gx_context(root).build_data_docs(site_names=[DATA_DOCS_SITE])
-    index = data_docs_index(root)
-    localize(index.parent, web_cache)
-    return index
 
 
 def _batch_definition(
@@ -401,51 +278,21 @@ def _report(
     suite_changed: bool,
 ) -> ValidationReport:
     """Render the stored results into the data docs and summarise them for the caller."""
-    keys = list(run_results)
-    built: list[Any] = list(keys)
-    suite_page = data_docs_index(root).parent / "expectations" / f"{suite.name}.html"
-    if suite_changed or not suite_page.exists():
-        built.append(ExpectationSuiteIdentifier(name=suite.name))  # new or changed: re-render
-    context.build_data_docs(site_names=[DATA_DOCS_SITE], resource_identifiers=built)
-    pages = [_page(context, key) for key in keys]
-    outcomes: list[ExpectationOutcome] = []
-    for suite_result in run_results.values():
-        for r in suite_result.results:
-            config = r.expectation_config
-            assert config is not None
-            outcomes.append(
-                ExpectationOutcome(
-                    suite=suite.name,
-                    expectation=config.type,
-                    invariant=str((config.meta or {}).get("invariant", config.kwargs)),
-                    success=bool(r.success),
-                    unexpected_count=int(r.result.get("unexpected_count") or 0),
-                    examples=_examples(r.result, r.exception_info, examples),
-                )
-            )
+    pages = render_results(context, root, suite.name, list(run_results), suite_changed)
     report = ValidationReport(
         checkpoint=name,
         success=all(bool(r.success) for r in run_results.values()),
         rows=rows,
         engine=engine,
-        outcomes=outcomes,
+        outcomes=outcomes_of(suite.name, run_results, examples),
         data_docs=data_docs_index(root),
         result_page=pages[0] if pages else None,
         ranges=ranges,
     )
     for page in pages:
-        _annotate(page, report, asset)
+        annotate(page, report, asset)
     localize(data_docs_index(root).parent, web_cache)
     return report
-
-
-def _page(context: FileDataContext, key: Any) -> Path | None:
-    """The data docs page of one validation result (a file of the local site)."""
-    for site in context.get_docs_sites_urls(resource_identifier=key, site_name=DATA_DOCS_SITE):
-        url = site.get("site_url")
-        if url and url.startswith("file://"):
-            return Path(unquote(urlparse(url).path))
-    return None
 
 
 def _range_columns(suite: gx.ExpectationSuite, frame: DataFrame | pd.DataFrame) -> list[str]:
@@ -473,94 +320,3 @@ def _ranges_seen(columns: list[str], data: Any) -> dict[str, tuple[Any, Any]]:
 def _plain(value: Any) -> Any:
     """numpy scalars as Python numbers (an int prints as an int)."""
     return value.item() if hasattr(value, "item") else value
-
-
-_CONTENT_COLUMN = '<div class="col-md-10 col-lg-10 col-xs-12 pl-md-4 pr-md-3">'
-
-
-def _annotate(page: Path | None, report: ValidationReport, asset: str | None) -> None:
-    """Put what a reviewer needs first on the result page: what was checked, the verdict, the
-    offending candles of each failed check, and the value ranges seen."""
-    if page is None or not page.is_file():
-        return
-    text = page.read_text(encoding="utf-8")
-    if _CONTENT_COLUMN not in text or 'id="ohlcv-summary"' in text:
-        return
-    e = html.escape
-    verdict = "passed" if report.success else "FAILED"
-    parts = [
-        '<div id="ohlcv-summary" class="card mb-4"><div class="card-body">',
-        f'<h4 class="card-title">{e(asset or report.checkpoint)}</h4>',
-        f"<p><strong>{e(report.checkpoint)} {verdict}</strong>: {report.passed_count} of "
-        f"{report.evaluated} expectations on {report.rows} candle row(s) ({e(report.engine)}).</p>",
-    ]
-    if report.failures:
-        parts.append(
-            '<h5>Failed checks and offending candles</h5><table class="table table-sm">'
-            "<tr><th>Check</th><th>Rows</th><th>Offending candles (key and values)</th></tr>"
-        )
-        for failure in report.failures:
-            shown = "<br>".join(e(x) for x in failure.examples) or "no row sample"
-            parts.append(
-                f"<tr><td>{e(failure.invariant)}</td><td>{failure.unexpected_count}</td>"
-                f"<td><code>{shown}</code></td></tr>"
-            )
-        parts.append("</table>")
-    if report.ranges:
-        parts.append(
-            '<h5>Values seen</h5><table class="table table-sm">'
-            "<tr><th>Column</th><th>Min</th><th>Max</th></tr>"
-        )
-        parts += [
-            f"<tr><td>{e(c)}</td><td>{e(str(lo))}</td><td>{e(str(hi))}</td></tr>"
-            for c, (lo, hi) in report.ranges.items()
-        ]
-        parts.append("</table>")
-    parts.append("</div></div>")
-    page.write_text(
-        text.replace(_CONTENT_COLUMN, _CONTENT_COLUMN + "".join(parts), 1), encoding="utf-8"
-    )
-
-
-def prune_results(root: Path, suite: str, keep: int) -> int:
-    """Delete all but the newest ``keep`` validation results of ``suite`` and their data docs
-    pages; returns how many were deleted.
-
-    A scheduled pipeline validates every few minutes and GX keeps every result forever; each
-    checkpoint rebuilds the data docs index over all of them, so validation got slower with
-    every run (measured in the soak bench). GX has no retention of its own. Results are files
-    of its filesystem store, ``<suite>/<run name>/<run time>/<batch>.json``, rendered to the same
-    path with ``.html`` in the site; the index is rebuilt from the store by the next run.
-    """
-    gx_dir = root.resolve() / "gx"
-    store = gx_dir / "uncommitted" / "validations" / suite
-    if not store.is_dir():
-        return 0
-    results = sorted(store.glob("*/*/*.json"), key=lambda p: p.parent.name, reverse=True)
-    site = gx_dir / "uncommitted" / "data_docs" / DATA_DOCS_SITE / "validations" / suite
-    for old in results[keep:]:
-        relative = old.relative_to(store)
-        old.unlink()
-        site.joinpath(relative).with_suffix(".html").unlink(missing_ok=True)
-        for directory in (old.parent, old.parent.parent):
-            for base in (store, site):
-                with contextlib.suppress(OSError):  # only empty directories go
-                    (base / directory.relative_to(store)).rmdir()
-    return max(len(results) - keep, 0)
-
-
-def _examples(result: dict[str, Any], exception_info: Any, limit: int) -> list[str]:
-    """A few offending rows: their key and the unexpected values GX reports."""
-    if isinstance(exception_info, dict) and exception_info.get("raised_exception"):
-        return [f"GX raised: {exception_info.get('exception_message')}"]
-    indexed = result.get("partial_unexpected_index_list") or []
-    if indexed:
-        return [_row(item) for item in indexed[:limit]]
-    values = result.get("partial_unexpected_list") or []
-    return [repr(v) for v in values[:limit]]
-
-
-def _row(item: Any) -> str:
-    if isinstance(item, dict):
-        return "{" + ", ".join(f"{k}={v}" for k, v in item.items()) + "}"
-    return repr(item)

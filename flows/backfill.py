@@ -246,7 +246,7 @@ def _chunks_by_trades(
 ) -> dict[Range, TradeStats]:
     """Chunks of about ``chunk_trades`` trades each, with their trade counts."""
     from infra.session import session
-    from spark_jobs.jobs import plan_chunks
+    from spark_jobs.plan import plan_chunks
 
     with session(settings) as spark:
         tables = Tables(settings.catalog_name, settings.namespace)

@@ -40,16 +40,16 @@ from expectations.frames import (
     invariant_frame,
     reconciliation_frame,
 )
+from expectations.report import ValidationReport
 from expectations.suites import gap_suite, invariant_suite, reconciliation_suite
 from expectations.validation import (
     ValidationFailed,
-    ValidationReport,
     collect,
     run_checkpoint,
     validates_in_pandas,
 )
 from settings import Settings
-from spark_jobs import jobs, revisions, wap
+from spark_jobs import jobs, plan, revisions, wap
 from spark_jobs.snapshots import main_snapshot_id, only_compacted_since, watermark
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ class RunRequest:
     window_range: Range | None = None
     trades_snapshot_id: int | None = None
     completes: Range | None = None
-    stats: jobs.TradeStats | None = None
-    """The chunk's trades, when the backfill counted them already (:func:`jobs.plan_chunks`)."""
+    stats: plan.TradeStats | None = None
+    """The chunk's trades, when the backfill counted them already (:func:`plan.plan_chunks`)."""
 
 
 @dataclass

@@ -7,6 +7,7 @@ import sqlite3
 
 from pyiceberg.catalog import Catalog, load_catalog
 
+from infra.catalog_properties import pyiceberg_catalog_properties
 from settings import CatalogType, Settings
 
 
@@ -38,4 +39,4 @@ def open_catalog(settings: Settings) -> Catalog:
         prepare_sqlite(settings)
     use_sdk_defaults_of_the_local_s3_server(settings)
     # PyIceberg's SqlCatalog creates its catalog tables (the schema Spark's JdbcCatalog reads).
-    return load_catalog(settings.catalog_name, **settings.pyiceberg_catalog_properties())
+    return load_catalog(settings.catalog_name, **pyiceberg_catalog_properties(settings))

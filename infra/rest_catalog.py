@@ -19,6 +19,7 @@ from pathlib import Path
 
 from infra import object_store
 from infra.artifacts import REST_CATALOG_JARS, ensure_jar_set, java_executable
+from infra.catalog_properties import iceberg_io_properties
 from infra.local_servers import HOST, JVM_OPTIONS, Launch, LocalServer, write_private
 from infra.processes import StackError, StackStatus
 from settings import Settings
@@ -76,7 +77,7 @@ def backend_properties(settings: Settings) -> dict[str, str]:
         "jdbc.busy_timeout": "30000",
         "jdbc.journal_mode": "WAL",
         "warehouse": settings.warehouse_location,
-        **settings.iceberg_io_properties(),
+        **iceberg_io_properties(settings),
     }
 
 

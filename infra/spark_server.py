@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from infra.artifacts import ensure_artifacts, server_artifacts, spark_env, spark_home
+from infra.catalog_properties import spark_catalog_conf
 from infra.local_servers import Launch, LocalServer, java_properties, write_private
 from infra.net import port_open
 from infra.processes import StackError, StackStatus, alive, reap, spawn, stop_process
@@ -63,7 +64,7 @@ def server_conf(settings: Settings) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.port": str(settings.ui_port),
         **ABANDONED_OPERATIONS_CONF,
-        **settings.spark_catalog_conf(),
+        **spark_catalog_conf(settings),
     }
 
 

@@ -2,14 +2,16 @@
 
 The package owns everything between an input file or table and the ``trades`` /
 ``trades_rejected`` tables: reading files (:mod:`ingest.reading`), exact parsing of prices,
-quantities, ids and timestamps (:mod:`ingest.parsing`), the row checks, their reason codes and
-the text length limits (:mod:`ingest.rules`), de-duplication of trades and of rejects against
-stored rows (:mod:`ingest.dedup`), the ingest itself (:mod:`ingest.run`) and the demo trade
-generator (:mod:`ingest.demo`, import it explicitly).
+quantities, ids and timestamps (:mod:`ingest.parsing`, with :mod:`ingest.amounts` and
+:mod:`ingest.timestamps`), the row checks and their reason codes (:mod:`ingest.rules`; the
+text length limits are the tables', in :mod:`core.tables`), de-duplication of trades and of
+rejects against stored rows (:mod:`ingest.dedup`), the ingest itself (:mod:`ingest.run`) and
+the demo trade generator (:mod:`ingest.demo`, import it explicitly).
 """
 
+from core.tables import MAX_EXCHANGE_LENGTH, MAX_SYMBOL_LENGTH
 from ingest.reading import REQUIRED_COLUMNS, SchemaError, read_trades_file
-from ingest.rules import MAX_EXCHANGE_LENGTH, MAX_SYMBOL_LENGTH, REASONS
+from ingest.rules import REASONS
 from ingest.run import IngestAccountingError, IngestResult, ingest, ingest_file
 
 __all__ = [

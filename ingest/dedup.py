@@ -31,8 +31,10 @@ from pyiceberg.io.pyarrow import PyArrowFileIO
 from pyiceberg.manifest import FileFormat
 from pyiceberg.table import FileScanTask, Table
 
-from ingest.parsing import _bools, _dictionary_codes, _ints, _parse_amount, _parse_ts
+from ingest.amounts import parse_amount
+from ingest.columns import bools, dictionary_codes, ints
 from ingest.reading import REQUIRED_COLUMNS
+from ingest.timestamps import parse_ts
 
 REJECT_IDENTITY = (*REQUIRED_COLUMNS, "reason")
 """The ``trades_rejected`` columns whose values (nulls equal to nulls) make two rejects the same."""
@@ -90,19 +92,19 @@ def _stored_rows(trades: Table, batch: _Rows, exchanges: pa.Array, symbols: pa.A
     found = trades.scan(row_filter=row_filter, selected_fields=fields).to_arrow()
     if not found.num_rows:
         return empty
-    ex = _ints(pc.index_in(found["exchange"].cast(exchanges.type), value_set=exchanges), fill=-1)
-    sym = _ints(pc.index_in(found["symbol"].cast(symbols.type), value_set=symbols), fill=-1)
-    ids = _ints(found["trade_id"])
+    ex = ints(pc.index_in(found["exchange"].cast(exchanges.type), value_set=exchanges), fill=-1)
+    sym = ints(pc.index_in(found["symbol"].cast(symbols.type), value_set=symbols), fill=-1)
+    ids = ints(found["trade_id"])
     known = (ex >= 0) & (sym >= 0) & (ids >= lo) & (ids <= hi)
-    price = _parse_amount(found["price"], "price")
-    quantity = _parse_amount(found["quantity"], "quantity")
-    ts = _parse_ts(found["ts"])
+    price = parse_amount(found["price"], "price")
+    quantity = parse_amount(found["quantity"], "quantity")
+    ts = parse_ts(found["ts"])
     return _Rows(
         pair=(ex * n_symbols + sym)[known],
         trade_id=ids[known],
         price=price.units[known],
         quantity=quantity.units[known],
-        is_buy=_bools(pc.equal(found["side"], "buy"))[known],
+        is_buy=bools(pc.equal(found["side"], "buy"))[known],
         ts=ts.us[known],
     )
 
@@ -310,7 +312,7 @@ def new_rejects(rejects: pa.Table, stored: pa.Table) -> np.ndarray:
             [*_text_column(rejects, name).chunks, *_text_column(stored, name).chunks],
             pa.large_string(),
         )
-        codes, distinct = _dictionary_codes(both)
+        codes, distinct = dictionary_codes(both)
         width = len(distinct) + 1  # code -1 (null) becomes 0
         if span > (2**63 - 1) // width:
             # Renumber the keys seen so far densely: they are at most one per row.

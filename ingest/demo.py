@@ -32,9 +32,9 @@ import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
-from core.tables import TRADES
+from core.tables import DECIMAL_SCALE, TRADES
 from core.time import assume_utc, to_us, utc
-from ingest.parsing import SCALE, decimal_from_units
+from ingest.amounts import decimal_from_units
 from ingest.run import IngestResult, ingest
 
 DEMO_BAD_ROWS = 10
@@ -68,7 +68,7 @@ duplicate, which reuses its original's id with another price (when the window ha
 to pick an original from, it becomes a negative price instead).
 """
 
-_UNIT = 10**SCALE  # units per 1.0 of price or quantity
+_UNIT = 10**DECIMAL_SCALE  # units per 1.0 of price or quantity
 _US_PER_MINUTE = 60_000_000
 _ID_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _IDS_PER_SECOND = 1000
@@ -93,8 +93,8 @@ def _market(symbol: str) -> tuple[float, int, int, float]:
         # crc32, unlike hash(), is stable across processes: the same name, the same market.
         u = zlib.crc32(symbol.encode()) / 2**32
         price = 10 ** (-2 + 6 * u)
-        tick = 10 ** min(max(np.floor(np.log10(price)) - 4, -SCALE), -2)
-        lot = 10 ** min(max(np.floor(np.log10(2_000 / price)) - 3, -SCALE), 0)
+        tick = 10 ** min(max(np.floor(np.log10(price)) - 4, -DECIMAL_SCALE), -2)
+        lot = 10 ** min(max(np.floor(np.log10(2_000 / price)) - 3, -DECIMAL_SCALE), 0)
         size = 2_000 / price
     return price, round(float(tick) * _UNIT), round(float(lot) * _UNIT), size
 

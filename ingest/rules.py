@@ -8,12 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ingest.parsing import ParsedTrades, _lengths
-
-MAX_EXCHANGE_LENGTH = 64
-"""Longest accepted exchange name, in characters (code points) after stripping whitespace."""
-MAX_SYMBOL_LENGTH = 64
-"""Longest accepted symbol, in characters (code points) after stripping whitespace."""
+from core.tables import MAX_EXCHANGE_LENGTH, MAX_SYMBOL_LENGTH
+from ingest.columns import lengths
+from ingest.parsing import ParsedTrades
 
 
 @dataclass(frozen=True)
@@ -32,7 +29,7 @@ def _longer_than(codes: np.ndarray, values: pa.Array, limit: int) -> np.ndarray:
 
     Measured once per distinct value, not once per row.
     """
-    too_long = np.append(_lengths(values) > limit, False)  # index -1 (missing) picks False
+    too_long = np.append(lengths(values) > limit, False)  # index -1 (missing) picks False
     return too_long[codes]
 
 

@@ -27,16 +27,11 @@ from core.tables import (
     trades_arrow_schema,
 )
 from core.time import duration_us, to_us, utc
+from ingest.amounts import decimal_from_units
 from ingest.appending import US_PER_DAY, CachedTable, append_by_day
+from ingest.columns import Column, decoded, ints
 from ingest.dedup import _classify, _Rows, _stored_rows, new_rejects, recorded_rejects
-from ingest.parsing import (
-    ParsedTrades,
-    _Column,
-    _decoded,
-    _ints,
-    decimal_from_units,
-    parse_trades,
-)
+from ingest.parsing import ParsedTrades, parse_trades
 from ingest.reading import REQUIRED_COLUMNS, check_columns, read_trades_file
 from ingest.rules import CONFLICT_CODE, REASONS, TsBounds, first_failed_rule
 
@@ -221,7 +216,7 @@ def _accepted_table(
     symbols = parsed.symbols
     n_symbols = max(len(symbols), 1)
     rank = np.empty(len(symbols), dtype=np.int64)
-    rank[_ints(pc.sort_indices(symbols))] = np.arange(len(symbols))
+    rank[ints(pc.sort_indices(symbols))] = np.arange(len(symbols))
     day_of_row = _rows_of(parsed.ts.us, idx) // US_PER_DAY
     first_day = int(day_of_row.min())
     day_of_row -= first_day
@@ -315,13 +310,13 @@ def _rows_taken(values: pa.ChunkedArray, idx: np.ndarray) -> pa.Array:
         stop = start + len(chunk)
         lo, hi = np.searchsorted(idx, [start, stop])
         if hi > lo:
-            parts.append(_decoded(chunk.take(pa.array(idx[lo:hi] - start))))
+            parts.append(decoded(chunk.take(pa.array(idx[lo:hi] - start))))
         start = stop
     return pa.concat_arrays(parts)
 
 
-def _as_text(values: _Column) -> _Column:
-    values = _decoded(values)
+def _as_text(values: Column) -> Column:
+    values = decoded(values)
     if pa.types.is_timestamp(values.type) and values.type.tz is None:
         # Arrow prints naive timestamps without a zone; say that they were taken as UTC.
         values = values.cast(pa.timestamp(values.type.unit, tz="UTC"))

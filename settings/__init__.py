@@ -12,7 +12,6 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
-from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -482,100 +481,6 @@ class Settings(BaseSettings):
         if credentials:
             values.append(credentials[1])
         return [v for v in values if v]
-
-    def spark_catalog_conf(self) -> dict[str, str]:
-        """Spark session settings that register the Iceberg catalog."""
-        prefix = f"spark.sql.catalog.{self.catalog_name}"
-        conf = {
-            prefix: "org.apache.iceberg.spark.SparkCatalog",
-            f"{prefix}.warehouse": self.warehouse_location,
-            # PyIceberg appends behind Spark's back: a cached table would serve a stale snapshot.
-            f"{prefix}.cache-enabled": "false",
-        }
-        conf.update({f"{prefix}.{k}": v for k, v in self._s3_properties(spark=True).items()})
-        if self.catalog_type is CatalogType.REST:
-            conf[f"{prefix}.type"] = "rest"
-            conf[f"{prefix}.uri"] = self._require_uri()
-            if token := self.rest_token():
-                conf[f"{prefix}.token"] = token
-            return conf
-        conf[f"{prefix}.type"] = "jdbc"
-        if self.catalog_type is CatalogType.SQLITE:
-            conf[f"{prefix}.uri"] = f"jdbc:sqlite:{self.sqlite_path}"
-            # With the default (true) the JVM holds a SQLite read lock for its whole life and
-            # every PyIceberg commit fails with "database is locked". PyIceberg creates the tables.
-            conf[f"{prefix}.jdbc.init-catalog-tables"] = "false"
-            conf[f"{prefix}.jdbc.busy_timeout"] = "30000"
-            conf[f"{prefix}.jdbc.journal_mode"] = "WAL"
-        else:
-            conf[f"{prefix}.uri"] = self._require_uri()
-        if self.catalog_user:
-            conf[f"{prefix}.jdbc.user"] = self.catalog_user
-        if self.catalog_password:
-            conf[f"{prefix}.jdbc.password"] = self.catalog_password.get_secret_value()
-        return conf
-
-    def pyiceberg_catalog_properties(self) -> dict[str, str]:
-        """Properties for ``pyiceberg.catalog.load_catalog`` that open the same catalog."""
-        props = {"warehouse": self.warehouse_location, **self._s3_properties(spark=False)}
-        if self.catalog_type is CatalogType.REST:
-            props.update(type="rest", uri=self._require_uri())
-            if token := self.rest_token():
-                props["token"] = token
-            return props
-        props["type"] = "sql"
-        if self.catalog_type is CatalogType.SQLITE:
-            props["uri"] = f"sqlite:///{self.sqlite_path}?timeout=30"
-            return props
-        jdbc = self._require_uri()
-        if not jdbc.startswith("jdbc:postgresql://"):
-            raise ValueError(
-                f"OHLCV_CATALOG_URI={jdbc!r} is not a PostgreSQL JDBC URL: "
-                "use jdbc:postgresql://host:5432/database"
-            )
-        user = quote(self.catalog_user or "", safe="")
-        password = (
-            quote(self.catalog_password.get_secret_value(), safe="")
-            if self.catalog_password
-            else ""
-        )
-        auth = f"{user}:{password}@" if user else ""
-        props["uri"] = f"postgresql+psycopg2://{auth}{jdbc.removeprefix('jdbc:postgresql://')}"
-        return props
-
-    def iceberg_io_properties(self) -> dict[str, str]:
-        """Java Iceberg FileIO properties (S3FileIO) of the warehouse; empty for a directory."""
-        return self._s3_properties(spark=True)
-
-    def _s3_properties(self, *, spark: bool) -> dict[str, str]:
-        """Iceberg FileIO properties for S3-compatible storage (empty without an endpoint)."""
-        if not self.uses_s3:
-            return {}
-        props = {
-            "s3.endpoint": self.s3_endpoint_url,
-            "s3.path-style-access": str(self.s3_path_style_access).lower(),
-        }
-        if spark:
-            props["io-impl"] = "org.apache.iceberg.aws.s3.S3FileIO"
-            props["client.region"] = self.s3_region
-        else:
-            props["s3.region"] = self.s3_region
-        credentials = self.s3_credentials()
-        if credentials:
-            props["s3.access-key-id"], props["s3.secret-access-key"] = credentials
-        elif self.s3_access_key_id:
-            props["s3.access-key-id"] = self.s3_access_key_id
-        return props
-
-    def _require_uri(self) -> str:
-        if self.local_rest:
-            return f"http://127.0.0.1:{self.rest_port}"
-        if not self.catalog_uri:
-            raise ValueError(
-                f"OHLCV_CATALOG_TYPE={self.catalog_type.value} needs OHLCV_CATALOG_URI "
-                "(the catalog's JDBC or REST URL)"
-            )
-        return self.catalog_uri
 
 
 def redact(remote: str) -> str:

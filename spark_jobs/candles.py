@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DecimalType
 
 from core.calendars import DAY_US, Calendar, Calendars, is_daily
-from core.tables import PRICE, QUOTE_VOLUME, VOLUME
+from core.tables import DECIMAL_PRECISION, DECIMAL_SCALE, PRICE, QUOTE_VOLUME, VOLUME
 from core.timeframes import Timeframe
 
 PRICE_SQL = str(PRICE)
@@ -60,7 +60,8 @@ CANDLE_COLUMNS = (
 INTEGER_SUMS_MAX_TRADES = 2**28
 """The integer sums are proven exact for windows of fewer trades than this (see the module)."""
 
-_SCALE = 8  # decimal places of price and quantity
+_SCALE = DECIMAL_SCALE  # decimal places of price and quantity
+_PRICE_TYPE = f"decimal({DECIMAL_PRECISION},{_SCALE})"
 _LIMB_BITS = 31
 _LIMB_MASK = (1 << _LIMB_BITS) - 1
 
@@ -200,9 +201,9 @@ def _units(amount: Column) -> Column:
     with |k| < 10^8: as a double it is within 2^-53 of that, so (fraction * 10^8) lies within
     10^-7 of the integer k and rounding it gives k exactly.
     """
-    amount = amount.cast(f"decimal(18,{_SCALE})")
+    amount = amount.cast(_PRICE_TYPE)
     whole = amount.cast("long")
-    fraction = (amount - whole.cast(f"decimal(18,{_SCALE})")).cast("double")
+    fraction = (amount - whole.cast(_PRICE_TYPE)).cast("double")
     return whole * F.lit(10**_SCALE) + F.rint(fraction * F.lit(float(10**_SCALE))).cast("long")
 
 

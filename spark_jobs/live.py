@@ -20,14 +20,13 @@ from pyspark.sql import functions as F
 
 from core.calendars import Calendars
 from core.ranges import Range, align_up, coalesce_ranges, window_of
-from core.tables import CANDLE_KEY, Tables
+from core.tables import CANDLE_KEY, PROVISIONAL, Tables
 from core.time import from_us
 from core.timeframes import Timeframe
 from spark_jobs.candles import CANDLE_COLUMNS, candles, window_start_us, windows
 from spark_jobs.reads import in_ranges
 from spark_jobs.snapshots import main_snapshot_id, progress_snapshot, snapshot_exists
 
-PROVISIONAL = "provisional"
 _COLUMNS = (*CANDLE_COLUMNS, "computed_at", PROVISIONAL)
 
 

@@ -11,9 +11,9 @@ reads slow down. Per table, :func:`maintain_table`:
   catch-up target) on: late trades are found by reading the ``trades`` snapshots appended since
   a watermark, so those must survive; for a candle table, the snapshot that records its
   progress (below any compactions) and the one ``main`` held when the retention window
-  began, so ``as_of`` reads (:mod:`read.api`) work for every time within the retention;
-- compacts small data files in sealed partitions (:func:`_sealed`): ``trades`` days that
-  ended over an hour ago, a candle table's partitions its lookback left over an hour ago.
+  began, so ``as_of`` reads (:mod:`read.as_of`) work for every time within the retention;
+- compacts small data files in sealed partitions (:func:`_sealed_boundary`): ``trades`` days
+  that ended over an hour ago, a candle table's partitions its lookback left over an hour ago.
   Each 1m run adds a small file, so candle tables need it too. A compaction moves ``main``;
   a candle flow that was running meanwhile notices at publish and redoes its run on top
   (:func:`flows.pipeline.run_pipeline`), and its progress is read from below compaction
@@ -153,7 +153,7 @@ def maintain_table(
         )
         older_than = keep_from
     done.snapshots_expired = _expire(spark, tables, name, older_than, policy.retain_last)
-    column, sealed = _sealed(name, now)
+    column, sealed = _sealed_boundary(name, now)
     done.files_compacted, done.files_written = _compact(
         spark, tables, name, f"{column} < TIMESTAMP '{sealed:%Y-%m-%d %H:%M:%S}'", policy
     )
@@ -226,7 +226,7 @@ SEAL_MARGIN = timedelta(hours=1)
 land in it later: a compaction never loses them, see the module docstring)."""
 
 
-def _sealed(name: str, now: datetime) -> tuple[str, datetime]:
+def _sealed_boundary(name: str, now: datetime) -> tuple[str, datetime]:
     """(column, boundary): partitions wholly before the boundary are no longer written to by
     a scheduled run. ``trades`` days are sealed an hour after they end; a candle table's
     partitions an hour after its lookback has left them."""

@@ -6,7 +6,7 @@ window was still open (the newest window of a scheduled run) is expected to chan
 arrive, so that is not a revision; ``as_of`` reads show both.
 
 The run's diff already finds the changed candles; it keeps the old values of the revised ones
-(:func:`spark_jobs.jobs._compare`), so a run without revisions pays nothing: no query, no
+(:func:`spark_jobs.diff.compare`), so a run without revisions pays nothing: no query, no
 commit. A run with revisions appends them once it has published (one small commit to
 ``candle_revisions``, whose snapshots and files maintenance expires and compacts like any
 table's). A crash between the publish and that append loses the record, not a candle: the

@@ -19,7 +19,7 @@ from core.tables import Tables
 from core.timeframes import TIMEFRAMES
 from flows.backfill import Backfill, run_backfill
 from settings import Settings
-from spark_jobs import jobs, snapshots
+from spark_jobs import jobs, plan, snapshots
 from spark_jobs.candles import TradeIdRange, candles
 from spark_jobs.reads import in_ranges
 from tests.helpers import (
@@ -180,7 +180,7 @@ def test_backfill_in_chunks_of_trades_equals_oracle(
     assert pinned is not None
 
     # When: the chunks are planned by trades, at most 350 each (an hour is never split)
-    chunks = jobs.plan_chunks(spark, tables, tf, START, end, pinned, 350)
+    chunks = plan.plan_chunks(spark, tables, tf, START, end, pinned, 350)
     # Then: they tile the range in whole windows, and each knows its trades exactly
     assert chunks[0].window_range.start == START and chunks[-1].window_range.end == end
     for before, after in itertools.pairwise(chunks):

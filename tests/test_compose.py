@@ -14,6 +14,7 @@ import yaml
 
 from infra import object_store, rest_catalog
 from infra.artifacts import ICEBERG_AWS_BUNDLE, ICEBERG_SPARK_RUNTIME, server_artifacts
+from infra.catalog_properties import spark_catalog_conf
 from infra.spark_server import ABANDONED_OPERATIONS_CONF, server_conf
 from settings import CatalogType, Settings, StorageType
 
@@ -59,7 +60,7 @@ def test_the_client_settings_are_fields_the_code_reads_and_match_the_server(
     assert settings.catalog_type.value == "rest" and not settings.is_local
     server = _conf(services["spark-connect"]["command"])
     catalog = {k: v for k, v in server.items() if k.startswith("spark.sql.catalog.")}
-    assert catalog == settings.spark_catalog_conf()
+    assert catalog == spark_catalog_conf(settings)
     assert server["spark.sql.defaultCatalog"] == settings.catalog_name
     assert server["spark.connect.grpc.binding.address"] == "127.0.0.1"
     # A dead client's operations end on the cluster as on the local stack

@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES
 from expectations.frames import gap_counts, gap_order, gap_rows, with_window_columns
+from expectations.report import ValidationReport
 from expectations.suites import (
     NOT_NULL,
     RECONCILED,
@@ -24,7 +25,7 @@ from expectations.suites import (
     invariant_suite,
     reconciliation_suite,
 )
-from expectations.validation import ValidationReport, collect, run_checkpoint
+from expectations.validation import collect, run_checkpoint
 from settings import Settings
 
 ONE_MINUTE = TIMEFRAMES["1m"]

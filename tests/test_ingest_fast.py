@@ -23,7 +23,7 @@ from ingest import IngestResult, appending, ingest
 from ingest import demo as demo_data
 from ingest.appending import CachedTransaction
 from ingest.dedup import REJECT_IDENTITY, _classify, _read_directly, _Rows
-from ingest.parsing import _encode_key_text, _parse_side
+from ingest.parsing import encode_key_text, parse_side
 from settings import CatalogType, Settings
 from tests.test_ingest import NOW, Row, stored_trades, text_row, text_table
 
@@ -213,9 +213,9 @@ def test_classify_fast_path_equals_the_general_one() -> None:
 
 def test_side_fast_path_equals_the_general_one() -> None:
     values = pa.chunked_array([["buy", "sell", "sell"], ["buy"]], pa.large_string())
-    fast = _parse_side(values)
+    fast = parse_side(values)
     # A trailing null takes the general path; the other rows must come out the same.
-    general = _parse_side(pa.chunked_array([*values.chunks, pa.array([None], pa.large_string())]))
+    general = parse_side(pa.chunked_array([*values.chunks, pa.array([None], pa.large_string())]))
     assert fast[0].tolist() == general[0][:-1].tolist() == [True, False, False, True]
     assert fast[1].tolist() == general[1][:-1].tolist() == [True] * 4
     assert general[1][-1].item() is False
@@ -278,7 +278,7 @@ def test_dictionary_codes_of_any_integer_index_type() -> None:
     for index_type in (pa.int8(), pa.uint8(), pa.int64(), pa.uint32()):
         indices = pa.array([1, None, 0, 2], index_type)
         column = pa.DictionaryArray.from_arrays(indices, pa.array([" b", "a", ""]))
-        codes, values = _encode_key_text(pa.chunked_array([column]))
+        codes, values = encode_key_text(pa.chunked_array([column]))
         assert [values[c].as_py() if c >= 0 else None for c in codes] == ["a", None, "b", None]
 
 

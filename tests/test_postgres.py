@@ -18,6 +18,7 @@ from core.timeframes import TIMEFRAMES
 from flows.candle_flows import FLOWS
 from infra import stack
 from infra.catalog import open_catalog
+from infra.catalog_properties import pyiceberg_catalog_properties, spark_catalog_conf
 from infra.session import close, connect
 from settings import CatalogType, Settings
 from tests import test_candles
@@ -67,11 +68,11 @@ def pg(pg_settings: Settings) -> tuple[Settings, Catalog, Tables]:
 
 
 def test_the_catalog_lives_in_postgresql(pg_settings: Settings) -> None:
-    conf = pg_settings.spark_catalog_conf()
+    conf = spark_catalog_conf(pg_settings)
     assert conf["spark.sql.catalog.ohlcv.uri"].startswith(
         f"jdbc:postgresql://127.0.0.1:{port(15432)}/"
     )
-    props = pg_settings.pyiceberg_catalog_properties()
+    props = pyiceberg_catalog_properties(pg_settings)
     assert props["uri"].startswith("postgresql+psycopg2://ohlcv:")
     assert "ohlcv-test-password" not in stack.status(pg_settings).describe()
 

@@ -34,7 +34,9 @@ from core.timeframes import TIMEFRAMES
 from flows import pipeline
 from flows.pipeline import PipelineResult, RunMetrics, RunRequest
 from read import AsOfUnavailable, read_candles, read_revisions
-from read.api import CandleQuery, row_filter, snapshot_as_of
+from read.as_of import snapshot_as_of
+from read.filters import row_filter
+from read.query import CandleQuery
 from settings import Settings
 from spark_jobs import maintenance
 from spark_jobs.maintenance import MaintenancePolicy
@@ -390,7 +392,7 @@ def _stored_candles(symbols: int, start: datetime, minutes: int, note: str | Non
     """Candles as the pipeline stores them (every column), with arbitrary exact values."""
     import pyarrow as pa
 
-    from read.api import candle_arrow_schema
+    from read.shape import candle_arrow_schema
 
     rows = []
     for s in range(symbols):
@@ -419,7 +421,7 @@ def _stored_candles(symbols: int, start: datetime, minutes: int, note: str | Non
 def test_arrow_reads_a_scan_exactly_as_pyiceberg_does(catalog: Catalog) -> None:
     from pyiceberg.types import StringType
 
-    from read.api import arrow_readable, columns_never_changed, read_scan
+    from read.iceberg_reader import arrow_readable, columns_never_changed, read_scan
 
     # Given: a 1m table written by six commits (as the pipeline writes, a file each), then a
     # column added (older files lack it) and two more commits

@@ -30,11 +30,13 @@ from pyspark.sql import SparkSession
 
 from core.tables import Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
-from expectations.validation import ValidationFailed, build_data_docs
+from expectations.data_docs import build_data_docs
+from expectations.validation import ValidationFailed
 from flows import pipeline
 from flows.candle_flows import FLOWS
 from infra import object_store, rest_catalog, stack
 from infra.catalog import open_catalog
+from infra.catalog_properties import pyiceberg_catalog_properties, spark_catalog_conf
 from infra.session import close, connect
 from settings import LOCAL_S3_BUCKET, CatalogType, Settings, StorageType
 from spark_jobs import jobs, snapshots, wap
@@ -116,7 +118,7 @@ def test_a_taken_port_fails_in_one_line_naming_it_and_its_setting(tmp_path: Path
 
 
 def test_the_stack_runs_rest_and_s3_on_loopback(rs_settings: Settings) -> None:
-    conf = rs_settings.spark_catalog_conf()
+    conf = spark_catalog_conf(rs_settings)
     assert conf["spark.sql.catalog.ohlcv.type"] == "rest"
     assert conf["spark.sql.catalog.ohlcv.uri"] == f"http://127.0.0.1:{REST_PORT}"
     assert conf["spark.sql.catalog.ohlcv.warehouse"] == "s3://warehouse/"
@@ -145,7 +147,7 @@ def test_rest_catalog_and_s3_refuse_requests_without_valid_credentials(
     assert rest_catalog.answers(rs_settings, None) == 401
     assert rest_catalog.answers(rs_settings, token[:-1] + ("x" if token[-1] != "x" else "y")) == 401
     assert rest_catalog.answers(rs_settings, token) == 200
-    props = rs_settings.pyiceberg_catalog_properties()
+    props = pyiceberg_catalog_properties(rs_settings)
     with pytest.raises(UnauthorizedError):
         load_catalog("wrong", **{**props, "token": "not-the-token"}).list_namespaces()
 

@@ -17,8 +17,9 @@ from pyspark.sql import functions as F
 
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES
+from expectations.data_docs import build_data_docs
 from expectations.docs_assets import external_urls
-from expectations.validation import ValidationFailed, build_data_docs
+from expectations.validation import ValidationFailed
 from flows import pipeline
 from flows.pipeline import RunRequest
 from settings import Settings

@@ -1,0 +1,39 @@
+"""What one candle run read, recomputed and wrote: the record every job step fills in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from core.ranges import Range
+
+
+@dataclass
+class RunResult:
+    """What one candle run read, recomputed and wrote."""
+
+    timeframe: str
+    ranges: list[Range]
+    trades_snapshot_id: int | None
+    previous_watermark: int | None
+    watermark: int | None
+    trades_read: int = 0
+    new_trades: int = 0
+    late_trades: int = 0
+    pending_trades: int = 0
+    """Trades appended since the watermark that are left for the next runs (bounded catch-up)."""
+    windows_recomputed: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    revised: int = 0
+    """Updated candles that had been published after their window closed (late trades)."""
+    revisions: pa.Table | None = None
+    """Those candles' keys with ``old_``/``new_`` values (at most ``MAX_REVISIONS_KEPT``)."""
+    candle_snapshot_id: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def written(self) -> bool:
+        return self.inserted + self.updated > 0
