@@ -60,7 +60,7 @@ def tiny_suite(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     yields it and the server's pid once the server runs."""
     (tmp_path / "test_tiny.py").write_text(TINY_SUITE)
     args = ["-p", "tests.support.cleanup", "-s", f"--basetemp={tmp_path}/base", "test_tiny.py"]
-    child = subprocess.Popen(
+    with subprocess.Popen(
         _pytest(args),
         cwd=tmp_path,  # (its rootdir: none of this repository's pytest settings)
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -68,26 +68,26 @@ def tiny_suite(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # our signal reaches pytest alone, as a CI runner's would
-    )
-    try:
-        assert child.stdout is not None
-        seen = []
-        for line in child.stdout:
-            seen.append(line)
-            if line.startswith("server pid "):
-                yield child, int(line.split()[-1])
-                break
-        else:
-            pytest.fail("the tiny suite ended before its server ran:\n" + "".join(seen[-30:]))
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait(60)
+    ) as child:
+        try:
+            assert child.stdout is not None
+            seen = []
+            for line in child.stdout:
+                seen.append(line)
+                if "server pid " in line:  # (after pytest's progress, on the same line)
+                    yield child, int(line.split("server pid ")[1].split()[0])
+                    break
+            else:
+                pytest.fail("the tiny suite ended before its server ran:\n" + "".join(seen[-30:]))
+        finally:
+            if child.poll() is None:
+                child.kill()
 
 
-def _gone_within(pid: int, started: int, seconds: float) -> float:
+def _gone_within(pid: int, started: int, listening: int, seconds: float) -> float:
+    """Seconds until ``pid`` has ended and nothing listens on port ``listening`` any more."""
     began = time.monotonic()
-    while cleanup.same_process(pid, started):
+    while cleanup.same_process(pid, started) or port_open("127.0.0.1", listening):
         assert time.monotonic() - began < seconds, f"pid {pid} still runs after {seconds} s"
         time.sleep(0.2)
     return time.monotonic() - began
@@ -109,9 +109,8 @@ def test_an_interrupted_suite_stops_the_server_it_started(
     os.kill(child.pid, signum)
 
     # Then: the server is gone within seconds, its port is free, nothing is left recorded
-    took = _gone_within(server, started, 40)
+    took = _gone_within(server, started, port(15019), 40)
     print(f"{signal.Signals(signum).name}: the server was gone {took:.1f} s after the signal")
-    assert not port_open("127.0.0.1", port(15019))
     child.wait(60)
     deadline = time.monotonic() + 30
     while run_dir.exists() and time.monotonic() < deadline:

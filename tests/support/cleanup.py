@@ -48,9 +48,18 @@ def start_time(pid: int) -> int | None:
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return None  # a zombie is gone as far as we are concerned
+    if fields[0] == "Z" and _threads(pid) <= 1:
+        # A zombie is gone; but a JVM's main thread can be a zombie while its other threads
+        # (and its sockets) still live: then it is not.
+        return None
     return int(fields[19])
+
+
+def _threads(pid: int) -> int:
+    try:
+        return sum(1 for _ in Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
 
 
 def same_process(pid: int, started: int) -> bool:
