@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test-deps demo test test-fast lint bench docs notebook stack-up stack-down clean
+.PHONY: setup test-deps demo test test-fast test-core lint bench docs notebook stack-up stack-down clean
 
 # Python 3.11 and Java 17 are the only prerequisites; uv, the environment and the pinned jars
 # are installed here. Bytecode is compiled once at install: with PYTHONDONTWRITEBYTECODE set (CI
@@ -31,9 +31,15 @@ test: setup test-deps
 	$(UV) run ohlcv setup --all  # the REST catalog + S3 tests' jars too
 	$(UV) run pytest
 
-# The tests that need no JVM (no Spark Connect server, no spark-submit): seconds, not minutes.
+# Test tiers, by the markers tests/conftest.py derives from the fixtures a test uses.
+# test-fast: no JVM at all (no Spark Connect server, no spark-submit).
 test-fast: setup
-	$(UV) run pytest -m "not spark and not jvm"
+	$(UV) run pytest -m "not (spark or jvm or stack)"
+
+# test-core: test-fast and the tests of the session's one Spark Connect server; no other
+# stack (cluster, PostgreSQL, REST + S3, servers to kill, Prefect servers, classic JVM).
+test-core: setup test-deps
+	$(UV) run pytest -m "not (jvm or stack)"
 
 lint: setup
 	$(UV) run ruff check .

@@ -1,63 +1,88 @@
-"""Fixtures: one real Spark Connect server per test session, started through infra/ code.
+"""Fixtures and hooks; what they are built of lives in ``tests/support`` (tests import it from
+there, never from this file).
 
-A test that needs a Spark Connect server (the session's, or one of its own) is marked
-``spark`` automatically from the fixtures it uses, so ``-m "not spark"`` runs exactly the
-tests that need none; tests that start a JVM without a Connect server are marked ``jvm``.
+Tiers by marker (registered in pyproject.toml), derived here from the fixtures a test uses:
+
+- ``spark``: needs a Spark Connect server (the session's, or a stack of its own);
+- ``jvm``: starts a JVM of its own without a Connect server (a classic session, a resolver);
+- ``stack``: starts servers beyond the session's one: a cluster, another catalog shape, a
+  server to kill, a Prefect server with services.
+
+``make test-fast`` runs ``not (spark or jvm or stack)``, ``make test-core`` ``not (jvm or
+stack)`` (the session's one server), ``make test`` everything.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
-from pydantic import SecretStr
 from pyiceberg.catalog import Catalog
 from pyspark.sql import SparkSession
 
-from core.tables import Tables, ensure_tables
+from core.tables import Tables
 from infra import stack
-from infra.catalog import open_catalog
-from infra.session import connect
-from settings import Settings, quiet_third_parties
+from settings import Settings
+from tests.support import cleanup, ports, stacks
+from tests.support.environment import environment_keys, export_settings
+from tests.support.prefect import harness
+from tests.support.stacks import LocalStack
 
-# A port of its own, so a developer's `make demo` server (15002) is never touched;
-# TEST_PORT_OFFSET moves the session's server so a second checkout can test beside this one.
-PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
-
-
-def port(base: int) -> int:
-    """A fixed test port, moved by TEST_PORT_OFFSET like the session's server (every server a
-    test starts, and every port a test expects to find closed, goes through here)."""
-    return base + PORT_OFFSET
+# Fixtures that start (or are) a Spark Connect server, and those that start more than the
+# session's one; a test using one is marked `spark`, resp. `stack`.
+SERVER_FIXTURES = {"server", "cluster", "shape"}
+STACK_FIXTURES = {"cluster", "prefect_server"}
 
 
-TEST_PORT = port(15012)
-TEST_UI_PORT = port(14052)
-# Fixtures that start (or are) a Spark Connect server; using one makes a test `spark`.
-SERVER_FIXTURES = {"server", "cluster", "pg_settings", "rs_settings"}
+def pytest_configure(config: pytest.Config) -> None:
+    cleanup.configure(config)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_unconfigure(config: pytest.Config) -> None:
+    cleanup.unconfigure(config)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
+    # Markers first (-m selects on them), order last (after pytest grouped each shape's tests)
     for item in items:
-        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        shape = _shape(item)
+        if "shape" in used and shape == "sqlite":
+            used = (used - {"shape"}) | ({"server"} if _needs_spark(item) else set())
+        if SERVER_FIXTURES & used:
             item.add_marker(pytest.mark.spark)
+        if STACK_FIXTURES & used or shape in stacks.SHAPES[1:]:
+            item.add_marker(pytest.mark.stack)
+    yield
+    # The tests of the session's server first, then those that start more, the other shapes
+    # last (one shape's stack is stopped when the next one's starts; the last one's at the end)
+    items.sort(key=_stack_order)
 
 
-def _environment_keys() -> list[str]:
-    return [k for k in os.environ if k.startswith("OHLCV_") or k == "SPARK_REMOTE"]
+def _shape(item: pytest.Item) -> str | None:
+    return getattr(getattr(item, "callspec", None), "params", {}).get("shape")
+
+
+def _stack_order(item: pytest.Item) -> int:
+    shape = _shape(item)
+    if shape in stacks.SHAPES[1:]:
+        return 1 + stacks.SHAPES.index(shape)
+    return 1 if item.get_closest_marker("stack") else 0
+
+
+def _needs_spark(item: pytest.Item) -> bool:
+    """A test on the SQLite shape needs the session's server unless it asks for PyIceberg
+    only (``@pytest.mark.pyiceberg_only``)."""
+    return item.get_closest_marker("pyiceberg_only") is None
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _clean_session_environment() -> Iterator[None]:
     """No exported OHLCV_* or SPARK_REMOTE may change what a test sees (session fixtures too)."""
     with pytest.MonkeyPatch.context() as patch:
-        for key in _environment_keys():
+        for key in environment_keys():
             patch.delenv(key)
         yield
 
@@ -65,114 +90,60 @@ def _clean_session_environment() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same for each test: what one test exports does not leak into the next."""
-    for key in _environment_keys():
+    for key in environment_keys():
         monkeypatch.delenv(key)
 
 
 @pytest.fixture(scope="session")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    data_dir: Path = tmp_path_factory.mktemp("ohlcv")
-    return Settings(
-        data_dir=data_dir, connect_port=TEST_PORT, ui_port=TEST_UI_PORT, spark_remote=None
-    )
+def session_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The session's stack (started by the first test that needs its server)."""
+    settings = stacks.session_settings(tmp_path_factory.mktemp("ohlcv"))
+    with stacks.running(settings, "the test session", start=False) as local:
+        yield local
+
+
+@pytest.fixture(scope="session")
+def settings(session_stack: LocalStack) -> Settings:
+    return session_stack.settings
 
 
 @pytest.fixture(scope="session")
 def prefect() -> Iterator[None]:
-    """One Prefect test server for the whole session (it takes ~9 s to start)."""
-    quiet_third_parties()
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
+    """One Prefect test server for the whole session."""
+    with harness():
         yield
-        # The harness drains Prefect's workers with no timeout: drain them first with one, so
-        # a worker stuck on a dead server fails here instead of hanging the session's end.
-        drain_prefect_workers()
 
 
-def drain_prefect_workers(timeout_s: float = 60) -> None:
-    """Stop Prefect's event and log workers (client-side queue services) once they have sent
-    what they hold, and forget them.
-
-    They are process-wide singletons bound, when first used, to the API of that moment, and the
-    event worker's key does not include the URL: left running, a worker bound to a server a test
-    has since stopped would serve later flow runs and hang the harness's teardown, which drains
-    them without a timeout. The next use starts fresh ones on the current API.
-    """
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for service in (EventsWorker, APILogWorker):
-        # (in sync code drain_all waits and returns (done, not done); a stopped service has
-        # already left the registry, so a timeout cannot leave it to the next test)
-        _, pending = cast(Any, service.drain_all(timeout=timeout_s, at_exit=False))
-        assert not pending, f"Prefect's {service.__name__} did not drain within {timeout_s} s"
-
-
-@contextmanager
-def prefect_api(url: str) -> Iterator[None]:
-    """Flow runs in this block use the Prefect API at ``url`` (a server of the test's own).
-
-    Prefect's workers are drained on the way in (the ones bound to the API before must not carry
-    this block's events) and on the way out, while ``url``'s server still runs (it may be
-    stopped right after).
-    """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    drain_prefect_workers()
+@pytest.fixture(scope="session")
+def server(session_stack: LocalStack) -> stack.StackStatus:
+    """The session's Spark Connect server; a port held by something else ends the session in
+    one line (every test after would fail on it)."""
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield
-    finally:
-        drain_prefect_workers()
+        return session_stack.up()
+    except ports.PortTaken as taken:
+        pytest.exit(str(taken), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
-def server(settings: Settings) -> Iterator[stack.StackStatus]:
-    status = stack.up(settings)
-    yield status
-    stack.down(settings)
+def spark(server: stack.StackStatus, session_stack: LocalStack) -> SparkSession:
+    return session_stack.spark
 
 
 @pytest.fixture(scope="session")
-def spark(server: stack.StackStatus, settings: Settings) -> Iterator[SparkSession]:
-    session = connect(settings)
-    yield session
-    session.stop()
-
-
-@pytest.fixture(scope="session")
-def catalog(settings: Settings) -> Catalog:
-    return open_catalog(settings)
+def catalog(session_stack: LocalStack) -> Catalog:
+    return session_stack.catalog
 
 
 @pytest.fixture
-def tables(catalog: Catalog, settings: Settings, server: stack.StackStatus) -> Tables:
+def tables(session_stack: LocalStack, server: stack.StackStatus) -> Tables:
     """Empty trades, rejects and candle tables in a namespace of this test's own."""
-    namespace = f"t_{uuid.uuid4().hex[:12]}"
-    ensure_tables(catalog, namespace)
-    return Tables(settings.catalog_name, namespace)
+    return session_stack.tables()
 
 
 @pytest.fixture
 def run_settings(settings: Settings, tables: Tables, tmp_path: Path) -> Settings:
     """Settings of this test's namespace, with a GX project (results, data docs) of its own."""
     return settings.model_copy(update={"namespace": tables.namespace, "gx_dir": tmp_path / "gx"})
-
-
-def export_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings, **overrides: str) -> None:
-    """Make the code's own ``Settings()`` (flows, notebooks) read ``settings``, via OHLCV_*."""
-    for name, value in settings.model_dump().items():
-        key = f"OHLCV_{name.upper()}"
-        if name == "spark_remote" or value is None:
-            monkeypatch.delenv(key, raising=False)
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        monkeypatch.setenv(key, str(value.value if isinstance(value, Enum) else value))
-    monkeypatch.delenv("SPARK_REMOTE", raising=False)
-    for name, value in overrides.items():
-        monkeypatch.setenv(f"OHLCV_{name.upper()}", value)
 
 
 @pytest.fixture
@@ -182,3 +153,41 @@ def flow_env(prefect: None, run_settings: Settings, monkeypatch: pytest.MonkeyPa
         monkeypatch, run_settings, generate_retry_delay_s="0", validate_retry_delay_s="0"
     )
     return Settings()
+
+
+@pytest.fixture(scope="session")
+def shape(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalStack]:
+    """The stack of one catalog shape (``stacks.SHAPES``), parametrized indirectly.
+
+    One stack per shape and session: pytest groups the tests of a shape together and stops a
+    shape's stack before it starts the next one's. The SQLite shape is the session's stack.
+    """
+    name = request.param
+    if name == "sqlite":
+        yield request.getfixturevalue("session_stack")
+        return
+    try:
+        with stacks.running_shape(name, tmp_path_factory.mktemp(name)) as local:
+            yield local
+    except ports.PortTaken as taken:
+        pytest.fail(str(taken), pytrace=False)
+
+
+@pytest.fixture
+def given(shape: LocalStack, tmp_path: Path) -> stacks.Given:
+    """Empty tables in a namespace of this test's own on ``shape``'s stack."""
+    return shape.given(gx_dir=tmp_path / "gx")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A standalone cluster (a master, two workers) behind a Connect server of its own."""
+    try:
+        with stacks.running(
+            stacks.cluster_settings(tmp_path_factory.mktemp("cluster")), "the cluster"
+        ) as local:
+            yield local
+    except ports.PortTaken as taken:
+        pytest.fail(str(taken), pytrace=False)

@@ -9,8 +9,8 @@ each switch, so the number of one-minute windows of a local day is its length in
 
 The module's story runs once: the five timeframes through the real pipeline (generate,
 validate, publish) with the Spark session's time zone and this process's TZ set to zones no
-instrument uses. The oracle (tests/oracle.py) derives windows from zoneinfo wall-clock rules;
-it shares no code with core/calendars.py or the Spark column logic.
+instrument uses. The oracle (tests/support/oracle.py) derives windows from zoneinfo wall-clock
+rules; it shares no code with core/calendars.py or the Spark column logic.
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ from flows.pipeline import PipelineResult, RunRequest
 from settings import Settings
 from spark_jobs import jobs, snapshots
 from spark_jobs.candles import candles
-from tests.helpers import deliver
-from tests.oracle import (
+from tests.support.oracle import (
     EPOCH,
     LocalTime,
     Trade,
@@ -62,6 +61,7 @@ from tests.oracle import (
     stored_candles,
     with_previous_close,
 )
+from tests.support.trades import deliver
 
 ALL = list(TIMEFRAMES.values())
 NY, LONDON, KOLKATA = "America/New_York", "Europe/London", "Asia/Kolkata"

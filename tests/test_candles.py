@@ -22,7 +22,9 @@ from settings import Settings
 from spark_jobs import jobs, plan, snapshots
 from spark_jobs.candles import TradeIdRange, candles
 from spark_jobs.reads import in_ranges
-from tests.helpers import (
+from tests.support.oracle import EPOCH, Trade, candle_rows, diff, expected_candles, stored_candles
+from tests.support.stacks import Given, on_shapes
+from tests.support.trades import (
     ALL,
     EXCHANGE,
     START,
@@ -32,12 +34,11 @@ from tests.helpers import (
     random_trades,
     to_arrow,
 )
-from tests.oracle import EPOCH, Trade, candle_rows, diff, expected_candles, stored_candles
 
 
-def test_every_timeframe_equals_oracle_through_late_trades_and_reruns(
-    spark: SparkSession, catalog: Catalog, tables: Tables
-) -> None:
+@on_shapes()  # SQLite, PostgreSQL, REST + S3
+def test_every_timeframe_equals_oracle_through_late_trades_and_reruns(given: Given) -> None:
+    _, spark, catalog, tables = given
     rng = random.Random(20260301)
     # Given: three hours of trades, delivered with duplicates and bad rows
     t1 = START + timedelta(hours=3)
@@ -92,9 +93,9 @@ def test_watermark_commits_in_the_candle_snapshot(
     assert snapshots.watermark(spark, tables.candles(TIMEFRAMES["5m"])) == trades_snapshot
 
 
-def test_batch_run_replaces_only_its_windows(
-    spark: SparkSession, catalog: Catalog, tables: Tables
-) -> None:
+@on_shapes()  # SQLite, PostgreSQL, REST + S3
+def test_batch_run_replaces_only_its_windows(given: Given) -> None:
+    _, spark, catalog, tables = given
     rng = random.Random(11)
     tf = TIMEFRAMES["1h"]
     now = START + timedelta(hours=6)
@@ -130,9 +131,9 @@ def test_batch_run_replaces_only_its_windows(
     assert not diff(expected_candles([*trades, extra], tf), after)
 
 
-def test_backfill_in_chunks_equals_oracle(
-    spark: SparkSession, catalog: Catalog, tables: Tables, run_settings: Settings
-) -> None:
+@on_shapes()  # SQLite, PostgreSQL, REST + S3
+def test_backfill_in_chunks_equals_oracle(given: Given) -> None:
+    run_settings, spark, catalog, tables = given
     rng = random.Random(3)
     end = START + timedelta(hours=4)
     trades = random_trades(rng, START, end, 1000, first_id=1)

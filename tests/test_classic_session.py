@@ -11,13 +11,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from pyspark.sql import SparkSession
 
 from core.timeframes import TIMEFRAMES
 from infra.artifacts import spark_env
 from spark_jobs.candles import candles
-from tests.helpers import START, random_trades, to_arrow
-from tests.oracle import Key, candle_rows, diff, expected_candles
+from tests.support.oracle import Key, candle_rows, diff, expected_candles
+from tests.support.trades import START, random_trades, to_arrow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,6 +35,7 @@ def _rows_from_parquet(path: Path) -> dict[Key, dict[str, Any]]:
     return out
 
 
+@pytest.mark.jvm  # a classic Spark session in a JVM of its own, beside the session's server
 def test_classic_session_matches_connect_and_oracle(spark: SparkSession, tmp_path: Path) -> None:
     rng = random.Random(29)
     trades = random_trades(rng, START, START + timedelta(hours=3), 700, first_id=5_000)
@@ -50,7 +52,7 @@ def test_classic_session_matches_connect_and_oracle(spark: SparkSession, tmp_pat
         [
             sys.executable,
             "-m",
-            "tests.classic_candles",
+            "tests.support.classic_candles",
             str(source),
             str(tmp_path / "out"),
             str(min(ids)),

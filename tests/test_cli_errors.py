@@ -17,7 +17,9 @@ from cli.main import app
 from infra.stack import StackStatus
 from ingest.demo import demo_trades, write_demo_file
 from settings import Settings
-from tests.conftest import export_settings, port, prefect_api
+from tests.support.environment import export_settings
+from tests.support.ports import port
+from tests.support.prefect import prefect_api
 
 ROOT = Path(__file__).resolve().parent.parent
 END = datetime(2026, 3, 2, tzinfo=UTC)

@@ -20,9 +20,9 @@ from cli.main import app
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES
 from settings import Settings
-from tests.conftest import export_settings
-from tests.helpers import EXCHANGE, START, deliver, random_trades
-from tests.oracle import diff, expected_candles, stored_candles
+from tests.support.environment import export_settings
+from tests.support.oracle import diff, expected_candles, stored_candles
+from tests.support.trades import EXCHANGE, START, deliver, random_trades
 
 ONE_HOUR = TIMEFRAMES["1h"]
 ONE_MINUTE = TIMEFRAMES["1m"]

@@ -21,7 +21,7 @@ from core.tables import ensure_tables
 from infra.catalog import open_catalog
 from infra.stack import StackStatus
 from settings import Settings
-from tests.conftest import port
+from tests.support.ports import port
 
 OHLCV = str(Path(sys.executable).with_name("ohlcv"))
 MAX_LINES = 3

@@ -6,68 +6,36 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from pyiceberg.catalog import Catalog
-from pyspark.sql import SparkSession
 
-from core.tables import Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
 from flows.backfill import run_backfill
 from flows.candle_flows import FLOWS
-from infra import spark_server, stack
-from infra.catalog import open_catalog
-from infra.session import close, connect
-from settings import Settings
-from tests.conftest import export_settings, port
-from tests.helpers import START, deliver, random_trades
-from tests.oracle import diff, expected_candles, stored_candles
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("cluster"),
-        connect_port=port(15013),
-        ui_port=port(14053),
-        master_port=port(17077),
-        master_ui_port=port(18080),
-        workers=2,
-        worker_memory="1g",
-        driver_memory="2g",
-        spark_remote=None,
-    )
-    stack.up(settings)
-    yield settings
-    stack.down(settings)
+from infra import spark_server
+from tests.support.environment import export_settings
+from tests.support.oracle import diff, expected_candles, stored_candles
+from tests.support.stacks import Given, LocalStack
+from tests.support.trades import START, deliver, random_trades
 
 
 @pytest.fixture
-def on_cluster(
-    cluster: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Settings, SparkSession, Catalog, Tables]]:
-    namespace = f"c_{os.urandom(6).hex()}"
-    settings = cluster.model_copy(update={"namespace": namespace, "gx_dir": tmp_path / "gx"})
-    catalog = open_catalog(settings)
-    ensure_tables(catalog, namespace)
-    export_settings(monkeypatch, settings)
-    spark = connect(settings)
-    yield settings, spark, catalog, Tables(settings.catalog_name, namespace)
-    close(spark)
+def on_cluster(cluster: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Given:
+    """Tables of this test's own on the cluster, the flows' own settings pointing at them."""
+    given = cluster.given(gx_dir=tmp_path / "gx", prefix="c")
+    export_settings(monkeypatch, given.settings)
+    return given
 
 
-def test_the_server_runs_on_two_worker_processes(cluster: Settings) -> None:
-    pids = spark_server.cluster_pids(cluster)
+def test_the_server_runs_on_two_worker_processes(cluster: LocalStack) -> None:
+    pids = spark_server.cluster_pids(cluster.settings)
     assert len(pids["master"]) == 1 and len(pids["workers"]) == 2
-    assert spark_server.alive_workers(cluster) == 2
+    assert spark_server.alive_workers(cluster.settings) == 2
 
 
-def test_the_five_flows_on_the_cluster_equal_the_oracle(
-    prefect: None, on_cluster: tuple[Settings, SparkSession, Catalog, Tables]
-) -> None:
+def test_the_five_flows_on_the_cluster_equal_the_oracle(prefect: None, on_cluster: Given) -> None:
     _, spark, catalog, tables = on_cluster
     now = START + timedelta(hours=2)
     trades = random_trades(random.Random(71), START, now, 700, first_id=1)
@@ -80,7 +48,7 @@ def test_the_five_flows_on_the_cluster_equal_the_oracle(
 
 
 def test_a_backfill_survives_losing_a_worker(
-    on_cluster: tuple[Settings, SparkSession, Catalog, Tables],
+    on_cluster: Given,
 ) -> None:
     settings, spark, catalog, tables = on_cluster
     end = START + timedelta(hours=4)

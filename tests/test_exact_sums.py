@@ -21,8 +21,8 @@ from spark_jobs.candles import (
     _integer_sums_allowed,
     candles,
 )
-from tests.helpers import ALL, EXCHANGE, START, random_trades, to_arrow
-from tests.oracle import Trade, candle_rows, diff, expected_candles
+from tests.support.oracle import Trade, candle_rows, diff, expected_candles
+from tests.support.trades import ALL, EXCHANGE, START, random_trades, to_arrow
 
 INT64_MAX = 2**63 - 1
 ONE_MINUTE = TIMEFRAMES["1m"]

@@ -35,9 +35,11 @@ from infra.catalog import open_catalog
 from infra.session import close, connect
 from settings import Settings
 from spark_jobs import jobs, snapshots, wap
-from tests.conftest import export_settings, port, prefect_api
-from tests.helpers import START, SYMBOLS, assert_matches_oracle, deliver, random_trades
-from tests.oracle import Trade, diff, expected_candles, stored_candles
+from tests.support.environment import export_settings
+from tests.support.oracle import Trade, diff, expected_candles, stored_candles
+from tests.support.ports import port
+from tests.support.prefect import prefect_api, running_prefect_server
+from tests.support.trades import START, SYMBOLS, assert_matches_oracle, deliver, random_trades
 
 ONE_MINUTE = TIMEFRAMES["1m"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,43 +48,9 @@ PREFECT_PORT = port(14210)
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prefect server with its services (the test harness's ephemeral server runs none,
-    so it never takes back the slot of a dead lease holder). Yields its API URL."""
-    home = tmp_path_factory.mktemp("prefect")
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "false",
-        # Look for expired leases every second instead of every 15.
-        "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "1",
-    }
-    env.pop("PREFECT_API_URL", None)
-    log = (home / "server.log").open("wb")
-    command = ["server", "start", "--host", "127.0.0.1", "--port", str(PREFECT_PORT), "--no-ui"]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", *command],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{PREFECT_PORT}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None, (home / "server.log").read_text()
-                assert time.monotonic() < deadline, "the Prefect server did not start"
-                time.sleep(0.5)
+    """A real Prefect server with its services; yields its API URL."""
+    with running_prefect_server(tmp_path_factory.mktemp("prefect"), PREFECT_PORT) as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
-        log.close()
 
 
 LONG_WRITE = (
@@ -312,7 +280,8 @@ def _consistent(spark: SparkSession, tables: Tables, trades: list[Trade]) -> Non
     assert not diff(expected_candles(trades, ONE_MINUTE), stored_candles(spark, table))
 
 
-@pytest.mark.spark  # starts a server of its own, to kill it
+@pytest.mark.spark
+@pytest.mark.stack  # starts a server of its own, to kill it
 def test_killing_the_server_at_any_point_fails_promptly_and_the_rerun_recovers(
     tmp_path: Path,
 ) -> None:

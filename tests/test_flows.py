@@ -30,8 +30,8 @@ from flows.candle_flows import FLOWS, deployments
 from flows.pipeline import RunMetrics
 from settings import Settings
 from spark_jobs import jobs, snapshots, wap
-from tests.helpers import START, deliver, random_trades
-from tests.oracle import EPOCH, diff, expected_candles, stored_candles
+from tests.support.oracle import EPOCH, diff, expected_candles, stored_candles
+from tests.support.trades import START, deliver, random_trades
 
 ONE_MINUTE = TIMEFRAMES["1m"]
 

@@ -45,6 +45,7 @@ from ingest import (
 from ingest import demo as demo_data
 from ingest.dedup import REJECT_IDENTITY, new_rejects, reject_filter
 from settings import CatalogType, Settings
+from tests.support.stacks import LocalStack, on_shapes
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 MIN_TS = datetime(2000, 1, 1, tzinfo=UTC)
@@ -570,7 +571,10 @@ def _mixed_input() -> list[Row]:
     ]
 
 
-def test_same_input_twice_records_its_rejects_once(iceberg: Catalog, namespace: str) -> None:
+@pytest.mark.pyiceberg_only
+@on_shapes()  # SQLite, PostgreSQL, REST + S3
+def test_same_input_twice_records_its_rejects_once(shape: LocalStack) -> None:
+    iceberg, namespace = shape.catalog, shape.tables("ingest").namespace
     rows = _mixed_input()
     first = run(iceberg, namespace, text_table(rows), source="a.csv")
     assert (first.accepted, first.duplicates, first.rejected) == (2, 0, 8)

@@ -25,8 +25,8 @@ from flows.pipeline import RunRequest
 from settings import Settings
 from spark_jobs import jobs, maintenance, snapshots
 from spark_jobs.maintenance import MaintenancePolicy
-from tests.helpers import START, assert_matches_oracle, deliver, random_trades
-from tests.oracle import Trade
+from tests.support.oracle import Trade
+from tests.support.trades import START, assert_matches_oracle, deliver, random_trades
 
 ONE_MINUTE = TIMEFRAMES["1m"]
 # Expire everything maintenance may expire: no age, keep one snapshot. Maintenance runs on the

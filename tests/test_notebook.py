@@ -20,8 +20,8 @@ from core.timeframes import TIMEFRAMES
 from flows import pipeline
 from flows.pipeline import RunRequest
 from settings import Settings
-from tests.conftest import export_settings
-from tests.helpers import START, deliver, random_trades
+from tests.support.environment import export_settings
+from tests.support.trades import START, deliver, random_trades
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "explore_candles.ipynb"

@@ -40,9 +40,9 @@ from read.query import CandleQuery
 from settings import Settings
 from spark_jobs import maintenance
 from spark_jobs.maintenance import MaintenancePolicy
-from tests.conftest import export_settings
-from tests.helpers import EXCHANGE, START, deliver, random_trades
-from tests.oracle import Key, Trade, diff, expected_candles
+from tests.support.environment import export_settings
+from tests.support.oracle import Key, Trade, diff, expected_candles
+from tests.support.trades import EXCHANGE, START, deliver, random_trades
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_MINUTE = TIMEFRAMES["1m"]

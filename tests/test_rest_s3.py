@@ -13,8 +13,6 @@ import random
 import socket
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -24,67 +22,29 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.states import State
-from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog import load_catalog
 from pyiceberg.exceptions import UnauthorizedError
-from pyspark.sql import SparkSession
 
-from core.tables import Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
 from expectations.data_docs import build_data_docs
 from expectations.validation import ValidationFailed
 from flows import pipeline
 from flows.candle_flows import FLOWS
 from infra import object_store, rest_catalog, stack
-from infra.catalog import open_catalog
 from infra.catalog_properties import pyiceberg_catalog_properties, spark_catalog_conf
-from infra.session import close, connect
 from settings import LOCAL_S3_BUCKET, CatalogType, Settings, StorageType
 from spark_jobs import jobs, snapshots, wap
-from tests import test_candles, test_ingest
-from tests.conftest import export_settings, port
-from tests.helpers import START, deliver, random_trades
-from tests.oracle import diff, expected_candles, stored_candles
+from tests.support.environment import export_settings
+from tests.support.oracle import diff, expected_candles, stored_candles
+from tests.support.ports import port
+from tests.support.stacks import Given, LocalStack, on_shapes
+from tests.support.trades import START, bad_rows, deliver, random_trades
 
-CONNECT_PORT, UI_PORT, S3_PORT, REST_PORT = port(15016), port(14056), port(15017), port(15018)
+S3_PORT, REST_PORT = port(15017), port(15018)
 FIVE_MINUTES = TIMEFRAMES["5m"]
 
 
-@pytest.fixture(scope="module")
-def rs_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("rest-s3"),
-        connect_port=CONNECT_PORT,
-        ui_port=UI_PORT,
-        s3_port=S3_PORT,
-        rest_port=REST_PORT,
-        catalog_type=CatalogType.REST,
-        storage=StorageType.S3,
-        spark_remote=None,
-    )
-    try:
-        stack.up(settings)  # the S3 server and REST catalog first, then Spark Connect
-        yield settings
-    finally:
-        stack.down(settings)
-
-
-@pytest.fixture(scope="module")
-def rs_spark(rs_settings: Settings) -> Iterator[SparkSession]:
-    spark = connect(rs_settings)
-    yield spark
-    close(spark)
-
-
-@pytest.fixture
-def rs(rs_settings: Settings) -> tuple[Settings, Catalog, Tables]:
-    namespace = f"r_{uuid.uuid4().hex[:12]}"
-    catalog = open_catalog(rs_settings)
-    ensure_tables(catalog, namespace)
-    return (
-        rs_settings.model_copy(update={"namespace": namespace}),
-        catalog,
-        Tables(rs_settings.catalog_name, namespace),
-    )
+ON_REST_S3 = on_shapes("rest_s3")
 
 
 def _s3_files(settings: Settings, namespace: str) -> list[Path]:
@@ -117,7 +77,9 @@ def test_a_taken_port_fails_in_one_line_naming_it_and_its_setting(tmp_path: Path
             rest_catalog.up(settings)
 
 
-def test_the_stack_runs_rest_and_s3_on_loopback(rs_settings: Settings) -> None:
+@ON_REST_S3
+def test_the_stack_runs_rest_and_s3_on_loopback(shape: LocalStack) -> None:
+    rs_settings = shape.settings
     conf = spark_catalog_conf(rs_settings)
     assert conf["spark.sql.catalog.ohlcv.type"] == "rest"
     assert conf["spark.sql.catalog.ohlcv.uri"] == f"http://127.0.0.1:{REST_PORT}"
@@ -137,10 +99,9 @@ def test_the_stack_runs_rest_and_s3_on_loopback(rs_settings: Settings) -> None:
         assert private.stat().st_mode & 0o077 == 0, private
 
 
-def test_rest_catalog_and_s3_refuse_requests_without_valid_credentials(
-    rs: tuple[Settings, Catalog, Tables],
-) -> None:
-    rs_settings = rs[0]
+@ON_REST_S3
+def test_rest_catalog_and_s3_refuse_requests_without_valid_credentials(given: Given) -> None:
+    rs_settings = given.settings
     token = rs_settings.rest_token()
     assert token
     # REST: no token, a wrong token -> 401; the right one -> 200
@@ -154,7 +115,7 @@ def test_rest_catalog_and_s3_refuse_requests_without_valid_credentials(
     # S3: unsigned requests are refused (403): listing the bucket, reading an object the
     # catalog wrote (this test's tables' metadata), writing one
     endpoint = rs_settings.s3_endpoint_url
-    stored = _s3_files(rs_settings, rs[2].namespace)[0]
+    stored = _s3_files(rs_settings, given.tables.namespace)[0]
     key = stored.relative_to(object_store.blob_dir(rs_settings)).as_posix()
     for method, path in (("GET", f"{LOCAL_S3_BUCKET}/"), ("GET", key), ("PUT", key)):
         request = urllib.request.Request(f"{endpoint}/{path}", method=method)
@@ -180,49 +141,32 @@ def test_rest_catalog_and_s3_refuse_requests_without_valid_credentials(
     assert s3(secret).open_input_stream(key).read() == stored.read_bytes()
 
 
-# The same core oracle tests as on SQLite and PostgreSQL. The first is the slowest here (every
-# Iceberg commit is a REST call whose metadata write goes through S3Proxy): 226 s on 2 cores
-# shared with other test suites.
-@pytest.mark.parametrize(
-    "oracle_test",
-    [
-        test_candles.test_every_timeframe_equals_oracle_through_late_trades_and_reruns,
-        test_candles.test_batch_run_replaces_only_its_windows,
-        test_candles.test_backfill_in_chunks_equals_oracle,
-    ],
-    ids=lambda f: f.__name__.removeprefix("test_"),
-)
-def test_core_oracle_tests_pass_on_rest_and_s3(
-    oracle_test: Any, rs_spark: SparkSession, rs: tuple[Settings, Catalog, Tables]
-) -> None:
-    settings, catalog, tables = rs
-    # (the backfill runs the one backfill, which needs the settings of these tables)
-    backfill = oracle_test is test_candles.test_backfill_in_chunks_equals_oracle
-    oracle_test(rs_spark, catalog, tables, *([settings] if backfill else []))
-    # Spark wrote the candles' data files through S3FileIO into the S3 server
+@ON_REST_S3
+def test_spark_and_pyiceberg_write_their_files_into_the_s3_server_only(given: Given) -> None:
+    # (the core oracle tests and the ingest with rejects run on this shape too: on_shapes)
+    settings, spark, catalog, tables = given
+    now = START + timedelta(hours=1)
+    trades = random_trades(random.Random(92), START, now, 300, first_id=1)
+    deliver(catalog, tables, trades, bad_rows(900_000), now=now)
+    jobs.refresh_candles(spark, tables, FIVE_MINUTES, now=now)
+    assert not diff(
+        expected_candles(trades, FIVE_MINUTES),
+        stored_candles(spark, tables.candles(FIVE_MINUTES)),
+    )
     files = _s3_files(settings, tables.namespace)
-    candle_files = [p for p in files if any(part.startswith("ohlcv_") for part in p.parts)]
-    assert any(p.suffix == ".parquet" for p in candle_files)
-
-
-def test_an_ingest_with_rejects_on_rest_and_s3(rs: tuple[Settings, Catalog, Tables]) -> None:
-    settings, catalog, tables = rs
-    test_ingest.test_same_input_twice_records_its_rejects_once(catalog, tables.namespace)
-    files = _s3_files(settings, tables.namespace)
-    # PyIceberg wrote trades and rejects (data and metadata) into the S3 server, nowhere else
-    for table in ("trades", "trades_rejected"):
+    # PyIceberg wrote trades and rejects, Spark the candles (through S3FileIO): data and
+    # metadata, into the S3 server and nowhere else
+    for table in ("trades", "trades_rejected", FIVE_MINUTES.table):
         assert any(p.suffix == ".parquet" and table in p.parts for p in files), table
+        assert any(p.name.endswith(".metadata.json") and table in p.parts for p in files), table
     assert not (settings.data_dir / "warehouse").exists()
 
 
+@ON_REST_S3
 def test_a_flow_publishes_then_a_failed_validation_leaves_main_untouched_with_data_docs(
-    prefect: None,
-    rs_spark: SparkSession,
-    rs: tuple[Settings, Catalog, Tables],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    prefect: None, given: Given, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings, catalog, tables = rs
+    settings, rs_spark, catalog, tables = given
     gx_dir = tmp_path / "gx"
     export_settings(
         monkeypatch,
@@ -285,9 +229,11 @@ def _assert_no_secret_under(settings: Settings, root: Path) -> None:
                 assert secret.encode() not in data, f"a secret in {path}"
 
 
+@ON_REST_S3
 def test_no_secret_in_logs_status_command_lines_or_prefect(
-    prefect: None, rs_settings: Settings
+    prefect: None, shape: LocalStack
 ) -> None:
+    rs_settings = shape.settings
     secrets = rs_settings.secrets()
     # Logs of every server of the stack, and the S3 server's files (table metadata included)
     for log in rs_settings.stack_dir.glob("*.log"):

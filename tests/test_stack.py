@@ -18,7 +18,7 @@ from infra import net, processes, stack
 from infra.artifacts import Artifact, ArtifactError, ensure_artifacts
 from infra.session import ConnectError, connect
 from settings import Settings
-from tests.conftest import port
+from tests.support.ports import port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,8 @@ def _ohlcv(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.spark  # starts a stack of its own
+@pytest.mark.spark
+@pytest.mark.stack  # starts a stack of its own (Spark Connect and Prefect)
 def test_stack_up_serves_flow_runs_through_its_own_prefect_server_and_down_stops_both(
     tmp_path: Path,
 ) -> None:

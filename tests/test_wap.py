@@ -24,8 +24,8 @@ from flows import pipeline
 from flows.pipeline import RunRequest
 from settings import Settings
 from spark_jobs import jobs, snapshots, wap
-from tests.helpers import START, deliver, random_trades
-from tests.oracle import diff, expected_candles, stored_candles
+from tests.support.oracle import diff, expected_candles, stored_candles
+from tests.support.trades import START, deliver, random_trades
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

@@ -1,6 +1,6 @@
 """Run the pure candle function on a classic (non-Connect) local Spark session.
 
-Usage: python -m tests.classic_candles TRADES.parquet OUT_DIR ID_LOW ID_HIGH
+Usage: python -m tests.support.classic_candles TRADES.parquet OUT_DIR ID_LOW ID_HIGH
 Writes OUT_DIR/<key>/<timeframe> Parquet directories, key "struct" (no trade-id range given)
 and "packed" (the range given). Runs in its own process because a
 process that has opened a Spark Connect session cannot also start a classic one.

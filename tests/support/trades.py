@@ -13,7 +13,7 @@ from pyspark.sql import SparkSession
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES, Timeframe
 from ingest import ingest
-from tests.oracle import Trade, diff, expected_candles, stored_candles
+from tests.support.oracle import Trade, diff, expected_candles, stored_candles
 
 EXCHANGE = "test"
 SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")

@@ -1,0 +1,31 @@
+"""The environment a test runs in: no exported OHLCV_* leaks in, and settings can be exported."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+
+import pytest
+from pydantic import SecretStr
+
+from settings import Settings
+
+
+def environment_keys() -> list[str]:
+    """The variables that change what ``Settings()`` reads."""
+    return [k for k in os.environ if k.startswith("OHLCV_") or k == "SPARK_REMOTE"]
+
+
+def export_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings, **overrides: str) -> None:
+    """Make the code's own ``Settings()`` (flows, notebooks) read ``settings``, via OHLCV_*."""
+    for name, value in settings.model_dump().items():
+        key = f"OHLCV_{name.upper()}"
+        if name == "spark_remote" or value is None:
+            monkeypatch.delenv(key, raising=False)
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        monkeypatch.setenv(key, str(value.value if isinstance(value, Enum) else value))
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    for name, value in overrides.items():
+        monkeypatch.setenv(f"OHLCV_{name.upper()}", value)
