@@ -280,20 +280,25 @@ def _consistent(spark: SparkSession, tables: Tables, trades: list[Trade]) -> Non
     assert not diff(expected_candles(trades, ONE_MINUTE), stored_candles(spark, table))
 
 
+def _own_server(tmp_path: Path, connect_port: int, ui_port: int, **more: Any) -> Settings:
+    """Settings of a local server of the test's own (to kill), in ``tmp_path``."""
+    return Settings(
+        data_dir=tmp_path,
+        connect_port=connect_port,
+        ui_port=ui_port,
+        spark_remote=None,
+        driver_memory="1g",
+        gx_dir=tmp_path / "gx",
+        **more,
+    )
+
+
 @pytest.mark.spark
 @pytest.mark.stack  # starts a server of its own, to kill it
 def test_killing_the_server_at_any_point_fails_promptly_and_the_rerun_recovers(
     tmp_path: Path,
 ) -> None:
-    own = Settings(
-        data_dir=tmp_path,
-        connect_port=port(15015),
-        ui_port=port(14055),
-        spark_remote=None,
-        driver_memory="1g",
-        connect_retry_s=5,
-        gx_dir=tmp_path / "gx",
-    )
+    own = _own_server(tmp_path, port(15015), port(14055), connect_retry_s=5)
     stack.up(own)
     exits: dict[str, float] = {}
     try:
@@ -454,14 +459,7 @@ def test_a_command_whose_server_is_killed_mid_query_ends_in_one_line_and_the_rer
     point: str, tmp_path: Path, prefect_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given: the CLI with its default budgets, a server of its own and two days of trades
-    own = Settings(
-        data_dir=tmp_path,
-        connect_port=port(15016),
-        ui_port=port(14056),
-        spark_remote=None,
-        driver_memory="1g",
-        gx_dir=tmp_path / "gx",
-    )
+    own = _own_server(tmp_path, port(15020), port(14060))
     export_settings(monkeypatch, own)
     # (unbuffered: the test reads the command's progress while it runs)
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONUNBUFFERED": "1"}
