@@ -488,14 +488,8 @@ def redact(remote: str) -> str:
     return remote.split(";", 1)[0].rstrip("/")
 
 
-# Third-party libraries read these when they are imported; this is the one place that sets them.
-_QUIET_THIRD_PARTIES = {
-    "GX_ANALYTICS_ENABLED": "False",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}
-
-
 def quiet_third_parties() -> None:
-    """Keep GX and Prefect from phoning home (a user's own value wins); call before importing."""
-    for key, value in _QUIET_THIRD_PARTIES.items():
-        os.environ.setdefault(key, value)
+    """Keep GX and Prefect from phoning home (a user's own value wins); call before importing:
+    they read these when they are imported, and this is the one place that sets them."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
