@@ -316,12 +316,14 @@ class Chaos:
             pid = self.connect_pid()
             if pid is not None:
                 self.down.add("stack")
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         elif kind == "kill_prefect":
             pid = self.prefect_pid()
             if pid is not None:
                 self.down.add("stack")
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         elif kind == "kill_serve":
             if self.serve_alive():
                 assert self.serve is not None
@@ -335,7 +337,10 @@ class Chaos:
                 running = self.flow_processes()
                 if running:
                     pid = self.rng.choice(running)
-                    os.kill(pid, signal.SIGTERM)
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:  # it ended meanwhile: pick another
+                        pid = None
                 else:
                     time.sleep(1)
         if pid is None:
@@ -663,7 +668,8 @@ def _start_ticks(pid: int) -> int:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
         return 0
-    return 0 if fields[0] == "Z" else int(fields[19])
+    gone = fields[0] in "ZX" or not Path(f"/proc/{pid}/exe").exists()  # zombie, exiting
+    return 0 if gone else int(fields[19])
 
 
 def _started_at(pid: int) -> float:
