@@ -67,6 +67,7 @@ TRIGGER_EVERY_S = {"1m": 30, "5m": 60, "30m": 120, "1h": 180, "1d": 240, "mainte
 WAITING = ("SCHEDULED", "PENDING")
 FAULTS = ("kill_connect", "kill_prefect", "kill_serve", "sigterm_flow")
 HANG_AFTER_S = 60.0
+STALE_PENDING = timedelta(minutes=3)
 COMMAND_TIMEOUT_S = 600.0
 EIGHT_PLACES = Decimal("0.00000001")
 
@@ -190,9 +191,9 @@ class Chaos:
         if self.serve_alive():
             assert self.serve is not None
             for pid in _children(self.serve.pid):
-                if "resource_tracker" not in _cmdline(pid):
-                    key = (pid, _start_ticks(pid))
-                    self.record.flow_processes.setdefault(key, time.time())
+                ticks = _start_ticks(pid)
+                if ticks and "resource_tracker" not in _cmdline(pid):
+                    self.record.flow_processes.setdefault((pid, ticks), time.time())
         for pid, ticks in self.record.flow_processes:
             if _start_ticks(pid) == ticks:
                 pids.append(pid)
@@ -305,8 +306,18 @@ class Chaos:
                 ),
             )
         now = datetime.now(UTC)
-        # Future cron runs are not waiting: only those due now.
-        return sum(1 for r in runs if r.expected_start_time is None or r.expected_start_time <= now)
+        # Future cron runs are not waiting: only those due now. A run left submitting
+        # (PENDING) by a `serve` killed meanwhile stays so for good: not waiting either.
+        return sum(
+            1
+            for r in runs
+            if (r.expected_start_time is None or r.expected_start_time <= now)
+            and not (
+                r.state is not None
+                and r.state.type == StateType.PENDING
+                and now - r.state.timestamp > STALE_PENDING
+            )
+        )
 
     # Faults --------------------------------------------------------------------------------
 
@@ -395,7 +406,7 @@ class Chaos:
         while time.monotonic() < deadline and not all(done.values()):
             self.supervise()
             self.flow_processes()
-            published = published_runs(self.feed_stopped_at)
+            published = published_runs(self.feed_stopped_at, changed_only=False)
             for tf in CANDLE_TIMEFRAMES:
                 if done[tf] is None and published.get(tf):
                     done[tf] = min(published[tf])
@@ -493,8 +504,10 @@ def published_flags(since: datetime) -> dict[Any, bool]:
                 return flags
 
 
-def published_runs(since: datetime) -> dict[str, list[datetime]]:
-    """End times of completed runs started after ``since`` that published, by timeframe."""
+def published_runs(since: datetime, changed_only: bool = True) -> dict[str, list[datetime]]:
+    """End times of completed runs started after ``since`` that published (with
+    ``changed_only=False``: that ran the pipeline, whether or not a candle changed), by
+    timeframe."""
     names = deployment_names()
     flags = published_flags(since)
     found: dict[str, list[datetime]] = defaultdict(list)
@@ -502,7 +515,8 @@ def published_runs(since: datetime) -> dict[str, list[datetime]]:
         if (
             run.state_type is not None
             and run.state_type.value == "COMPLETED"
-            and flags.get(run.id)
+            and run.id in flags
+            and (flags[run.id] or not changed_only)
             and run.start_time is not None
             and run.start_time >= since
             and run.end_time is not None
