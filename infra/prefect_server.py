@@ -104,6 +104,14 @@ def up(settings: Settings) -> PrefectStatus:
             PREFECT_SERVER_EVENTS_RETENTION_PERIOD=_duration(
                 min(settings.prefect_retention_days, 7)
             ),
+            # Concurrency leases (the writer slots of flows.writers) on disk, not in the
+            # server's memory: a server killed with -9 and started again otherwise forgets
+            # every lease while their slots stay taken, and no writer of any table ever gets
+            # in again. From disk, the restarted server takes back the slots of leases that
+            # run out.
+            PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=(
+                "prefect.server.concurrency.lease_storage.filesystem"
+            ),
         )
         cmd = [sys.executable, "-m", "prefect", "server", "start"]
         return Launch([*cmd, "--host", HOST, "--port", str(settings.prefect_port)], env)

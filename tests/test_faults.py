@@ -30,6 +30,8 @@ from flows import pipeline
 from flows.backfill import run_backfill
 from flows.candle_flows import FLOWS
 from flows.pipeline import RunRequest, tables_for
+from flows.writers import one_writer
+from infra import prefect_server as local_prefect
 from infra import stack
 from infra.catalog import open_catalog
 from infra.session import close, connect
@@ -515,3 +517,52 @@ def test_a_command_whose_server_is_killed_mid_query_ends_in_one_line_and_the_rer
                 close(spark)
     finally:
         stack.down(own)
+
+
+HOLDER = """
+import time
+from flows.writers import one_writer
+from settings import Settings
+
+with one_writer(Settings(), "ohlcv_1m"):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+"""A writer that takes the 1m table's slot and keeps it (its lease renewed) until killed."""
+
+
+@pytest.mark.stack  # the local Prefect server of `ohlcv stack up`, killed and started again
+def test_a_writer_slot_taken_when_the_prefect_server_dies_is_free_after_its_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given: the stack's own Prefect server, and a writer holding the 1m table's slot
+    own = Settings(data_dir=tmp_path, prefect_port=port(14215), writer_wait_s=150)
+    export_settings(monkeypatch, own)
+    local_prefect.up(own)
+    url = local_prefect.local_url(own)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER],
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": url},
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"holding"
+        # When: the Prefect server and the writer are killed with -9, and the server restarts
+        pid = local_prefect.status(own).pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        holder.kill()
+        holder.wait(30)
+        local_prefect.up(own)
+        # Then: the next writer gets the slot once the dead writer's lease has run out
+        started = time.monotonic()
+        with prefect_api(url), one_writer(own, "ohlcv_1m"):
+            waited = time.monotonic() - started
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate()
+        local_prefect.down(own)
+    # (the lease, plus the server's look for expired leases every 15 s, plus a loaded machine)
+    assert waited < own.writer_lease_s + 60, waited
