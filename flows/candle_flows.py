@@ -43,7 +43,7 @@ from infra.session import close, connect, server_gone
 from settings import Settings
 from spark_jobs import jobs
 from spark_jobs.candles import TradeIdRange
-from spark_jobs.jobs import TradeStats
+from spark_jobs.plan import TradeStats
 
 T = TypeVar("T")
 

@@ -31,6 +31,8 @@ __all__ = ["ConnectError", "close", "connect", "redact", "server_gone", "session
 
 _HOST_PORT = re.compile(r"^sc://(?P<host>[^:/;]+)(?::(?P<port>\d+))?")
 log = logging.getLogger(__name__)
+_REFUSED = "Connection refused"
+"""What gRPC says of a port nothing listens on: the server process is gone."""
 
 
 class BoundedRetries(DefaultPolicy):
@@ -63,7 +65,7 @@ class BoundedRetries(DefaultPolicy):
 
     def _refused_too_long(self, e: BaseException) -> bool:
         """Whether ``e`` is a refused connection and the server has refused for too long."""
-        if "Connection refused" not in str(e):
+        if _REFUSED not in str(e):
             return False
         now = time.monotonic()
         with self._refused_lock:
@@ -98,7 +100,7 @@ class ConnectError(RuntimeError):
     """No Spark Connect server answers at the configured address."""
 
 
-_GONE = ("Connection refused", "SESSION_CHANGED", "SESSION_CLOSED")
+_GONE = (_REFUSED, "SESSION_CHANGED", "SESSION_CLOSED")
 
 
 def server_gone(e: BaseException) -> bool:
@@ -207,9 +209,9 @@ def _listening(endpoint: str) -> bool:
 
 def _drain_releases(deadline: float, *, cancel: bool) -> None:
     """Take the client's ReleaseExecute pool out of use and give its work until ``deadline``
-    (``cancel``: drop what has not started). Its threads are not daemons (the interpreter joins
-    them at exit): a release still running after the deadline ends at its next attempt, which
-    fails on the closed channel."""
+    (``cancel``, for a gone server: drop what has not started and wait for nothing). Its
+    threads are not daemons (the interpreter joins them at exit): a release still running
+    after the deadline ends at its next attempt, which fails on the closed channel."""
     iterator = ExecutePlanResponseReattachableIterator
     with iterator._lock:
         pool = iterator._release_thread_pool_instance
@@ -217,6 +219,8 @@ def _drain_releases(deadline: float, *, cancel: bool) -> None:
     if pool is None:
         return
     pool.shutdown(wait=False, cancel_futures=cancel)
+    if cancel:
+        return  # (nothing a gone server can be told: no waiting for releases already started)
     for thread in list(pool._threads):  # type: ignore[attr-defined]
         thread.join(max(0.0, deadline - time.monotonic()))
     pool.shutdown(wait=False, cancel_futures=True)
