@@ -449,6 +449,7 @@ def _one_line_within_30_s(child: subprocess.Popen[str], killed: float, what: str
         child.kill()
         raise AssertionError(f"{what}: still running 60 s after the server was killed") from None
     took = time.monotonic() - killed
+    print(f"{what}: ended {took:.1f} s after the kill", flush=True)  # seen with -s
     assert took <= 30, f"{what}: ended {took:.1f} s after the kill"
     assert child.returncode == 1, f"{what}: exit {child.returncode}: {stderr}"
     lines = stderr.strip().splitlines()
