@@ -55,10 +55,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
             item.add_marker(pytest.mark.spark)
         if STACK_FIXTURES & used or shape in stacks.SHAPES[1:]:
             item.add_marker(pytest.mark.stack)
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
     yield
     # The tests of the session's server first, then those that start more, the other shapes
     # last (one shape's stack is stopped when the next one's starts; the last one's at the end)
     items.sort(key=_stack_order)
+
+
+def _group(item: pytest.Item) -> str:
+    """The tests `make test` runs on one pytest-xdist worker (``--dist loadgroup``): those of
+    one module (they share its module fixtures), those of one catalog shape (they share its
+    stack, started once)."""
+    shape = _shape(item)
+    return f"shape {shape}" if shape in stacks.SHAPES[1:] else item.nodeid.split("::")[0]
 
 
 def _shape(item: pytest.Item) -> str | None:

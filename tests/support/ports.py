@@ -13,12 +13,18 @@ from pathlib import Path
 
 from infra.net import port_open
 
-OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
+WORKER_STRIDE = 50
+"""How far apart the ports of two pytest-xdist workers are: wider than the widest run of
+consecutive base ports the tests use (14052-14063, 15012-15020), narrower than the gaps between
+those runs, so no worker's port is another worker's."""
+OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0")) + WORKER_STRIDE * int(
+    os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0
+)
 
 
 def port(base: int) -> int:
-    """A fixed test port, moved by TEST_PORT_OFFSET (every server a test starts, and every
-    port a test expects to find closed, goes through here)."""
+    """A fixed test port, moved by TEST_PORT_OFFSET and by the xdist worker (every server a
+    test starts, and every port a test expects to find closed, goes through here)."""
     return base + OFFSET
 
 
