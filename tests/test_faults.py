@@ -388,10 +388,11 @@ def test_killing_the_server_at_any_point_fails_promptly_and_the_rerun_recovers(
     assert exits and max(exits.values()) < own.connect_retry_s + 30, exits
 
 
-KILL_TRIES = int(os.environ.get("KILL_TRIES", "2"))
+KILL_TRIES = int(os.environ.get("KILL_TRIES", "1"))
 """Kills per point in the suite. Each kill lands while the command's query runs on the server
 (its plan is seen running in the server's monitoring API), so every try takes the path that
-hung: a reattachable execution in flight, its releases pending. ``KILL_TRIES=10`` for more."""
+hung: a reattachable execution in flight, its releases pending; one try a point exercises it
+deterministically. ``KILL_TRIES=30`` for the repeated measurement (docs/operations.md)."""
 
 WRITE_NODES = {"ReplaceData", "WriteDelta", "AppendData", "OverwriteByExpression", "MergeRows"}
 OHLCV = str(Path(sys.executable).with_name("ohlcv"))  # the installed command, as users run it
