@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pyarrow.fs as pafs
+
 from infra.artifacts import S3PROXY_JARS, ensure_jar_set, java_executable
 from infra.local_servers import HOST, JVM_OPTIONS, Launch, LocalServer, write_private
 from infra.processes import StackStatus
@@ -123,3 +125,22 @@ def status(settings: Settings) -> StackStatus:
 def down(settings: Settings) -> StackStatus:
     SERVER.stop(settings)
     return status(settings)
+
+
+def filesystem(settings: Settings) -> pafs.S3FileSystem:
+    """A pyarrow S3 file system on the settings' endpoint and credentials (the local S3
+    server's generated pair when no others are set): what reads an ``s3://`` landing zone."""
+    credentials = settings.s3_credentials()
+    if credentials is None and settings.local_s3:
+        credentials = ensure_credentials(settings)
+    endpoint = settings.s3_endpoint_url
+    scheme, _, host = endpoint.partition("://")
+    key, secret = credentials if credentials else (None, None)
+    return pafs.S3FileSystem(
+        access_key=key,
+        secret_key=secret,
+        endpoint_override=host or endpoint,
+        scheme=scheme if host else "https",
+        region=settings.s3_region,
+        force_virtual_addressing=not settings.s3_path_style_access,
+    )
