@@ -247,17 +247,25 @@ def maintain_command(
 @app.command("serve")
 @friendly_errors
 def serve_command(ctx: typer.Context) -> None:
-    """Serve the scheduled deployments: five timeframes and maintenance (Prefect serve())."""
+    """Serve the scheduled deployments: five timeframes, maintenance and the landing zone's
+    ingest (Prefect serve())."""
     from prefect import serve
 
+    from flows import maintenance, trades_ingest
     from flows.candle_flows import deployments
-    from flows.maintenance import CRON, FLOW_NAME, maintenance_deployment
 
-    with flow_context(settings_of(ctx)):  # a stack that is down: one line, nothing else
+    settings = settings_of(ctx)
+    with flow_context(settings):  # a stack that is down: one line, nothing else
         for tf in TIMEFRAMES.values():
             console.print(f"{tf.flow_name}: cron '{tf.cron}' UTC, one run at a time")
-        console.print(f"{FLOW_NAME}: cron '{CRON}' UTC, one run at a time")
-        serve(*deployments(), maintenance_deployment())
+        console.print(f"{maintenance.FLOW_NAME}: cron '{maintenance.CRON}' UTC, one run at a time")
+        landing = settings.landing or "nothing (OHLCV_LANDING is not set)"
+        console.print(f"{trades_ingest.FLOW_NAME}: cron '{trades_ingest.CRON}' UTC, of {landing}")
+        serve(
+            *deployments(),
+            maintenance.maintenance_deployment(),
+            trades_ingest.ingest_deployment(),
+        )
 
 
 @app.command("status")

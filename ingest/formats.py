@@ -20,7 +20,7 @@ import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -277,19 +277,53 @@ def _csv_opener(open_file: Opener, name: str) -> Opener:
             try:
                 archive = zipfile.ZipFile(raw)
             except zipfile.BadZipFile as e:
+                raw.close()
                 raise SchemaError(f"cannot read {name!r}: {e}; the zip file is damaged") from None
             members = [m for m in archive.infolist() if not m.is_dir()]
             if len(members) != 1:
+                archive.close()
+                raw.close()
                 listed = ", ".join(m.filename for m in members) or "nothing"
                 raise SchemaError(
                     f"{name!r} holds {listed}: a trades zip must hold exactly one CSV file"
                 )
-            return archive.open(members[0])  # type: ignore[return-value]
+            return _Owning(archive.open(members[0]), archive, raw)
 
         return member
     if lower.endswith(".gz"):
-        return lambda: gzip.GzipFile(fileobj=open_file(), mode="rb")  # type: ignore[return-value]
+
+        def unzipped() -> BinaryIO:
+            raw = open_file()
+            return _Owning(gzip.GzipFile(fileobj=raw, mode="rb"), raw)
+
+        return unzipped
     return open_file
+
+
+class _Owning(io.RawIOBase):
+    """A decompressed stream that also closes what it was opened from (archive, raw file)."""
+
+    def __init__(self, stream: BinaryIO | IO[bytes], *owned: Any) -> None:
+        super().__init__()
+        self._stream, self._owned = stream, owned
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self._stream.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+            for owned in self._owned:
+                owned.close()
+        super().close()
 
 
 def _first_line(csv: Opener, name: str) -> str:
