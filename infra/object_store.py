@@ -10,6 +10,7 @@ is a pinned Maven artifact (``infra/jars.lock``), so it needs no Docker engine.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import urllib.error
 import urllib.request
@@ -131,8 +132,10 @@ def filesystem(settings: Settings) -> pafs.S3FileSystem:
     """A pyarrow S3 file system on the settings' endpoint and credentials (the local S3
     server's generated pair when no others are set): what reads an ``s3://`` landing zone."""
     credentials = settings.s3_credentials()
-    if credentials is None and settings.local_s3:
-        credentials = ensure_credentials(settings)
+    if settings.local_s3:
+        credentials = credentials or ensure_credentials(settings)
+        for variable, value in SDK_ENV.items():  # (as infra.catalog does for PyIceberg)
+            os.environ.setdefault(variable, value)
     endpoint = settings.s3_endpoint_url
     scheme, _, host = endpoint.partition("://")
     key, secret = credentials if credentials else (None, None)
