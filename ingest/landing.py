@@ -95,7 +95,10 @@ class Landing:
                 continue
             mtime = info.mtime or datetime.fromtimestamp(0, UTC)
             found.append(Entry(self.uri(info.path), int(info.size or 0), mtime.astimezone(UTC)))
-        return sorted(found, key=lambda e: (e.modified_at, e.path))
+        # An object store may list a "directory" as an object of its own (a marker): not a file.
+        folders = {e.path.rsplit("/", 1)[0] for e in found}
+        files = [e for e in found if e.path not in folders]
+        return sorted(files, key=lambda e: (e.modified_at, e.path))
 
     def open(self, path: str) -> BinaryIO:
         return self._fs.open_input_file(path.removeprefix("s3://"))  # type: ignore[return-value]
