@@ -13,7 +13,7 @@ class LandingSettings(BaseSettings):
     landing: str | None = Field(
         default=None,
         description="The landing zone: a directory or s3://bucket/prefix where trade files "
-        "arrive (read with the OHLCV_S3_* endpoint and credentials). `ohlcv ingest` with no "
+        "arrive (read with OHLCV_S3_ENDPOINT and the S3 credentials). `ohlcv ingest` with no "
         "argument and the 'OHLCV Trades Ingest' deployment ingest each new file of it once. "
         "Unset: that deployment does nothing.",
     )
