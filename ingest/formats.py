@@ -2,8 +2,9 @@
 
 A feed file becomes an Arrow table in the project's own layout (:data:`~ingest.reading.
 REQUIRED_COLUMNS`), which :func:`ingest.ingest` then checks and appends like any other input.
-Nothing goes through a float: trade ids, prices and quantities stay the file's text; times
-become exact microsecond timestamps.
+Nothing goes through a float: trade ids stay the file's text, prices and quantities become
+DECIMAL(18, 8) exactly (or stay text when a value would not fit, for ingestion to reject just
+that row), times exact microsecond timestamps.
 
 The format is told from the content (a header or its absence, the number of columns, whether
 the first row's values have the types of the format's columns) and the file name
@@ -29,6 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from core.feeds import FORMATS, OWN_FORMAT
+from core.tables import DECIMAL_PRECISION, DECIMAL_SCALE
 from ingest.reading import (
     REQUIRED_COLUMNS,
     SchemaError,
@@ -45,6 +47,7 @@ MS_US_CUTOFF = 10**14
 spot files to microseconds on 2025-01-01). 10**14 ms is the year 5138; 10**14 us is 1973."""
 
 _TEXT = pa.large_string()
+AMOUNT = pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE)
 
 
 @dataclass(frozen=True)
@@ -367,16 +370,23 @@ def _read_layout(
     csv: Opener, name: str, layout: Layout, has_header: bool, exchange: str | None
 ) -> pa.Table:
     types = layout.types()
-    raw = _read_csv(
-        csv,
-        name,
-        read_options=pacsv.ReadOptions(
-            column_names=list(layout.columns), skip_rows=1 if has_header else 0
-        ),
-        convert_options=pacsv.ConvertOptions(
-            column_types=types, include_columns=list(types), strings_can_be_null=True
-        ),
-    )
+    read = pacsv.ReadOptions(column_names=list(layout.columns), skip_rows=1 if has_header else 0)
+
+    def options(amounts: pa.DataType) -> pacsv.ConvertOptions:
+        typed = {**types, layout.price: amounts, layout.quantity: amounts}
+        return pacsv.ConvertOptions(
+            column_types=typed, include_columns=list(typed), strings_can_be_null=True
+        )
+
+    try:
+        # Prices and quantities straight to DECIMAL(18, 8), exactly (Arrow refuses a value it
+        # would round): parsed once, by the reader, 15x faster than text later.
+        with csv() as f:
+            raw = pacsv.read_csv(f, read_options=read, convert_options=options(AMOUNT))
+    except pa.ArrowInvalid:
+        # Some value does not fit (more decimals, or not a number): as text, so ingestion
+        # rejects just those rows with their reason, or names the value.
+        raw = _read_csv(csv, name, read_options=read, convert_options=options(_TEXT))
     n = raw.num_rows
     if layout.exchange is None:
         exchange_col, symbol_col = raw.column("exchange"), raw.column("symbol")

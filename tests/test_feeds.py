@@ -269,6 +269,18 @@ def test_tardis_unknown_side_is_rejected_with_its_reason(
     assert [(r["side"], r["reason"]) for r in rejects] == [("unknown", "invalid_side")]
 
 
+def test_a_price_with_more_decimals_than_stored_rejects_that_row_only(
+    iceberg: Catalog, namespace: str, tmp_path: Path
+) -> None:
+    trades = trades_of("binance", "BTCUSDT", 5, FEB, 1)
+    odd = trades[0].__class__(**{**trades[0].__dict__, "price": Decimal("100.123456789")})
+    write_binance_zip(tmp_path / "BTCUSDT-trades-2026-02-01.zip", [odd, *trades[1:]])
+    done = one_pass(iceberg, namespace, tmp_path)
+    assert (done.accepted, done.rejected, done.failed) == (4, 1, [])
+    rejects = iceberg.load_table((namespace, TRADES_REJECTED)).scan().to_arrow().to_pylist()
+    assert [(r["price"], r["reason"]) for r in rejects] == [("100.123456789", "price_precision")]
+
+
 @pytest.mark.xfail(reason="needs text trade ids (branch trade-ids)", strict=True)
 def test_tardis_uuid_ids_are_stored_as_given_and_an_empty_id_is_not_lost(
     iceberg: Catalog, namespace: str, tmp_path: Path
