@@ -21,7 +21,7 @@ import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import pyarrow as pa
@@ -84,38 +84,25 @@ class Layout:
         return types
 
 
-BINANCE_TRADES = Layout(
-    "binance-trades",
-    ("id", "price", "qty", "quoteQty", "time", "isBuyerMaker", "isBestMatch"),
-    header=False,
-    trade_id="id",
-    price="price",
-    quantity="qty",
-    time="time",
-    buyer_maker="isBuyerMaker",
-    exchange="binance",
+def _binance(name: str, columns: str, header: bool, exchange: str) -> Layout:
+    """A Binance layout: the first column is the trade id, price ``price``, quantity ``qty``,
+    time ``time``, and the one ending in ``maker`` is isBuyerMaker."""
+    names = tuple(columns.split(","))
+    maker = next(c for c in names if c.lower().replace("_", "").endswith("buyermaker"))
+    return Layout(name, names, header, names[0], "price", "qty", "time", maker, None, exchange)
+
+
+BINANCE_TRADES = _binance(
+    "binance-trades", "id,price,qty,quoteQty,time,isBuyerMaker,isBestMatch", False, "binance"
 )
-BINANCE_AGGTRADES = Layout(
+BINANCE_AGGTRADES = _binance(
     "binance-aggtrades",
-    ("aggId", "price", "qty", "firstId", "lastId", "time", "isBuyerMaker", "isBestMatch"),
-    header=False,
-    trade_id="aggId",
-    price="price",
-    quantity="qty",
-    time="time",
-    buyer_maker="isBuyerMaker",
-    exchange="binance",
+    "aggId,price,qty,firstId,lastId,time,isBuyerMaker,isBestMatch",
+    False,
+    "binance",
 )
-BINANCE_FUTURES_TRADES = Layout(
-    "binance-futures-trades",
-    ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker"),
-    header=True,
-    trade_id="id",
-    price="price",
-    quantity="qty",
-    time="time",
-    buyer_maker="is_buyer_maker",
-    exchange="binance-futures",
+BINANCE_FUTURES_TRADES = _binance(
+    "binance-futures-trades", "id,price,qty,quote_qty,time,is_buyer_maker", True, "binance-futures"
 )
 TARDIS_TRADES = Layout(
     "tardis-trades",
@@ -290,14 +277,14 @@ def _csv_opener(open_file: Opener, name: str) -> Opener:
                 raise SchemaError(
                     f"{name!r} holds {listed}: a trades zip must hold exactly one CSV file"
                 )
-            return _Owning(archive.open(members[0]), archive, raw)
+            return cast(BinaryIO, _Owning(archive.open(members[0]), archive, raw))
 
         return member
     if lower.endswith(".gz"):
 
         def unzipped() -> BinaryIO:
             raw = open_file()
-            return _Owning(gzip.GzipFile(fileobj=raw, mode="rb"), raw)
+            return cast(BinaryIO, _Owning(gzip.GzipFile(fileobj=raw, mode="rb"), raw))
 
         return unzipped
     return open_file
@@ -306,7 +293,7 @@ def _csv_opener(open_file: Opener, name: str) -> Opener:
 class _Owning(io.RawIOBase):
     """A decompressed stream that also closes what it was opened from (archive, raw file)."""
 
-    def __init__(self, stream: BinaryIO | IO[bytes], *owned: Any) -> None:
+    def __init__(self, stream: Any, *owned: Any) -> None:
         super().__init__()
         self._stream, self._owned = stream, owned
 
