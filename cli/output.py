@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from flows.pipeline import RunMetrics
     from infra.stack import LocalStack, StackStatus
     from ingest import IngestResult
+    from ingest.landing import FileState, PassResult
     from settings import Settings
 
 console = Console()
@@ -90,6 +91,48 @@ def print_ingest(result: IngestResult | None) -> None:
         + (f" ({reasons})" if reasons else "")
         + (f"; {again} of the rejects were already recorded" if again else "")
     )
+
+
+def print_landing_pass(result: PassResult) -> None:
+    """One line per file the pass settled, then the pass's totals."""
+    from flows.trades_ingest import result_rows
+
+    for row in result_rows(result):
+        reason = f": {row['reason']}" if row["reason"] else ""
+        rows = f", {row['rows']} rows" if row["rows"] != "" else ""
+        console.print(f"{row['status']} {row['file']} ({row['format'] or 'unread'}{rows}){reason}")
+    console.print(
+        f"{len(result.ingested)} files ingested ({len(result.changed)} changed since last "
+        f"time), {len(result.failed)} failed, {result.left} left for the next pass; trades: "
+        f"{result.accepted} accepted, {result.duplicates} duplicates, {result.rejected} "
+        f"rejected ({result.seconds:.1f} s)"
+    )
+
+
+def print_landing_status(states: list[FileState]) -> None:
+    """Every file of the landing zone: state, size, when ingested, why it failed."""
+    table = Table("state", "file", "bytes", "recorded (UTC)", "format", "rows", "reason")
+    for s in states:
+        r = s.record
+        recorded = f"{r.recorded_at:%Y-%m-%d %H:%M:%S}" if r and s.state != "pending" else ""
+        reason = (r.reason or "") if r and s.state in ("failed", "ingested") else ""
+        if s.state == "changed" and r:
+            reason = f"content changed since {r.status} (was {r.identity.size} bytes)"
+        table.add_row(
+            s.state,
+            s.entry.path,
+            str(s.entry.size),
+            recorded,
+            (r.format or "") if r and s.state == "ingested" else "",
+            str(r.rows) if r and r.rows is not None and s.state == "ingested" else "",
+            reason,
+        )
+    console.print(table)
+    counts = {
+        k: sum(1 for s in states if s.state == k)
+        for k in ("pending", "changed", "ingested", "failed")
+    }
+    console.print(", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 def print_metrics(metrics: RunMetrics) -> None:

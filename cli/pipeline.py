@@ -8,6 +8,8 @@ machine) to import: each command imports what it uses, so `ohlcv --help` and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -29,6 +31,7 @@ from cli.params import (
 )
 from cli.requires import flow_context, prepare_tables
 from cli.stack import start_stack
+from core.feeds import FORMATS
 from core.time import parse_instant
 from core.timeframes import TIMEFRAMES, timeframe
 from infra import prefect_server
@@ -42,15 +45,82 @@ if TYPE_CHECKING:
 @friendly_errors
 def ingest_command(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Parquet or CSV file")],
+    path: Annotated[
+        str | None,
+        typer.Argument(
+            help="A trades file, or a landing zone (a directory or s3://bucket/prefix) to run "
+            "one pass over (default: OHLCV_LANDING)",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help=f"The files' format: {', '.join(FORMATS)} (default: detected)"
+        ),
+    ] = None,
+    exchange: Annotated[
+        str | None,
+        typer.Option(help="Exchange of a Binance file's rows (default: binance, binance-futures)"),
+    ] = None,
+    status: Annotated[
+        bool,
+        typer.Option("--status", help="List the landing zone's pending, ingested and failed files"),
+    ] = False,
 ) -> None:
-    """Validate a file of trades and append it to `trades` (rejects go to `trades_rejected`)."""
-    from infra.catalog import open_catalog
-    from ingest import ingest_file
+    """Validate trade files and append them to `trades` (rejects go to `trades_rejected`).
 
+    A file (the project's Parquet/CSV, Binance trades/aggTrades/futures trades, Tardis trades;
+    plain, .gz or .zip) is ingested as it is. A directory or s3:// prefix is a landing zone:
+    every file not ingested yet, oldest first, each exactly once (see docs/feeds.md).
+    """
+    if fmt is not None and fmt not in FORMATS:
+        raise typer.BadParameter(f"{fmt!r}: use one of {', '.join(FORMATS)}", param_hint="--format")
     settings = settings_of(ctx)
+    local = Path(path) if path and not path.startswith("s3://") else None
+    if local is not None and local.is_file() and not status:
+        _ingest_one_file(settings, local, fmt, exchange)
+        return
+    if local is not None and not local.exists():
+        raise typer.BadParameter(f"{path!r} does not exist", param_hint="PATH")
+    from flows.trades_ingest import landing_pass, landing_states
+
     prepare_tables(settings)
-    output.print_ingest(ingest_file(open_catalog(settings), settings.namespace, path))
+    if status:
+        output.print_landing_status(landing_states(settings, path))
+        return
+    with _trades_slot_if_prefect(settings) as lock:
+        result = landing_pass(settings, path, fmt=fmt, exchange=exchange, lock=lock)
+    output.print_landing_pass(result)
+
+
+def _ingest_one_file(settings: Settings, path: Path, fmt: str | None, exchange: str | None) -> None:
+    from infra.catalog import open_catalog
+    from ingest import ingest, ingest_file
+    from ingest.formats import read_feed
+
+    prepare_tables(settings)
+    catalog = open_catalog(settings)
+    if path.suffix.lower() in (".parquet", ".pq") and fmt in (None, "own"):
+        output.print_ingest(ingest_file(catalog, settings.namespace, path))
+        return
+    feed = read_feed(lambda: path.open("rb"), path.name, fmt, exchange)
+    output.print_ingest(ingest(catalog, settings.namespace, feed.table, source=str(path)))
+
+
+@contextmanager
+def _trades_slot_if_prefect(settings: Settings) -> Iterator[bool]:
+    """Whether a pass takes the trades writer slot: when a Prefect server answers (where the
+    slot lives, and where a scheduled pass would run), within its settings."""
+    try:
+        url = prefect_server.api_url(settings)
+    except prefect_server.PrefectUnavailable:
+        yield False
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield True
 
 
 @app.command("demo-data")
@@ -177,17 +247,25 @@ def maintain_command(
 @app.command("serve")
 @friendly_errors
 def serve_command(ctx: typer.Context) -> None:
-    """Serve the scheduled deployments: five timeframes and maintenance (Prefect serve())."""
+    """Serve the scheduled deployments: five timeframes, maintenance and the landing zone's
+    ingest (Prefect serve())."""
     from prefect import serve
 
+    from flows import maintenance, trades_ingest
     from flows.candle_flows import deployments
-    from flows.maintenance import CRON, FLOW_NAME, maintenance_deployment
 
-    with flow_context(settings_of(ctx)):  # a stack that is down: one line, nothing else
+    settings = settings_of(ctx)
+    with flow_context(settings):  # a stack that is down: one line, nothing else
         for tf in TIMEFRAMES.values():
             console.print(f"{tf.flow_name}: cron '{tf.cron}' UTC, one run at a time")
-        console.print(f"{FLOW_NAME}: cron '{CRON}' UTC, one run at a time")
-        serve(*deployments(), maintenance_deployment())
+        console.print(f"{maintenance.FLOW_NAME}: cron '{maintenance.CRON}' UTC, one run at a time")
+        landing = settings.landing or "nothing (OHLCV_LANDING is not set)"
+        console.print(f"{trades_ingest.FLOW_NAME}: cron '{trades_ingest.CRON}' UTC, of {landing}")
+        serve(
+            *deployments(),
+            maintenance.maintenance_deployment(),
+            trades_ingest.ingest_deployment(),
+        )
 
 
 @app.command("status")

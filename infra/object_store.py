@@ -10,10 +10,13 @@ is a pinned Maven artifact (``infra/jars.lock``), so it needs no Docker engine.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pyarrow.fs as pafs
 
 from infra.artifacts import S3PROXY_JARS, ensure_jar_set, java_executable
 from infra.local_servers import HOST, JVM_OPTIONS, Launch, LocalServer, write_private
@@ -123,3 +126,24 @@ def status(settings: Settings) -> StackStatus:
 def down(settings: Settings) -> StackStatus:
     SERVER.stop(settings)
     return status(settings)
+
+
+def filesystem(settings: Settings) -> pafs.S3FileSystem:
+    """A pyarrow S3 file system on the settings' endpoint and credentials (the local S3
+    server's generated pair when no others are set): what reads an ``s3://`` landing zone."""
+    credentials = settings.s3_credentials()
+    if settings.local_s3:
+        credentials = credentials or ensure_credentials(settings)
+        for variable, value in SDK_ENV.items():  # (as infra.catalog does for PyIceberg)
+            os.environ.setdefault(variable, value)
+    endpoint = settings.s3_endpoint_url
+    scheme, _, host = endpoint.partition("://")
+    key, secret = credentials if credentials else (None, None)
+    return pafs.S3FileSystem(
+        access_key=key,
+        secret_key=secret,
+        endpoint_override=host or endpoint,
+        scheme=scheme if host else "https",
+        region=settings.s3_region,
+        force_virtual_addressing=not settings.s3_path_style_access,
+    )

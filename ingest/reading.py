@@ -74,15 +74,21 @@ def check_columns(raw: pa.Table) -> None:
 def _read_csv(path: Path) -> pa.Table:
     with path.open(newline="", encoding="utf-8-sig") as f:
         header = next(csv.reader(f), [])
+    return pacsv.read_csv(path, convert_options=own_csv_options(check_header(header)))
+
+
+def check_header(header: list[str]) -> list[str]:
+    """The required columns a CSV header names (SchemaError when one is missing)."""
     _check_required(header)
-    present = [name for name in REQUIRED_COLUMNS if name in header]
-    return pacsv.read_csv(
-        path,
-        convert_options=pacsv.ConvertOptions(
-            column_types={name: pa.large_string() for name in present},
-            include_columns=present,
-            strings_can_be_null=False,
-        ),
+    return [name for name in REQUIRED_COLUMNS if name in header]
+
+
+def own_csv_options(present: list[str]) -> pacsv.ConvertOptions:
+    """Reading the required columns of a CSV in the project's layout, all as text."""
+    return pacsv.ConvertOptions(
+        column_types={name: pa.large_string() for name in present},
+        include_columns=present,
+        strings_can_be_null=False,
     )
 
 

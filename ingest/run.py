@@ -8,7 +8,7 @@ unless an identical reject is recorded already).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -69,8 +69,9 @@ def ingest(
     namespace: str,
     raw: pa.Table,
     *,
-    source: str,
+    source: str | pa.Array,
     now: datetime | None = None,
+    properties: Mapping[str, str] | None = None,
     min_ts: datetime = datetime(2000, 1, 1, tzinfo=UTC),
     max_future: timedelta = timedelta(minutes=5),
 ) -> IngestResult:
@@ -105,10 +106,13 @@ def ingest(
         catalog: PyIceberg catalog holding the tables made by ``ensure_tables``.
         namespace: Namespace of ``trades`` and ``trades_rejected``.
         raw: The input rows.
-        source: Where the rows came from (recorded with rejects and in the snapshot summary).
+        source: Where the rows came from (recorded with rejects and in the snapshot summary),
+            or one text value per row (several files ingested as one batch).
         now: Ingestion time, an aware datetime; defaults to the current time.
         min_ts: Trades before this (an aware datetime) are rejected as ``ts_too_old``.
         max_future: Trades after ``now + max_future`` are rejected as ``ts_in_future``.
+        properties: More snapshot summary properties of both appends (a landing batch's
+            files: committed atomically with its trades).
 
     Raises:
         SchemaError: a required column is missing, duplicated, of an unusable type, or holds a
@@ -164,11 +168,12 @@ def ingest(
     rejects = rejects.filter(pa.array(fresh, type=pa.bool_()))
 
     summary = {
-        "ohlcv.ingest.source": source,
+        "ohlcv.ingest.source": source if isinstance(source, str) else f"{len(source)} rows",
         "ohlcv.ingest.rows-in": str(n),
         "ohlcv.ingest.duplicates": str(duplicates),
         "ohlcv.ingest.rejected": str(len(rejected_idx)),
         "ohlcv.ingest.rejects-already-recorded": str(already_recorded),
+        **(properties or {}),
     }
     snapshot_id: int | None = None
     if len(accepted_idx):
@@ -279,7 +284,7 @@ def _rejected_table(
     columns: dict[str, pa.ChunkedArray],
     idx: np.ndarray,
     reason: np.ndarray,
-    source: str,
+    source: str | pa.Array,
     now_us: int,
 ) -> pa.Table:
     if not len(idx):
@@ -294,7 +299,9 @@ def _rejected_table(
         [
             *text,
             reasons,
-            pa.repeat(pa.scalar(source, pa.large_string()), n),
+            pa.repeat(pa.scalar(source, pa.large_string()), n)
+            if isinstance(source, str)
+            else source.take(pa.array(idx)).cast(pa.large_string()),
             _timestamps(np.full(n, now_us, dtype=np.int64)),
         ],
         schema=rejected_arrow_schema(),

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from settings.landing import LandingSettings
 
 if TYPE_CHECKING:
     from core.calendars import Market
@@ -41,7 +43,7 @@ LOCAL_S3_BUCKET = "warehouse"
 """The bucket of the local S3 server (the same name the compose file's object store uses)."""
 
 
-class Settings(BaseSettings):
+class Settings(LandingSettings):
     """Typed settings, read from ``OHLCV_*`` variables (and the standard ``SPARK_REMOTE``)."""
 
     model_config = SettingsConfigDict(env_prefix="OHLCV_", extra="ignore", populate_by_name=True)
