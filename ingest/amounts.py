@@ -184,6 +184,22 @@ def _parse_plain_decimals(text: Column, scale: int) -> Amount | None:
     return _decimal128_units(decimals, scale)
 
 
+def _grammar(text: Column) -> tuple[np.ndarray, np.ndarray, Column, np.ndarray]:
+    """Of trimmed text: (blank, NaN or infinity, the parts of ``_NUMBER_RE``, not a number)."""
+    missing = ints(pc.utf8_length(text), fill=0) == 0
+    non_finite = bools(pc.match_substring_regex(text, _NON_FINITE_RE, ignore_case=True))
+    parts = pc.extract_regex(text, _NUMBER_RE)
+    digits = lengths(field(parts, "int")) + lengths(field(parts, "frac"))
+    bad = ~missing & ~non_finite & (bools(pc.is_null(parts)) | (digits == 0))
+    return missing, non_finite, parts, bad
+
+
+def not_numbers(text: Column) -> np.ndarray:
+    """Rows of (trimmed) text that :func:`parse_amount` refuses as not a number at all:
+    neither blank, nor a number (sign, digits, fraction, exponent), nor NaN or infinity."""
+    return _grammar(text)[3]
+
+
 def _parse_number_text(values: Column, name: str, scale: int) -> Amount:
     """Exact decimal parsing of text such as ``-12.50``, ``.5`` or ``1.5e-7``, vectorized.
 
@@ -195,14 +211,11 @@ def _parse_number_text(values: Column, name: str, scale: int) -> Amount:
     fast = _parse_plain_decimals(text, scale)
     if fast is not None:
         return fast
-    missing = ints(pc.utf8_length(text), fill=0) == 0
-    non_finite = bools(pc.match_substring_regex(text, _NON_FINITE_RE, ignore_case=True))
-    parts = pc.extract_regex(text, _NUMBER_RE)
-    int_part, frac = field(parts, "int"), field(parts, "frac")
-    int_len, frac_len = lengths(int_part), lengths(frac)
-    bad = ~missing & ~non_finite & (bools(pc.is_null(parts)) | (int_len + frac_len == 0))
+    missing, non_finite, parts, bad = _grammar(text)
     if bad.any():
         raise _not_a_number(name, values, bad)
+    int_part, frac = field(parts, "int"), field(parts, "frac")
+    frac_len = lengths(frac)
 
     digits = pc.binary_join_element_wise(int_part, frac, text_scalar(""))
     no_trailing = pc.utf8_rtrim(digits, characters="0")
