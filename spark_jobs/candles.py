@@ -1,10 +1,13 @@
 """Pure candle logic: DataFrame -> DataFrame, identical on Spark Connect and classic sessions.
 
-Open and close are the prices of the first and last trade ordered by (ts, trade_id). They come
+Open and close are the prices of the first and last trade ordered by (ts, trade id). They come
 from ``min_by``/``max_by`` over an ordering key, never ``orderBy`` + ``first``/``last`` (Spark does
-not keep a sort order through an aggregation, SPARK-53060). The key is a struct (ts, trade_id),
-which is always exact but forces a sort-based aggregation, or, when the caller proves that the
-trade ids fit, a packed 64-bit integer that orders the same way and lets Spark hash-aggregate
+not keep a sort order through an aggregation, SPARK-53060). A trade id is a number
+(``trade_id``) or text (``trade_id_text``), exactly one of them set: at one ts, numeric ids come
+first, in numeric order, then text ids in the order of their UTF-8 bytes (code points). The key
+is a struct (ts, id is text, trade_id, trade_id_text), which is always exact but forces a
+sort-based aggregation, or, when the caller proves that every id is a number within a range
+that fits, a packed 64-bit integer that orders the same way and lets Spark hash-aggregate
 (about 2x faster on 10 M trades here).
 
 Volume and quote volume are exact sums. Spark sums DECIMAL(28, 8) and DECIMAL(38, 16) on
@@ -66,9 +69,14 @@ _LIMB_BITS = 31
 _LIMB_MASK = (1 << _LIMB_BITS) - 1
 
 
+TEXT_ID = "trade_id_text"
+"""The column of text trade ids (null where the id is a number, in ``trade_id``)."""
+
+
 @dataclass(frozen=True)
 class TradeIdRange:
-    """Smallest and largest trade_id of the trades being aggregated (inclusive)."""
+    """Smallest and largest trade_id of the trades being aggregated (inclusive), when every one
+    of them has a numeric id (none a text id)."""
 
     low: int
     high: int
@@ -178,16 +186,33 @@ def packed_key_bits(tf: Timeframe) -> int:
     return 63 - (longest - 1).bit_length()
 
 
-def _ordering_key(tf: Timeframe, window_us: Column, ids: TradeIdRange | None) -> Column:
-    if ids is None or ids.high - ids.low >= 1 << packed_key_bits(tf):
+def trade_order(columns: list[str]) -> Column:
+    """The struct that orders trades by (ts, trade id): at one ts numeric ids first (numeric
+    order), then text ids (byte order). Frames without a ``trade_id_text`` column (numeric ids
+    only) get (ts, trade_id), which orders them the same way."""
+    if TEXT_ID not in columns:
         return F.struct(F.col("ts"), F.col("trade_id"))
+    # The flag puts numeric ids first without relying on where Spark sorts a struct's nulls.
+    return F.struct(F.col("ts"), F.col(TEXT_ID).isNotNull(), F.col("trade_id"), F.col(TEXT_ID))
+
+
+def _ordering_key(
+    tf: Timeframe, window_us: Column, ids: TradeIdRange | None, columns: list[str]
+) -> Column:
+    if ids is None or ids.high - ids.low >= 1 << packed_key_bits(tf):
+        return trade_order(columns)
     # offset * 2^bits + (trade_id - low) sorts exactly like (ts, trade_id) within one window,
     # because offset < width and 0 <= trade_id - low < 2^bits. A row outside the promised id
-    # range would break that, so it fails the query instead of producing a wrong candle.
+    # range (a text id included: its trade_id is null) would break that, so it fails the query
+    # instead of producing a wrong candle.
     relative = F.col("trade_id") - F.lit(ids.low)
     checked = F.when(
-        (F.col("trade_id") < F.lit(ids.low)) | (F.col("trade_id") > F.lit(ids.high)),
-        F.raise_error(F.lit(f"trade_id outside the promised range [{ids.low}, {ids.high}]")),
+        F.col("trade_id").isNull()
+        | (F.col("trade_id") < F.lit(ids.low))
+        | (F.col("trade_id") > F.lit(ids.high)),
+        F.raise_error(
+            F.lit(f"trade_id null or outside the promised range [{ids.low}, {ids.high}]")
+        ),
     ).otherwise(relative)
     offset = F.unix_micros(F.col("ts")) - window_us
     return F.shiftleft(offset, packed_key_bits(tf)) + checked
@@ -309,10 +334,11 @@ def candles(
     """Aggregate trades into one candle per (exchange, symbol, window).
 
     Args:
-        trades: rows with exchange, symbol, trade_id, price, quantity, ts.
+        trades: rows with exchange, symbol, trade_id, price, quantity, ts, and
+            ``trade_id_text`` when some ids may be text.
         tf: the timeframe.
-        trade_ids: the exact trade_id range of ``trades``, if known. It only selects the faster
-            packed ordering key; results are identical with or without it.
+        trade_ids: the exact trade_id range of ``trades``, if known and no id is text. It only
+            selects the faster packed ordering key; results are identical with or without it.
         calendars: each instrument's calendar (default: UTC for all). Windows are
             [start, end) of the instrument's local clock (see :mod:`core.calendars`); trades
             outside a session are in no daily candle.
@@ -325,10 +351,11 @@ def candles(
         ``synthetic`` is false (every candle here has trades).
     """
     start, end, day = windows(F.col("ts"), tf, calendars)
+    ids = ["trade_id", TEXT_ID] if TEXT_ID in trades.columns else ["trade_id"]
     located = trades.select(
         "exchange",
         "symbol",
-        "trade_id",
+        *ids,
         "price",
         "quantity",
         "ts",
@@ -354,7 +381,7 @@ def candles(
         "_w_start",
         "_w_end",
         "_w_date",
-        _ordering_key(tf, F.col("_w_start"), trade_ids).alias("_key"),
+        _ordering_key(tf, F.col("_w_start"), trade_ids, ids).alias("_key"),
         *[column.alias(name) for name, column in sum_inputs.items()],
     )
     # End and date depend on the start (and the instrument): grouping by them only carries them.

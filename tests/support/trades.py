@@ -58,11 +58,17 @@ def random_trades(
 
 
 def to_arrow(trades: list[Trade]) -> pa.Table:
+    """The trades as an input table; trade_id as int64, or as text when some id is text."""
+    text = any(isinstance(t.trade_id, str) for t in trades)
     return pa.table(
         {
             "exchange": [t.exchange for t in trades],
             "symbol": [t.symbol for t in trades],
-            "trade_id": pa.array([t.trade_id for t in trades], pa.int64()),
+            "trade_id": (
+                pa.array([str(t.trade_id) for t in trades], pa.large_string())
+                if text
+                else pa.array([t.trade_id for t in trades], pa.int64())
+            ),
             "price": pa.array([t.price for t in trades], pa.decimal128(18, 8)),
             "quantity": pa.array([t.quantity for t in trades], pa.decimal128(18, 8)),
             "side": [t.side for t in trades],
