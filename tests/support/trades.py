@@ -13,6 +13,7 @@ from pyspark.sql import SparkSession
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES, Timeframe
 from ingest import ingest
+from spark_jobs.candles import TradeIdRange
 from tests.support.oracle import Trade, diff, expected_candles, stored_candles
 
 EXCHANGE = "test"
@@ -55,6 +56,14 @@ def random_trades(
             )
         )
     return trades
+
+
+def id_range(trades: list[Trade]) -> TradeIdRange:
+    """The trade_id range of trades whose ids are all numbers (what the packed key needs)."""
+    ids = [t.trade_id for t in trades]
+    numbers = [i for i in ids if isinstance(i, int)]
+    assert numbers and len(numbers) == len(ids), "a range of numeric ids needs numeric ids only"
+    return TradeIdRange(min(numbers), max(numbers))
 
 
 def to_arrow(trades: list[Trade]) -> pa.Table:
