@@ -25,7 +25,6 @@ query rather than produce a number nobody proved.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
 
 from pyspark.sql import Column, DataFrame, Window
@@ -35,6 +34,7 @@ from pyspark.sql.types import DecimalType
 from core.calendars import DAY_US, Calendar, Calendars, is_daily
 from core.tables import DECIMAL_PRECISION, DECIMAL_SCALE, PRICE, QUOTE_VOLUME, VOLUME
 from core.timeframes import Timeframe
+from spark_jobs.ordering import TEXT_ID, TradeIdRange, ordering_key
 
 PRICE_SQL = str(PRICE)
 VOLUME_SQL = str(VOLUME)
@@ -67,19 +67,6 @@ _SCALE = DECIMAL_SCALE  # decimal places of price and quantity
 _PRICE_TYPE = f"decimal({DECIMAL_PRECISION},{_SCALE})"
 _LIMB_BITS = 31
 _LIMB_MASK = (1 << _LIMB_BITS) - 1
-
-
-TEXT_ID = "trade_id_text"
-"""The column of text trade ids (null where the id is a number, in ``trade_id``)."""
-
-
-@dataclass(frozen=True)
-class TradeIdRange:
-    """Smallest and largest trade_id of the trades being aggregated (inclusive), when every one
-    of them has a numeric id (none a text id)."""
-
-    low: int
-    high: int
 
 
 def window_start_us(ts: Column, tf: Timeframe) -> Column:
@@ -174,48 +161,6 @@ def _window(ts: Column, tf: Timeframe, calendar: Calendar) -> tuple[Column, Colu
 def vwap(quote_volume: Column, volume: Column) -> Column:
     """DECIMAL(38,16) / DECIMAL(28,8) is typed DECIMAL(38,8): cast half-up to the price scale."""
     return (quote_volume / volume).cast(PRICE_SQL)
-
-
-def packed_key_bits(tf: Timeframe) -> int:
-    """Bits left for (trade_id - low) once a window's microsecond offset is stored above them.
-
-    A local day may last 25 hours (a zone that once shifted by two, 26): daily windows reserve
-    room for two days.
-    """
-    longest = 2 * tf.width_us if is_daily(tf) else tf.width_us
-    return 63 - (longest - 1).bit_length()
-
-
-def trade_order(columns: list[str]) -> Column:
-    """The struct that orders trades by (ts, trade id): at one ts numeric ids first (numeric
-    order), then text ids (byte order). Frames without a ``trade_id_text`` column (numeric ids
-    only) get (ts, trade_id), which orders them the same way."""
-    if TEXT_ID not in columns:
-        return F.struct(F.col("ts"), F.col("trade_id"))
-    # The flag puts numeric ids first without relying on where Spark sorts a struct's nulls.
-    return F.struct(F.col("ts"), F.col(TEXT_ID).isNotNull(), F.col("trade_id"), F.col(TEXT_ID))
-
-
-def _ordering_key(
-    tf: Timeframe, window_us: Column, ids: TradeIdRange | None, columns: list[str]
-) -> Column:
-    if ids is None or ids.high - ids.low >= 1 << packed_key_bits(tf):
-        return trade_order(columns)
-    # offset * 2^bits + (trade_id - low) sorts exactly like (ts, trade_id) within one window,
-    # because offset < width and 0 <= trade_id - low < 2^bits. A row outside the promised id
-    # range (a text id included: its trade_id is null) would break that, so it fails the query
-    # instead of producing a wrong candle.
-    relative = F.col("trade_id") - F.lit(ids.low)
-    checked = F.when(
-        F.col("trade_id").isNull()
-        | (F.col("trade_id") < F.lit(ids.low))
-        | (F.col("trade_id") > F.lit(ids.high)),
-        F.raise_error(
-            F.lit(f"trade_id null or outside the promised range [{ids.low}, {ids.high}]")
-        ),
-    ).otherwise(relative)
-    offset = F.unix_micros(F.col("ts")) - window_us
-    return F.shiftleft(offset, packed_key_bits(tf)) + checked
 
 
 def _units(amount: Column) -> Column:
@@ -381,7 +326,7 @@ def candles(
         "_w_start",
         "_w_end",
         "_w_date",
-        _ordering_key(tf, F.col("_w_start"), trade_ids, ids).alias("_key"),
+        ordering_key(tf, F.col("_w_start"), trade_ids, ids).alias("_key"),
         *[column.alias(name) for name, column in sum_inputs.items()],
     )
     # End and date depend on the start (and the instrument): grouping by them only carries them.

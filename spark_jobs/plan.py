@@ -20,7 +20,8 @@ from core.ranges import Range, align_down, align_up, window_of
 from core.tables import Tables
 from core.time import from_us
 from core.timeframes import Timeframe
-from spark_jobs.candles import TEXT_ID, TradeIdRange, window_start_us
+from spark_jobs.candles import window_start_us
+from spark_jobs.ordering import TEXT_ID, TradeIdRange
 from spark_jobs.reads import in_ranges
 from spark_jobs.results import RunResult
 from spark_jobs.snapshots import Progress, snapshot_exists
