@@ -62,6 +62,19 @@ def with_text_ids(rng: random.Random, trades: list[Trade], share: float = 0.6) -
     return out
 
 
+def later_trades(
+    rng: random.Random, earlier: list[Trade], at: datetime, first_id: int, prefix: str
+) -> list[Trade]:
+    """Trades of the last few minutes before ``at`` (text and numeric ids), and 30 trades at the
+    very instants of ``earlier`` ones (text ids ``<prefix><n>``, other prices): late ties."""
+    recent = with_text_ids(rng, random_trades(rng, at - timedelta(minutes=11), at, 200, first_id))
+    ties = [
+        dataclasses.replace(t, trade_id=f"{prefix}{i}", price=t.price + 1)
+        for i, t in enumerate(rng.sample(earlier, 30))
+    ]
+    return recent + ties
+
+
 def tie(at: datetime, symbol: str, ids: list[int | str], first_price: int) -> list[Trade]:
     """Trades at one instant, one per id, each at its own price (so the order shows)."""
     return [
@@ -101,13 +114,9 @@ def test_text_and_mixed_ids_equal_the_oracle_through_merge_live_and_redelivery(
 
     # Given: more trades, some at the very instants of published ones, text and numeric
     t2 = t1 + timedelta(minutes=6)
-    recent = with_text_ids(rng, random_trades(rng, t1 - timedelta(minutes=5), t2, 200, 50_000))
-    echoes = [
-        dataclasses.replace(t, trade_id=f"late-{i}", price=t.price + 1)
-        for i, t in enumerate(rng.sample(first, 40))
-    ]
-    deliver(catalog, tables, recent + echoes, now=t2)
-    everything = first + recent + echoes
+    later = later_trades(rng, first, t2, 50_000, "late-")
+    deliver(catalog, tables, later, now=t2)
+    everything = first + later
     # When: the live read runs before the next publication
     one_minute = TIMEFRAMES["1m"]
     live = candle_rows(live_candles(spark, tables, one_minute, now=t2))
@@ -207,17 +216,13 @@ def test_an_old_trades_table_is_upgraded_in_place_and_keeps_every_candle(
 
     # Given: text ids arrive, some tied with old trades at their very instant, some late
     t2 = t1 + timedelta(minutes=6)
-    new = with_text_ids(rng, random_trades(rng, t1 - timedelta(minutes=5), t2, 200, 10_000))
-    ties = [
-        dataclasses.replace(t, trade_id=f"ETH-{i}", price=t.price + 3)
-        for i, t in enumerate(rng.sample(old, 30))
-    ]
-    deliver(catalog, tables, new + ties, now=t2)
+    new = later_trades(rng, old, t2, 10_000, "ETH-")
+    deliver(catalog, tables, new, now=t2)
     # When: every timeframe runs (1m and 5m incrementally, from the old snapshot's watermark)
     for tf in ALL:
         jobs.refresh_candles(spark, tables, tf, now=t2)
     # Then: every candle equals the oracle of old and new trades
-    everything = old + new + ties
+    everything = old + new
     assert_matches_oracle(spark, tables, everything, ALL)
     # And: old and new trades delivered again are all duplicates
     again = ingest(catalog, tables.namespace, to_arrow(everything), source="again", now=t2)

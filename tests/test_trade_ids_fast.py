@@ -17,9 +17,8 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.types import LongType, StringType
 
 from core.tables import MAX_TRADE_ID_LENGTH, TRADES, TRADES_REJECTED, ensure_tables
-from infra.catalog import open_catalog
 from ingest import ingest
-from settings import CatalogType, Settings
+from tests.support.environment import sqlite_catalog
 from tests.support.oracle import Trade
 from tests.support.upgrade import OLD_TRADES_SCHEMA, create_old_trades, old_rows
 
@@ -29,13 +28,7 @@ UUIDS = [str(uuid.UUID(int=i * 7919 + 13, version=4)) for i in range(3)]
 
 @pytest.fixture(scope="module")
 def iceberg(tmp_path_factory: pytest.TempPathFactory) -> Catalog:
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("trade_ids"),
-        catalog_type=CatalogType.SQLITE,
-        catalog_uri=None,
-        warehouse=None,
-    )
-    return open_catalog(settings)
+    return sqlite_catalog(tmp_path_factory.mktemp("trade_ids"))
 
 
 @pytest.fixture
