@@ -55,6 +55,10 @@ class IngestResult:
     """Snapshot of the ``trades`` append; None when nothing was appended."""
 
 
+class TablesOutdated(RuntimeError):
+    """The tables were made by an older version: ``ensure_tables`` upgrades them."""
+
+
 class IngestAccountingError(RuntimeError):
     """Rows in and rows out do not add up: a bug in ingest, found before anything was written."""
 
@@ -121,6 +125,8 @@ def ingest(
         ValueError: ``now`` or ``min_ts`` is naive (no time zone). Nothing is written.
         IngestAccountingError: the rows out do not add up to the rows in (a bug). Nothing is
             written.
+        TablesOutdated: ``trades`` predates text trade ids (``ensure_tables`` upgrades it).
+            Nothing is written.
     """
     now = utc(now) if now is not None else datetime.now(UTC)
     min_ts = utc(min_ts)
@@ -148,6 +154,12 @@ def ingest(
         is_text=is_text,
     )
     trades = CachedTable.of(catalog.load_table((namespace, TRADES)))
+    if trades.schema().find_field("trade_id").required:
+        raise TablesOutdated(
+            f"table {namespace}.{TRADES} predates text trade ids; upgrade it with "
+            "core.tables.ensure_tables (`ohlcv stack up` and `ohlcv ingest` run it); nothing "
+            "was written"
+        )
     rejected_table = CachedTable.of(catalog.load_table((namespace, TRADES_REJECTED)))
     stored = _stored_rows(trades, batch, parsed.exchanges, parsed.symbols, text_ids)
     keep, duplicate, conflict = _classify(batch, stored)

@@ -17,7 +17,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.types import LongType, StringType
 
 from core.tables import MAX_TRADE_ID_LENGTH, TRADES, TRADES_REJECTED, ensure_tables
-from ingest import ingest
+from ingest import TablesOutdated, ingest
 from tests.support.environment import sqlite_catalog
 from tests.support.oracle import Trade
 from tests.support.upgrade import OLD_TRADES_SCHEMA, create_old_trades, old_rows
@@ -175,6 +175,9 @@ def test_ensure_tables_upgrades_an_old_trades_table_once(iceberg: Catalog) -> No
     )
     snapshot = iceberg.load_table((namespace, TRADES)).current_snapshot()
     assert snapshot is not None
+    # (an ingest before the upgrade says what to do, and writes nothing)
+    with pytest.raises(TablesOutdated, match=rf"{namespace}\.trades predates text trade ids"):
+        run(iceberg, namespace, rows((UUIDS[1], 102, 1)))
     # When: this version's ensure_tables runs, twice
     ensure_tables(iceberg, namespace)
     upgraded = iceberg.load_table((namespace, TRADES))
