@@ -37,6 +37,8 @@ _NUMBER_RE = (
     r"(?:[eE](?P<esign>[+-]?)(?P<exp>[0-9]+))?$"
 )
 _NON_FINITE_RE = r"^[+-]?(nan|inf|infinity)$"
+# The same grammar as _NUMBER_RE with at least one digit, as a yes/no match (no extraction).
+_IS_NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 
 
 def _not_a_number(name: str, values: Column, bad: np.ndarray) -> SchemaError:
@@ -196,8 +198,14 @@ def _grammar(text: Column) -> tuple[np.ndarray, np.ndarray, Column, np.ndarray]:
 
 def not_numbers(text: Column) -> np.ndarray:
     """Rows of (trimmed) text that :func:`parse_amount` refuses as not a number at all:
-    neither blank, nor a number (sign, digits, fraction, exponent), nor NaN or infinity."""
-    return _grammar(text)[3]
+    neither blank, nor a number (sign, digits, fraction, exponent), nor NaN or infinity.
+
+    Two yes/no matches, without the extraction :func:`parse_amount` needs (half the time).
+    """
+    blank = ints(pc.utf8_length(text), fill=0) == 0
+    number = bools(pc.match_substring_regex(text, _IS_NUMBER_RE))
+    non_finite = bools(pc.match_substring_regex(text, _NON_FINITE_RE, ignore_case=True))
+    return ~blank & ~number & ~non_finite
 
 
 def _parse_number_text(values: Column, name: str, scale: int) -> Amount:

@@ -53,6 +53,15 @@ class TradeId:
         return self.is_text
 
 
+def looks_like_text_ids(text: Column) -> bool:
+    """Whether the first non-blank value (of the first thousand) is a text id: a feed's ids
+    are all text or all numbers, so one value tells which parse to try first (either way the
+    result is exact)."""
+    head = pc.utf8_trim_whitespace(pc.drop_null(text).slice(0, 1024))
+    filled = head.filter(pc.greater(pc.utf8_length(head), 0))
+    return bool(len(filled)) and bool(not_numbers(filled.slice(0, 1))[0])
+
+
 def split_text_ids(text: Column) -> tuple[np.ndarray, Column]:
     """(mask of the rows of ``text`` that are text ids, ``text`` with those rows null).
 

@@ -31,7 +31,14 @@ from ingest.columns import (
     text_column,
     text_scalar,
 )
-from ingest.ids import TradeId, split_text_ids, synthetic_ids, with_synthetic_ids, with_text_ids
+from ingest.ids import (
+    TradeId,
+    looks_like_text_ids,
+    split_text_ids,
+    synthetic_ids,
+    with_synthetic_ids,
+    with_text_ids,
+)
 from ingest.reading import SchemaError
 from ingest.timestamps import Timestamps, parse_ts
 
@@ -84,12 +91,14 @@ def _parse_trade_id(values: Column) -> TradeId:
         return TradeId(np.where(ok, x, 0).astype(np.int64), missing, ~ok & ~missing)
     if is_text(t):
         text = values.cast(pa.large_string())
-        try:
-            return _numeric_text_ids(text)
-        except SchemaError:
-            # Some ids are not numbers: text ids (the rest still parse as numbers).
-            words, numbers = split_text_ids(text)
-            return with_text_ids(_numeric_text_ids(numbers), text, words)
+        if not looks_like_text_ids(text):
+            try:
+                return _numeric_text_ids(text)
+            except SchemaError:
+                pass
+        # Some ids are not numbers: text ids (the rest still parse as numbers).
+        words, numbers = split_text_ids(text)
+        return with_text_ids(_numeric_text_ids(numbers), text, words)
     if pa.types.is_null(t) or pa.types.is_decimal(t):
         return _numeric_text_ids(values.cast(pa.large_string()))
     raise SchemaError(

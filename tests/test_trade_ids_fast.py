@@ -17,7 +17,8 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.types import LongType, StringType
 
 from core.tables import MAX_TRADE_ID_LENGTH, TRADES, TRADES_REJECTED, ensure_tables
-from ingest import TablesOutdated, ingest
+from ingest import SchemaError, TablesOutdated, ingest
+from ingest.amounts import not_numbers, parse_amount
 from tests.support.environment import sqlite_catalog
 from tests.support.oracle import Trade
 from tests.support.upgrade import OLD_TRADES_SCHEMA, create_old_trades, old_rows
@@ -199,3 +200,43 @@ def test_ensure_tables_upgrades_an_old_trades_table_once(iceberg: Catalog) -> No
     # And: text ids go in, and the old trades delivered again are duplicates
     result = run(iceberg, namespace, rows(("1", 100, 0), ("2", 101, 1), (UUIDS[1], 102, 1)))
     assert (result.accepted, result.duplicates) == (1, 2)
+
+
+EDGES = [
+    "",
+    " ",
+    "1",
+    "1.",
+    ".5",
+    ".",
+    "+",
+    "-.",
+    "+.e1",
+    "1e5",
+    "1E-5",
+    "1e",
+    "e5",
+    "nan",
+    "-Inf",
+    "infinity",
+    "ETH-1",
+    "1.2.3",
+    "0x10",
+    " 7 ",
+    "--1",
+    "1 2",
+    "١٢",
+    "1e+",
+    "00",
+]
+
+
+@pytest.mark.parametrize("value", EDGES)
+def test_a_text_id_is_exactly_what_parse_amount_refuses_as_a_number(value: str) -> None:
+    text = pa.array([value.strip()], pa.large_string())
+    try:
+        parse_amount(text, "trade_id", scale=0)
+        refused = False
+    except SchemaError:
+        refused = True
+    assert bool(not_numbers(text)[0]) == refused
