@@ -5,7 +5,8 @@ Three measurements, each into fresh tables of its own (a local SQLite catalog an
 under the work directory; no Spark, no server):
 
 - ``big``: one Parquet file of ``--trades`` trades (default 10 M, 50 symbols, 7 days) in one
-  ``ingest_file`` call, the file's read included;
+  ``ingest_file`` call, the file's read included (with ``--text-ids``, every id as text:
+  ``ETH-<n>``);
 - ``batches``: the same file in batches of ``--batch`` rows, into one table, each batch's rate
   beside the number of data files already in ``trades``;
 - ``feed``: ``--feed-cycles`` ingests of five minutes of a demo feed (20 symbols, 60 trades a
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 
@@ -76,6 +78,21 @@ def write_trades_file(path: Path, trades: int, symbols: int, days: float) -> Non
         day = day_end
     assert writer is not None
     writer.close()
+
+
+def with_text_ids(path: Path) -> Path:
+    """The trades of ``path`` with their ids as text, ``ETH-<id>`` as Deribit writes them (made
+    once beside it)."""
+    out = path.with_name(f"{path.stem}-text-ids.parquet")
+    if not out.exists():
+        table = pq.read_table(path)
+        text = pa.large_string()
+        ids = pc.binary_join_element_wise(
+            pa.scalar("ETH-", text), table["trade_id"].cast(text), pa.scalar("", text)
+        )
+        table = table.set_column(table.schema.get_field_index("trade_id"), "trade_id", ids)
+        pq.write_table(table, out, row_group_size=1_000_000)
+    return out
 
 
 def _timed(func: Callable[[], IngestResult]) -> tuple[IngestResult, float, float]:
@@ -192,6 +209,9 @@ def main() -> None:
     )
     parser.add_argument("--label", default="", help="a name for this run in the JSON output")
     parser.add_argument(
+        "--text-ids", action="store_true", help="big and batches with text ids (ETH-<n>)"
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         required=True,
@@ -206,6 +226,8 @@ def main() -> None:
     if not path.exists():
         print(f"writing {path}", flush=True)
         write_trades_file(path, args.trades, args.symbols, args.days)
+    if args.text_ids:
+        path = with_text_ids(path)
     print(f"ingest package: {Path(ingest_package.__file__).parent}", flush=True)
     rows_in_file = pq.ParquetFile(path).metadata.num_rows
 

@@ -97,7 +97,7 @@ def ingest_command(
 def _ingest_one_file(settings: Settings, path: Path, fmt: str | None, exchange: str | None) -> None:
     from infra.catalog import open_catalog
     from ingest import ingest, ingest_file
-    from ingest.formats import read_feed
+    from ingest.formats import IDS_MAY_BE_MISSING, read_feed
 
     prepare_tables(settings)
     catalog = open_catalog(settings)
@@ -105,7 +105,11 @@ def _ingest_one_file(settings: Settings, path: Path, fmt: str | None, exchange: 
         output.print_ingest(ingest_file(catalog, settings.namespace, path))
         return
     feed = read_feed(lambda: path.open("rb"), path.name, fmt, exchange)
-    output.print_ingest(ingest(catalog, settings.namespace, feed.table, source=str(path)))
+    synthesize = feed.format in IDS_MAY_BE_MISSING
+    done = ingest(
+        catalog, settings.namespace, feed.table, source=str(path), synthesize_missing_ids=synthesize
+    )
+    output.print_ingest(done)
 
 
 @contextmanager

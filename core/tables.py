@@ -54,24 +54,32 @@ QUOTE_VOLUME = DecimalType(38, 16)  # sum of price * quantity, DECIMAL(37, 16) e
 TRADES = "trades"
 TRADES_REJECTED = "trades_rejected"
 CANDLE_REVISIONS = "candle_revisions"
-TRADE_KEY = ("exchange", "symbol", "trade_id")
+TRADE_KEY = ("exchange", "symbol", "trade_id", "trade_id_text")
+"""A trade's key: exactly one of ``trade_id`` (an id that is a number) and ``trade_id_text``
+(any other id, as the exchange gives it) is set (see docs/architecture.md, "Trade ids")."""
 CANDLE_KEY = ("exchange", "symbol", "window_start")
 MAX_EXCHANGE_LENGTH = 64
 """Longest stored exchange name, in characters (code points) after stripping whitespace."""
 MAX_SYMBOL_LENGTH = 64
 """Longest stored symbol, in characters (code points) after stripping whitespace."""
+MAX_TRADE_ID_LENGTH = 128
+"""Longest stored text trade id, in characters after stripping whitespace (a UUID is 36)."""
 PROVISIONAL = "provisional"
 """Column a live read adds: True for a candle computed from trades not yet published."""
 
 TRADES_SCHEMA = Schema(
     NestedField(1, "exchange", StringType(), required=True),
     NestedField(2, "symbol", StringType(), required=True),
-    NestedField(3, "trade_id", LongType(), required=True),
+    # Optional since issue 28: null when the id is text (then trade_id_text holds it).
+    NestedField(3, "trade_id", LongType(), required=False),
     NestedField(4, "price", PRICE, required=True),
     NestedField(5, "quantity", QUANTITY, required=True),
     NestedField(6, "side", StringType(), required=True),
     NestedField(7, "ts", TimestamptzType(), required=True),
     NestedField(8, "ingested_at", TimestamptzType(), required=True),
+    # Added by issue 28; tables created before get it (and an optional trade_id) from
+    # ``ensure_tables``.
+    NestedField(9, "trade_id_text", StringType(), doc="a trade id that is not a number"),
 )
 
 # Rejected rows keep every raw value as text: a value that failed to parse is still kept.
@@ -266,27 +274,46 @@ def _add_missing_columns(table: Table, schema: Schema) -> Table:
     return table.refresh()
 
 
+def _upgrade_trades(table: Table) -> Table:
+    """Give a ``trades`` table made before text trade ids an optional ``trade_id`` and a
+    ``trade_id_text`` column, in one schema commit (no snapshot, no data file rewritten);
+    a table that has both is not touched. Iceberg cannot change long to string in place, so
+    text ids get a column of their own and numeric ones keep theirs."""
+    schema = table.schema()
+    text = TRADES_SCHEMA.find_field("trade_id_text")
+    has_text = text.name in {f.name for f in schema.fields}
+    if has_text and not schema.find_field("trade_id").required:
+        return table
+    with table.update_schema() as update:
+        update.make_column_optional("trade_id")
+        if not has_text:
+            update.add_column(text.name, text.field_type, doc=text.doc)
+    return table.refresh()
+
+
 def ensure_tables(catalog: Catalog, namespace: str) -> dict[str, Table]:
     """Create the namespace, ``trades``, ``trades_rejected``, the five candle tables and
     ``candle_revisions`` if missing.
 
     Idempotent: an existing table is only changed when its properties are older than
     :data:`LONG_LIFE_PROPERTIES` and its own table's, or when it lacks columns this version
-    added (one commit each, once); otherwise nothing is written.
+    added (``trades``: text trade ids, see :func:`_upgrade_trades`), one commit each, once;
+    otherwise nothing is written.
     """
     with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(namespace)
     ts_id = TRADES_SCHEMA.find_field("ts").field_id
     symbol_id = TRADES_SCHEMA.find_field("symbol").field_id
+    trades = _ensure(
+        catalog,
+        (namespace, TRADES),
+        TRADES_PROPERTIES,
+        schema=TRADES_SCHEMA,
+        partition_spec=PartitionSpec(PartitionField(ts_id, 1000, DayTransform(), "ts_day")),
+        sort_order=SortOrder(SortField(symbol_id), SortField(ts_id)),
+    )
     tables = {
-        TRADES: _ensure(
-            catalog,
-            (namespace, TRADES),
-            TRADES_PROPERTIES,
-            schema=TRADES_SCHEMA,
-            partition_spec=PartitionSpec(PartitionField(ts_id, 1000, DayTransform(), "ts_day")),
-            sort_order=SortOrder(SortField(symbol_id), SortField(ts_id)),
-        ),
+        TRADES: _upgrade_trades(trades),
         TRADES_REJECTED: _ensure(
             catalog, (namespace, TRADES_REJECTED), LONG_LIFE_PROPERTIES, schema=REJECTED_SCHEMA
         ),

@@ -1,7 +1,10 @@
 """De-duplication of trades (keep, drop as exact duplicates, reject as conflicting) and of rejects.
 
-A row's key is (exchange, symbol, trade_id) and its payload (price, quantity, side, ts). Rows are
-compared with the rows already stored in ``trades`` and with earlier rows of the same input.
+A row's key is (exchange, symbol, trade id) and its payload (price, quantity, side, ts). Rows are
+compared with the rows already stored in ``trades`` and with earlier rows of the same input. A
+trade id is a number (``trade_id``) or text (``trade_id_text``, see :mod:`ingest.ids`): keys are
+integers either way, a text id standing for its code among the batch's distinct text ids, in a
+key space of its own (``pair * 2 + 1``), so a text id never equals a numeric one.
 
 A reject is identified by its raw values as text and its reason (:data:`REJECT_IDENTITY`): one
 that is already in ``trades_rejected``, or earlier in the same input, is not appended again.
@@ -46,7 +49,10 @@ _IN_LIMIT = 200
 
 @dataclass
 class _Rows:
-    """Keys and payloads as integers: (pair, trade_id) and (price, quantity, is_buy, ts)."""
+    """Keys and payloads as integers: (pair, trade_id) and (price, quantity, is_buy, ts).
+
+    ``is_text`` (None: no row) flags the rows whose ``trade_id`` is the code of a text id.
+    """
 
     pair: np.ndarray
     trade_id: np.ndarray
@@ -54,6 +60,7 @@ class _Rows:
     quantity: np.ndarray
     is_buy: np.ndarray
     ts: np.ndarray
+    is_text: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> _Rows:
@@ -62,6 +69,16 @@ class _Rows:
 
     def __len__(self) -> int:
         return len(self.pair)
+
+    def has_text(self) -> bool:
+        return self.is_text is not None and bool(self.is_text.any())
+
+    def key_pair(self, text_keys: bool) -> np.ndarray:
+        """The pair, or with ``text_keys`` the pair in the key space of its id's kind."""
+        if not text_keys:
+            return self.pair
+        flag = np.zeros(len(self), np.int64) if self.is_text is None else self.is_text
+        return self.pair * 2 + flag
 
     def same_payload(self, i: np.ndarray, other: _Rows, j: np.ndarray) -> np.ndarray:
         return (
@@ -72,8 +89,17 @@ class _Rows:
         )
 
 
-def _stored_rows(trades: Table, batch: _Rows, exchanges: pa.Array, symbols: pa.Array) -> _Rows:
-    """Rows already in ``trades`` that may share a key with the batch."""
+def _stored_rows(
+    trades: Table,
+    batch: _Rows,
+    exchanges: pa.Array,
+    symbols: pa.Array,
+    text_ids: pa.Array | None = None,
+) -> _Rows:
+    """Rows already in ``trades`` that may share a key with the batch.
+
+    ``text_ids``: the distinct text ids the batch's text rows are codes into.
+    """
     empty = _Rows.empty()
     if not len(batch) or trades.current_snapshot() is None:
         return empty
@@ -81,21 +107,41 @@ def _stored_rows(trades: Table, batch: _Rows, exchanges: pa.Array, symbols: pa.A
     used_pairs = np.unique(batch.pair)
     used_exchanges = exchanges.take(pa.array(np.unique(used_pairs // n_symbols)))
     used_symbols = symbols.take(pa.array(np.unique(used_pairs % n_symbols)))
-    lo, hi = int(batch.trade_id.min()), int(batch.trade_id.max())
+    is_text = batch.is_text if batch.has_text() else None
+    numeric = batch.trade_id if is_text is None else batch.trade_id[~is_text]
+    ids_filter: list[BooleanExpression] = []
+    lo, hi = 0, -1
+    if len(numeric):
+        lo, hi = int(numeric.min()), int(numeric.max())
+        ids_filter.append(
+            And(
+                GreaterThanOrEqual(term=Reference("trade_id"), value=literal(lo)),
+                LessThanOrEqual(term=Reference("trade_id"), value=literal(hi)),
+            )
+        )
+    fields = ["exchange", "symbol", "trade_id", "price", "quantity", "side", "ts"]
+    if text_ids is not None and is_text is not None:
+        ids_filter.append(_may_equal("trade_id_text", pa.chunked_array([text_ids])))
+        fields.append("trade_id_text")
     row_filter: BooleanExpression = And(
         In(term=Reference("exchange"), values={literal(v) for v in used_exchanges.to_pylist()}),
         In(term=Reference("symbol"), values={literal(v) for v in used_symbols.to_pylist()}),
-        GreaterThanOrEqual(term=Reference("trade_id"), value=literal(lo)),
-        LessThanOrEqual(term=Reference("trade_id"), value=literal(hi)),
+        ids_filter[0] if len(ids_filter) == 1 else Or(*ids_filter),
     )
-    fields = ("exchange", "symbol", "trade_id", "price", "quantity", "side", "ts")
-    found = trades.scan(row_filter=row_filter, selected_fields=fields).to_arrow()
+    found = trades.scan(row_filter=row_filter, selected_fields=tuple(fields)).to_arrow()
     if not found.num_rows:
         return empty
     ex = ints(pc.index_in(found["exchange"].cast(exchanges.type), value_set=exchanges), fill=-1)
     sym = ints(pc.index_in(found["symbol"].cast(symbols.type), value_set=symbols), fill=-1)
-    ids = ints(found["trade_id"])
-    known = (ex >= 0) & (sym >= 0) & (ids >= lo) & (ids <= hi)
+    ids = ints(found["trade_id"], fill=-1)  # ids are never negative: -1 is a text id's row
+    known_id = (ids >= lo) & (ids <= hi)
+    found_text = np.zeros(len(ids), dtype=bool)
+    if "trade_id_text" in fields:
+        codes = ints(pc.index_in(found["trade_id_text"], value_set=text_ids), fill=-1)
+        found_text = codes >= 0
+        ids = np.where(found_text, codes, ids)
+        known_id |= found_text
+    known = (ex >= 0) & (sym >= 0) & known_id
     price = parse_amount(found["price"], "price")
     quantity = parse_amount(found["quantity"], "quantity")
     ts = parse_ts(found["ts"])
@@ -106,6 +152,7 @@ def _stored_rows(trades: Table, batch: _Rows, exchanges: pa.Array, symbols: pa.A
         quantity=quantity.units[known],
         is_buy=bools(pc.equal(found["side"], "buy"))[known],
         ts=ts.us[known],
+        is_text=found_text[known] if is_text is not None else None,
     )
 
 
@@ -147,13 +194,14 @@ def _classify(batch: _Rows, stored: _Rows) -> tuple[np.ndarray, np.ndarray, np.n
     conflict = np.zeros(n, dtype=bool)
     if not n:
         return keep, duplicate, conflict
-    pair, trade_id = batch.pair, batch.trade_id
+    text_keys = batch.has_text() or stored.has_text()
+    pair, trade_id = batch.key_pair(text_keys), batch.trade_id
     if not len(stored) and _distinct(trade_id):
         # Every trade id once (what a feed delivers), so every key once, and nothing is stored
         # under any of them: all rows are kept, without sorting the keys.
         return keep, duplicate, conflict
     if len(stored):
-        pair = np.concatenate([pair, stored.pair])
+        pair = np.concatenate([pair, stored.key_pair(text_keys)])
         trade_id = np.concatenate([trade_id, stored.trade_id])
     order, starts = _group_order(pair, trade_id)
     # Most keys occur once (kept as they are); only repeated keys need a closer look.

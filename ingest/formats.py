@@ -117,6 +117,9 @@ TARDIS_TRADES = Layout(
 )
 LAYOUTS = {x.name: x for x in (BINANCE_TRADES, BINANCE_AGGTRADES, BINANCE_FUTURES_TRADES)}
 LAYOUTS[TARDIS_TRADES.name] = TARDIS_TRADES
+IDS_MAY_BE_MISSING = frozenset({TARDIS_TRADES.name})
+"""Formats whose trades may come without an id (Tardis, for exchanges that give none): such a
+trade gets a synthetic id (:func:`ingest.ids.synthetic_ids`) instead of being rejected."""
 OWN = OWN_FORMAT
 assert (OWN, *LAYOUTS) == FORMATS, "core.feeds.FORMATS names every layout here"
 

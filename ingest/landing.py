@@ -27,11 +27,12 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 from pyiceberg.catalog import Catalog
 
-from ingest.formats import Feed, read_feed
+from ingest.formats import IDS_MAY_BE_MISSING, Feed, read_feed
 from ingest.ledger import (
     FAILED,
     INGESTED,
@@ -278,6 +279,10 @@ def _ingest_files(
         raw,
         source=source,
         properties=batch_properties(batch_id, identities),
+        synthesize_missing_ids=np.repeat(
+            np.array([batch.feeds[i].format in IDS_MAY_BE_MISSING for i in chosen], dtype=bool),
+            [t.num_rows for t in tables],
+        ),
     )
     pause_point("after-append")
     result.accepted += done.accepted

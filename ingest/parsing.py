@@ -31,6 +31,14 @@ from ingest.columns import (
     text_column,
     text_scalar,
 )
+from ingest.ids import (
+    TradeId,
+    looks_like_text_ids,
+    split_text_ids,
+    synthetic_ids,
+    with_synthetic_ids,
+    with_text_ids,
+)
 from ingest.reading import SchemaError
 from ingest.timestamps import Timestamps, parse_ts
 
@@ -63,13 +71,6 @@ def parse_side(values: Column) -> tuple[np.ndarray, np.ndarray]:
     return np.take(buy, indices), np.take(buy | sell, indices)
 
 
-@dataclass
-class TradeId:
-    value: np.ndarray
-    missing: np.ndarray
-    invalid: np.ndarray
-
-
 def _parse_trade_id(values: Column) -> TradeId:
     values = decoded(values)
     t = values.type
@@ -88,30 +89,46 @@ def _parse_trade_id(values: Column) -> TradeId:
         with np.errstate(invalid="ignore"):
             ok = np.isfinite(x) & (x >= 0) & (x < 2.0**63) & (np.floor(x) == x)
         return TradeId(np.where(ok, x, 0).astype(np.int64), missing, ~ok & ~missing)
-    if pa.types.is_null(t) or pa.types.is_decimal(t) or is_text(t):
+    if is_text(t):
         text = values.cast(pa.large_string())
-        parsed = parse_amount(text, "trade_id", scale=0)
-        invalid = parsed.non_finite | parsed.negative | parsed.unrepresentable
-        ids = parsed.units
-        # 19-digit ids still fit int64 but not the 18-digit decimal check above.
-        stripped = pc.utf8_ltrim(pc.utf8_trim_whitespace(text), characters="0")
-        big = (
-            parsed.unrepresentable
-            & ~parsed.negative
-            & bools(pc.match_substring_regex(stripped, r"^[0-9]{19}$"))
-            & bools(pc.less_equal(stripped, _INT64_MAX))
-        )
-        if big.any():
-            ids = ids.copy()
-            ids[big] = ints(pc.if_else(pa.array(big), stripped, text_scalar("0")).cast(pa.int64()))[
-                big
-            ]
-            invalid &= ~big
-        return TradeId(ids, parsed.missing, invalid & ~parsed.missing)
+        if not looks_like_text_ids(text):
+            try:
+                return _numeric_text_ids(text)
+            except SchemaError:
+                pass
+        # Some ids are not numbers: text ids (the rest still parse as numbers).
+        words, numbers = split_text_ids(text)
+        return with_text_ids(_numeric_text_ids(numbers), text, words)
+    if pa.types.is_null(t) or pa.types.is_decimal(t):
+        return _numeric_text_ids(values.cast(pa.large_string()))
     raise SchemaError(
-        f"column 'trade_id' has type {t}, which is not numeric; write trade_id as an integer "
-        "column (int64)"
+        f"column 'trade_id' has type {t}, which is neither numeric nor text; write trade_id "
+        "as an integer column (int64) or a text column"
     )
+
+
+def _numeric_text_ids(text: Column) -> TradeId:
+    """Ids from text (or decimals as text) that is numbers, blanks and nulls only.
+
+    Raises:
+        SchemaError: some value is not a number at all.
+    """
+    parsed = parse_amount(text, "trade_id", scale=0)
+    invalid = parsed.non_finite | parsed.negative | parsed.unrepresentable
+    ids = parsed.units
+    # 19-digit ids still fit int64 but not the 18-digit decimal check above.
+    stripped = pc.utf8_ltrim(pc.utf8_trim_whitespace(text), characters="0")
+    big = (
+        parsed.unrepresentable
+        & ~parsed.negative
+        & bools(pc.match_substring_regex(stripped, r"^[0-9]{19}$"))
+        & bools(pc.less_equal(stripped, _INT64_MAX))
+    )
+    if big.any():
+        ids = ids.copy()
+        ids[big] = ints(pc.if_else(pa.array(big), stripped, text_scalar("0")).cast(pa.int64()))[big]
+        invalid &= ~big
+    return TradeId(ids, parsed.missing, invalid & ~parsed.missing)
 
 
 @dataclass
@@ -136,8 +153,14 @@ class ParsedTrades:
         return len(self.exchange_codes)
 
 
-def parse_trades(columns: Mapping[str, Column]) -> ParsedTrades:
+def parse_trades(
+    columns: Mapping[str, Column], *, synthesize_missing_ids: bool | np.ndarray = False
+) -> ParsedTrades:
     """Parse the :data:`~ingest.reading.REQUIRED_COLUMNS` of an input.
+
+    A missing trade id stays missing (a rejected row), or with ``synthesize_missing_ids`` (for
+    every row, or the rows where a boolean array is true) becomes a synthetic text id
+    (:func:`~ingest.ids.synthetic_ids`).
 
     Raises:
         SchemaError: a column of an unusable type, or a value that is not a number / timestamp
@@ -150,7 +173,7 @@ def parse_trades(columns: Mapping[str, Column]) -> ParsedTrades:
     quantity = parse_amount(columns["quantity"], "quantity")
     ts = parse_ts(columns["ts"])
     is_buy, side_ok = parse_side(text_column(columns["side"], "side"))
-    return ParsedTrades(
+    parsed = ParsedTrades(
         exchange_codes=exchange_codes,
         exchanges=exchanges,
         symbol_codes=symbol_codes,
@@ -162,3 +185,23 @@ def parse_trades(columns: Mapping[str, Column]) -> ParsedTrades:
         is_buy=is_buy,
         side_ok=side_ok,
     )
+    wanted = trade_id.missing & synthesize_missing_ids
+    if wanted.any():
+        parsed.trade_id = _synthesized(parsed, wanted)
+    return parsed
+
+
+def _synthesized(parsed: ParsedTrades, wanted: np.ndarray) -> TradeId:
+    """The trade ids of ``parsed`` with a synthetic id for each ``wanted`` missing one."""
+    rows = np.flatnonzero(wanted)
+    ids = synthetic_ids(
+        parsed.exchange_codes[rows],
+        parsed.exchanges,
+        parsed.symbol_codes[rows],
+        parsed.symbols,
+        parsed.ts.us[rows],
+        parsed.price.units[rows],
+        parsed.quantity.units[rows],
+        parsed.is_buy[rows],
+    )
+    return with_synthetic_ids(parsed.trade_id, rows, ids)

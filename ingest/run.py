@@ -29,7 +29,7 @@ from core.tables import (
 from core.time import duration_us, to_us, utc
 from ingest.amounts import decimal_from_units
 from ingest.appending import US_PER_DAY, CachedTable, append_by_day
-from ingest.columns import Column, decoded, ints
+from ingest.columns import Column, decoded, dictionary_codes, ints
 from ingest.dedup import _classify, _Rows, _stored_rows, new_rejects, recorded_rejects
 from ingest.parsing import ParsedTrades, parse_trades
 from ingest.reading import REQUIRED_COLUMNS, check_columns, read_trades_file
@@ -55,6 +55,10 @@ class IngestResult:
     """Snapshot of the ``trades`` append; None when nothing was appended."""
 
 
+class TablesOutdated(RuntimeError):
+    """The tables were made by an older version: ``ensure_tables`` upgrades them."""
+
+
 class IngestAccountingError(RuntimeError):
     """Rows in and rows out do not add up: a bug in ingest, found before anything was written."""
 
@@ -74,11 +78,13 @@ def ingest(
     properties: Mapping[str, str] | None = None,
     min_ts: datetime = datetime(2000, 1, 1, tzinfo=UTC),
     max_future: timedelta = timedelta(minutes=5),
+    synthesize_missing_ids: bool | np.ndarray = False,
 ) -> IngestResult:
     """Validate raw trades; append good ones to ``trades`` and bad ones to ``trades_rejected``.
 
-    Accepted input types: exchange, symbol and side as text; trade_id, price and quantity as
-    integers, floats, decimals or numeric text; ts as a timestamp or ISO-8601 text
+    Accepted input types: exchange, symbol and side as text; price and quantity as integers,
+    floats, decimals or numeric text; trade_id as an integer, float, decimal or text (an id
+    that is not a number is a text id, see :mod:`ingest.ids`); ts as a timestamp or ISO-8601 text
     (``YYYY-MM-DD[T ]HH:MM[:SS[.fraction]][Z|±HH[:MM]]``). Timestamps without a zone, as text or
     as a timestamp column, are taken as UTC: input data is the edge where :mod:`core.time`
     allows that. Floats are converted through their shortest round-trip text
@@ -113,6 +119,10 @@ def ingest(
         max_future: Trades after ``now + max_future`` are rejected as ``ts_in_future``.
         properties: More snapshot summary properties of both appends (a landing batch's
             files: committed atomically with its trades).
+        synthesize_missing_ids: give a trade without an id a synthetic text id
+            (:func:`~ingest.ids.synthetic_ids`) instead of rejecting it as
+            ``missing_trade_id``; for formats whose ids may be missing (a boolean array: for
+            the rows where it is true).
 
     Raises:
         SchemaError: a required column is missing, duplicated, of an unusable type, or holds a
@@ -120,6 +130,8 @@ def ingest(
         ValueError: ``now`` or ``min_ts`` is naive (no time zone). Nothing is written.
         IngestAccountingError: the rows out do not add up to the rows in (a bug). Nothing is
             written.
+        TablesOutdated: ``trades`` predates text trade ids (``ensure_tables`` upgrades it).
+            Nothing is written.
     """
     now = utc(now) if now is not None else datetime.now(UTC)
     min_ts = utc(min_ts)
@@ -129,24 +141,32 @@ def ingest(
     columns = {name: raw.column(name) for name in REQUIRED_COLUMNS}
 
     # Parse everything (and raise SchemaError) before anything is written.
-    parsed = parse_trades(columns)
+    parsed = parse_trades(columns, synthesize_missing_ids=synthesize_missing_ids)
     now_us = to_us(now)
     bounds = TsBounds(earliest_us=to_us(min_ts), latest_us=now_us + duration_us(max_future))
     reason = first_failed_rule(parsed, bounds)
 
     valid = np.flatnonzero(reason < 0)
     pair_codes = parsed.exchange_codes * max(len(parsed.symbols), 1) + parsed.symbol_codes
+    trade_ids, is_text, text_ids = _key_ids(parsed, valid)
     batch = _Rows(
         pair=_rows_of(pair_codes, valid),
-        trade_id=_rows_of(parsed.trade_id.value, valid),
+        trade_id=trade_ids,
         price=_rows_of(parsed.price.units, valid),
         quantity=_rows_of(parsed.quantity.units, valid),
         is_buy=_rows_of(parsed.is_buy, valid),
         ts=_rows_of(parsed.ts.us, valid),
+        is_text=is_text,
     )
     trades = CachedTable.of(catalog.load_table((namespace, TRADES)))
+    if trades.schema().find_field("trade_id").required:
+        raise TablesOutdated(
+            f"table {namespace}.{TRADES} predates text trade ids; upgrade it with "
+            "core.tables.ensure_tables (`ohlcv stack up` and `ohlcv ingest` run it); nothing "
+            "was written"
+        )
     rejected_table = CachedTable.of(catalog.load_table((namespace, TRADES_REJECTED)))
-    stored = _stored_rows(trades, batch, parsed.exchanges, parsed.symbols)
+    stored = _stored_rows(trades, batch, parsed.exchanges, parsed.symbols, text_ids)
     keep, duplicate, conflict = _classify(batch, stored)
     reason[valid[conflict]] = CONFLICT_CODE
 
@@ -196,6 +216,23 @@ def ingest(
     )
 
 
+def _key_ids(
+    parsed: ParsedTrades, valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None, pa.Array | None]:
+    """The valid rows' trade ids as integers for de-duplication: (ids, which are text codes,
+    the distinct text ids they code). A text id's integer is its code among the distinct text
+    ids of the valid rows; (None, None) when no valid row has a text id."""
+    ids = parsed.trade_id
+    numeric = _rows_of(ids.value, valid)
+    if ids.is_text is None or ids.text is None:
+        return numeric, None, None
+    is_text = _rows_of(ids.is_text, valid)
+    if not is_text.any():
+        return numeric, None, None
+    codes, distinct = dictionary_codes(ids.text.take(pa.array(valid)))
+    return np.where(is_text, codes, numeric), is_text, distinct
+
+
 def _rows_of(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``values[rows]`` for sorted, distinct ``rows``; ``values`` itself (no copy) when those
     are all of them, as they are when every row of the input is valid."""
@@ -240,7 +277,8 @@ def _accepted_table(
     build: dict[str, Callable[[], pa.Array]] = {
         "exchange": lambda: _decoded_codes(taken(parsed.exchange_codes), parsed.exchanges),
         "symbol": lambda: _decoded_codes(taken(parsed.symbol_codes), symbols),
-        "trade_id": lambda: pa.array(taken(parsed.trade_id.value), type=pa.int64()),
+        "trade_id": lambda: _numeric_ids(parsed, rows, taken),
+        "trade_id_text": lambda: _text_ids(parsed, rows),
         "price": lambda: decimal_from_units(taken(parsed.price.units)),
         "quantity": lambda: decimal_from_units(taken(parsed.quantity.units)),
         "side": lambda: _sides(taken(parsed.is_buy)),
@@ -252,6 +290,24 @@ def _accepted_table(
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         columns = list(pool.map(lambda name: build[name](), schema.names))
     return pa.Table.from_arrays(columns, schema=schema), days
+
+
+def _numeric_ids(
+    parsed: ParsedTrades, rows: np.ndarray, taken: Callable[[np.ndarray], np.ndarray]
+) -> pa.Array:
+    """``trade_id`` of the rows: null where the id is text."""
+    is_text = parsed.trade_id.is_text
+    mask = None if is_text is None else taken(is_text)
+    return pa.array(taken(parsed.trade_id.value), type=pa.int64(), mask=mask)
+
+
+def _text_ids(parsed: ParsedTrades, rows: np.ndarray) -> pa.Array:
+    """``trade_id_text`` of the rows: null where the id is a number."""
+    text = parsed.trade_id.text
+    if text is None:
+        return pa.nulls(len(rows), pa.large_string())
+    taken = text.take(pa.array(rows))
+    return taken.combine_chunks() if isinstance(taken, pa.ChunkedArray) else taken
 
 
 def _sides(is_buy: np.ndarray) -> pa.Array:

@@ -13,14 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core.ranges import Range, align_down, align_up, window_of
 from core.tables import Tables
 from core.time import from_us
 from core.timeframes import Timeframe
-from spark_jobs.candles import TradeIdRange, window_start_us
+from spark_jobs.candles import window_start_us
+from spark_jobs.ordering import TEXT_ID, TradeIdRange
 from spark_jobs.reads import in_ranges
 from spark_jobs.results import RunResult
 from spark_jobs.snapshots import Progress, snapshot_exists
@@ -28,7 +29,8 @@ from spark_jobs.snapshots import Progress, snapshot_exists
 
 @dataclass(frozen=True)
 class TradeStats:
-    """What a run would otherwise count first: its trades and their trade_id range."""
+    """What a run would otherwise count first: its trades and their trade_id range (None when
+    there are none, or some id is text)."""
 
     trades: int
     trade_ids: TradeIdRange | None
@@ -63,50 +65,66 @@ def plan_chunks(
     whole = Range(align_down(start, tf), align_up(end, tf))
     slot_us = max(tf.width_us, 3_600_000_000)
     slot = F.unix_micros(F.col("ts")) - F.pmod(F.unix_micros(F.col("ts")), F.lit(slot_us))
+    # A snapshot from before text ids is read with its own schema (no trade_id_text).
+    trades = spark.read.option("versionAsOf", trades_snapshot).table(tables.trades)
     rows = (
-        spark.read.option("versionAsOf", trades_snapshot)
-        .table(tables.trades)
-        .where(in_ranges(F.col("ts"), [whole]))
+        trades.where(in_ranges(F.col("ts"), [whole]))
         .groupBy(slot.alias("slot"))
-        .agg(
-            F.count(F.lit(1)).alias("n"),
-            F.min("trade_id").alias("low"),
-            F.max("trade_id").alias("high"),
-        )
+        .agg(*_count_and_id_range(trades.columns))
         .orderBy("slot")
         .collect()
     )
     chunks: list[Chunk] = []
     cursor = whole.start
-    n, low, high = 0, None, None
+    n, low, high, text = 0, None, None, 0
     for i, row in enumerate(rows):
-        n, low, high = (
+        n, low, high, text = (
             n + int(row["n"]),
-            int(row["low"]) if low is None else min(low, int(row["low"])),
-            int(row["high"]) if high is None else max(high, int(row["high"])),
+            _lower(low, row["low"]),
+            _higher(high, row["high"]),
+            text + int(row["text"]),
         )
         following = rows[i + 1] if i + 1 < len(rows) else None
         if following is not None and n + int(following["n"]) <= chunk_trades:
             continue
         cut = whole.end if following is None else max(from_us(int(following["slot"])), cursor)
         if cut > cursor:
-            ids = TradeIdRange(low, high) if low is not None and high is not None else None
+            ids = None
+            if low is not None and high is not None and not text:
+                ids = TradeIdRange(low, high)
             chunks.append(Chunk(Range(cursor, cut), TradeStats(n, ids)))
             cursor = cut
-        n, low, high = 0, None, None
+        n, low, high, text = 0, None, None, 0
     if cursor < whole.end or not chunks:
         chunks.append(Chunk(Range(cursor, whole.end), TradeStats(0, None)))
     return chunks
 
 
-def trade_stats(trades: DataFrame) -> TradeStats:
-    row = trades.agg(
+def _count_and_id_range(columns: list[str]) -> list[Column]:
+    """Aggregates: trades (n), smallest and largest numeric id (low, high), text ids (text)."""
+    text = F.count(TEXT_ID) if columns is None or TEXT_ID in columns else F.lit(0).cast("long")
+    return [
         F.count(F.lit(1)).alias("n"),
         F.min("trade_id").alias("low"),
         F.max("trade_id").alias("high"),
-    ).collect()[0]
+        text.alias("text"),
+    ]
+
+
+def _lower(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _higher(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def trade_stats(trades: DataFrame) -> TradeStats:
+    """The trades' count and, when every id is a number, their id range."""
+    row = trades.agg(*_count_and_id_range(trades.columns)).collect()[0]
     n = int(row["n"])
-    return TradeStats(n, TradeIdRange(int(row["low"]), int(row["high"])) if n else None)
+    numeric = n and not int(row["text"])
+    return TradeStats(n, TradeIdRange(int(row["low"]), int(row["high"])) if numeric else None)
 
 
 def plan_new_trades(

@@ -31,6 +31,7 @@ from tests.support.trades import (
     assert_matches_oracle,
     bad_rows,
     deliver,
+    id_range,
     random_trades,
     to_arrow,
 )
@@ -190,9 +191,7 @@ def test_backfill_in_chunks_of_trades_equals_oracle(
         inside = [t for t in trades if chunk.window_range.start <= t.ts < chunk.window_range.end]
         assert chunk.stats.trades == len(inside)
         if inside:
-            assert chunk.stats.trade_ids == TradeIdRange(
-                min(t.trade_id for t in inside), max(t.trade_id for t in inside)
-            )
+            assert chunk.stats.trade_ids == id_range(inside)
         assert chunk.stats.trades <= 350 or len({t.ts.hour for t in inside}) == 1
     # the busy hour (with the empty one after it), then the quiet hours together
     assert [c.stats.trades for c in chunks] == [500, 300]
@@ -222,9 +221,8 @@ def test_packed_and_struct_ordering_keys_agree(spark: SparkSession) -> None:
     rng = random.Random(17)
     trades = random_trades(rng, START, START + timedelta(hours=2), 600, first_id=2**40)
     df = spark.createDataFrame(to_arrow(trades).to_pandas())
-    low, high = min(t.trade_id for t in trades), max(t.trade_id for t in trades)
     for tf in ALL:
-        packed = candles(df, tf, TradeIdRange(low, high))
+        packed = candles(df, tf, id_range(trades))
         plain = candles(df, tf)
         assert packed.exceptAll(plain).count() == 0 and plain.exceptAll(packed).count() == 0
         assert not diff(expected_candles(trades, tf), candle_rows(packed))
@@ -247,9 +245,8 @@ def test_struct_key_is_used_when_trade_ids_do_not_fit(spark: SparkSession) -> No
         for t in trades
     ]
     df = spark.createDataFrame(to_arrow(trades).to_pandas())
-    ids = [t.trade_id for t in trades]
     for tf in ALL:
-        result = candles(df, tf, TradeIdRange(min(ids), max(ids)))
+        result = candles(df, tf, id_range(trades))
         assert not diff(expected_candles(trades, tf), candle_rows(result))
 
 

@@ -17,12 +17,11 @@ from pyspark.sql import functions as F
 from core.timeframes import TIMEFRAMES
 from spark_jobs.candles import (
     INTEGER_SUMS_MAX_TRADES,
-    TradeIdRange,
     _integer_sums_allowed,
     candles,
 )
 from tests.support.oracle import Trade, candle_rows, diff, expected_candles
-from tests.support.trades import ALL, EXCHANGE, START, random_trades, to_arrow
+from tests.support.trades import ALL, EXCHANGE, START, id_range, random_trades, to_arrow
 
 INT64_MAX = 2**63 - 1
 ONE_MINUTE = TIMEFRAMES["1m"]
@@ -84,7 +83,7 @@ def test_integer_sums_equal_decimal_sums_and_the_oracle(spark: SparkSession) -> 
     rng = random.Random(31)
     trades = random_trades(rng, START, START + timedelta(hours=3), 800, first_id=10)
     df = _frame(spark, trades)
-    ids = TradeIdRange(min(t.trade_id for t in trades), max(t.trade_id for t in trades))
+    ids = id_range(trades)
     for tf in ALL:
         integer = candles(df, tf, ids)  # the default: integer limbs
         decimal = candles(df, tf, ids, max_trades=INTEGER_SUMS_MAX_TRADES)  # the fallback

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from enum import Enum
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from pyiceberg.catalog import Catalog
 
-from settings import Settings
+from infra.catalog import open_catalog
+from settings import CatalogType, Settings
 
 
 def environment_keys() -> list[str]:
@@ -29,3 +32,12 @@ def export_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings, **overr
     monkeypatch.delenv("SPARK_REMOTE", raising=False)
     for name, value in overrides.items():
         monkeypatch.setenv(f"OHLCV_{name.upper()}", value)
+
+
+def sqlite_catalog(data_dir: Path) -> Catalog:
+    """A catalog of its own in ``data_dir`` (SQLite and a local warehouse): PyIceberg only, no
+    server."""
+    settings = Settings(
+        data_dir=data_dir, catalog_type=CatalogType.SQLITE, catalog_uri=None, warehouse=None
+    )
+    return open_catalog(settings)

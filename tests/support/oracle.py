@@ -22,7 +22,8 @@ _WIDE = Context(prec=100)
 class Trade:
     exchange: str
     symbol: str
-    trade_id: int
+    trade_id: int | str
+    """A number, or text (an exchange's id that is not a number: a UUID, ``ETH-123456``)."""
     price: Decimal
     quantity: Decimal
     side: str
@@ -31,6 +32,12 @@ class Trade:
     @property
     def ts_us(self) -> int:
         return (self.ts - EPOCH) // timedelta(microseconds=1)
+
+    @property
+    def order(self) -> tuple[int, bool, int | str]:
+        """The documented tie order: by ts, then numeric ids (as numbers) before text ids (by
+        code point, which is UTF-8 byte order)."""
+        return (self.ts_us, isinstance(self.trade_id, str), self.trade_id)
 
 
 Key = tuple[str, str, int]
@@ -49,7 +56,7 @@ def expected_candles(trades: Iterable[Trade], tf: Timeframe) -> dict[Key, dict[s
 
 
 def _candle(group: list[Trade]) -> dict[str, Any]:
-    ordered = sorted(group, key=lambda t: (t.ts_us, t.trade_id))
+    ordered = sorted(group, key=lambda t: t.order)
     with localcontext(_WIDE):  # exact: 100 digits never round these sums
         volume = sum((t.quantity for t in group), Decimal(0))
         quote = sum((t.price * t.quantity for t in group), Decimal(0))

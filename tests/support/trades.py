@@ -13,6 +13,7 @@ from pyspark.sql import SparkSession
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES, Timeframe
 from ingest import ingest
+from spark_jobs.candles import TradeIdRange
 from tests.support.oracle import Trade, diff, expected_candles, stored_candles
 
 EXCHANGE = "test"
@@ -57,12 +58,26 @@ def random_trades(
     return trades
 
 
+def id_range(trades: list[Trade]) -> TradeIdRange:
+    """The trade_id range of trades whose ids are all numbers (what the packed key needs)."""
+    ids = [t.trade_id for t in trades]
+    numbers = [i for i in ids if isinstance(i, int)]
+    assert numbers and len(numbers) == len(ids), "a range of numeric ids needs numeric ids only"
+    return TradeIdRange(min(numbers), max(numbers))
+
+
 def to_arrow(trades: list[Trade]) -> pa.Table:
+    """The trades as an input table; trade_id as int64, or as text when some id is text."""
+    text = any(isinstance(t.trade_id, str) for t in trades)
     return pa.table(
         {
             "exchange": [t.exchange for t in trades],
             "symbol": [t.symbol for t in trades],
-            "trade_id": pa.array([t.trade_id for t in trades], pa.int64()),
+            "trade_id": (
+                pa.array([str(t.trade_id) for t in trades], pa.large_string())
+                if text
+                else pa.array([t.trade_id for t in trades], pa.int64())
+            ),
             "price": pa.array([t.price for t in trades], pa.decimal128(18, 8)),
             "quantity": pa.array([t.quantity for t in trades], pa.decimal128(18, 8)),
             "side": [t.side for t in trades],
