@@ -223,3 +223,9 @@ def write_candles(rows: Any, chosen: str, output: Path | None, title: str) -> No
             write_csv(rows, out)
     if output is not None:
         err.print(f"{rows.num_rows} candles written to {output}")
+
+
+def print_alerts(applied: list[Any]) -> None:
+    """What `alerts apply` did to each automation."""
+    for one in applied:
+        console.print(f"alert '{one.name}': {one.action}")

@@ -168,26 +168,31 @@ def maintain_command(
     from flows.maintenance import metrics_rows, ohlcv_maintenance_flow
     from spark_jobs.maintenance import chosen_tables
 
-    names = chosen_tables(table)
-    with flow_context(settings_of(ctx)):
-        rows = metrics_rows(ohlcv_maintenance_flow(tables=names))
+    chosen_tables(table)  # unknown names: a usage error before any flow run
+    with flow_context(settings_of(ctx)):  # every table: Prefect's history is pruned too
+        rows = metrics_rows(ohlcv_maintenance_flow(tables=table or None))
     output.print_rows(rows, "OHLCV table maintenance")
 
 
 @app.command("serve")
 @friendly_errors
 def serve_command(ctx: typer.Context) -> None:
-    """Serve the scheduled deployments: five timeframes and maintenance (Prefect serve())."""
-    from prefect import serve
+    """Serve every scheduled deployment in this process (Prefect serve()); schedules stay
+    active when it stops."""
+    from flows.deployments import deployments
+    from flows.serving import serve
 
-    from flows.candle_flows import deployments
-    from flows.maintenance import CRON, FLOW_NAME, maintenance_deployment
+    settings = settings_of(ctx)
+    with flow_context(settings):  # a stack that is down: one line, nothing else
+        served = deployments()
+        if settings.alert_webhook is not None:
+            from flows.alerts import apply_alerts
 
-    with flow_context(settings_of(ctx)):  # a stack that is down: one line, nothing else
-        for tf in TIMEFRAMES.values():
-            console.print(f"{tf.flow_name}: cron '{tf.cron}' UTC, one run at a time")
-        console.print(f"{FLOW_NAME}: cron '{CRON}' UTC, one run at a time")
-        serve(*deployments(), maintenance_deployment())
+            output.print_alerts(apply_alerts(settings, served))
+        for deployment in served:
+            cron = deployment.schedules[0].schedule.cron
+            console.print(f"{deployment.flow_name}: cron '{cron}' UTC, one run at a time")
+        serve(*served)
 
 
 @app.command("status")

@@ -156,11 +156,35 @@ class Settings(BaseSettings):
         "it fails, naming the server's log.",
     )
     prefect_retention_days: float = Field(
-        default=30,
+        default=14,
         ge=1,
-        description="Flow runs (task runs, logs, artifacts) the local Prefect server keeps, in "
-        "days after they end; older ones are deleted by its database vacuum service, events "
-        "after at most 7 days.",
+        description="Flow runs (task runs, logs, artifacts) kept, in days after they end: the "
+        "maintenance flow deletes older ones through the Prefect API (any Prefect server), and "
+        "the local server's database vacuum does too; events after at most 7 days.",
+    )
+    prefect_delete_batch: int = Field(
+        default=500,
+        ge=1,
+        description="How many old flow runs one maintenance run deletes at most (the rest go "
+        "in the next runs).",
+    )
+    alert_webhook: SecretStr | None = Field(
+        default=None,
+        description="A Slack-compatible incoming-webhook URL: `ohlcv alerts apply` (and "
+        "`deploy`, `serve`) point the pipeline's Prefect automations at it.",
+    )
+    alert_gap_share: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Alert when a run's gap report finds more than this share of its windows "
+        "without trades.",
+    )
+    alert_stale_1m_s: float = Field(
+        default=1800.0,
+        ge=10,
+        description="Alert when no 1m candles were published for this long (a proactive "
+        "Prefect automation).",
     )
 
     # Iceberg catalog

@@ -1,0 +1,180 @@
+"""Alerts as code: Prefect automations that post to a Slack-compatible incoming webhook.
+
+`ohlcv alerts apply` (and `deploy`, `serve` when ``OHLCV_ALERT_WEBHOOK`` is set) creates or
+updates, by name, one notification block holding the webhook URL (as a secret) and four
+automations, all on the Prefect server's own triggers service:
+
+- a run of a scheduled flow (the candle flows, maintenance, and any deployment added to
+  :func:`flows.deployments.deployments`) failed or crashed;
+- a validation blocked publication (the flow's ``ohlcv.validation.failed`` event: the table,
+  the failed expectations, the rejected snapshot's tag);
+- a gap report found more than ``OHLCV_ALERT_GAP_SHARE`` of its windows empty
+  (``ohlcv.gaps.exceeded``, with the share);
+- no 1m candles were published for ``OHLCV_ALERT_STALE_1M_S`` (a proactive trigger on the
+  ``ohlcv.candles.published`` events: it fires when, after one, no other follows in time).
+
+Each message links the flow run (the stale-1m one: the flow runs page). Applying again changes
+nothing that is already as declared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.client.orchestration import get_client
+from prefect.events.actions import SendNotification
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.settings import PREFECT_API_URL
+
+from flows import events
+from settings import Settings
+
+BLOCK_NAME = "ohlcv-alert-webhook"
+PREFIX = "ohlcv: "
+FAILED = f"{PREFIX}flow run failed or crashed"
+VALIDATION = f"{PREFIX}validation blocked publication"
+GAPS = f"{PREFIX}gap report over threshold"
+STALE = f"{PREFIX}no 1m publication"
+
+
+@dataclass(frozen=True)
+class Applied:
+    name: str
+    action: str  # created, updated or unchanged
+
+
+def _ui(api_url: str) -> str:
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+def automations(settings: Settings, flow_names: list[str], block_id: Any) -> list[AutomationCore]:
+    """The four automations, as declared (see the module docstring)."""
+    ui = _ui(str(PREFECT_API_URL.value()))
+    run_link = ui + "/runs/flow-run/{{ flow_run.id }}"
+
+    def notify(subject: str, body: str) -> list[Any]:
+        return [SendNotification(block_document_id=block_id, subject=subject, body=body)]
+
+    def on(event: str) -> EventTrigger:
+        return EventTrigger(
+            expect={event},
+            match={"prefect.resource.id": f"{events.TABLE_RESOURCE}*"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        )
+
+    stale = timedelta(seconds=settings.alert_stale_1m_s)
+    return [
+        AutomationCore(
+            name=FAILED,
+            description="A run of a scheduled OHLCV flow failed or crashed.",
+            trigger=EventTrigger(
+                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related={
+                    "prefect.resource.role": "flow",
+                    "prefect.resource.name": flow_names,
+                },  # type: ignore[dict-item]
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
+            actions=notify(
+                "OHLCV: {{ flow.name }} run {{ flow_run.name }} {{ flow_run.state.name }}",
+                "{{ flow.name }}: flow run {{ flow_run.name }} is {{ flow_run.state.name }} "
+                "({{ flow_run.state.message }}). Full traceback: `prefect flow-run logs "
+                "{{ flow_run.id }}`. " + run_link,
+            ),
+        ),
+        AutomationCore(
+            name=VALIDATION,
+            description="A GX validation blocked the publication of candles.",
+            trigger=on(events.VALIDATION_FAILED),
+            actions=notify(
+                "OHLCV: validation blocked {{ event.payload.table }}",
+                "Validation blocked publication of {{ event.payload.table }} (main unchanged). "
+                "Failed: {{ event.payload.failed_expectations | join('; ') }}. Rejected "
+                "candles kept as tag {{ event.payload.rejected_tag }}. " + run_link,
+            ),
+        ),
+        AutomationCore(
+            name=GAPS,
+            description="A gap report found more empty windows than OHLCV_ALERT_GAP_SHARE.",
+            trigger=on(events.GAPS_EXCEEDED),
+            actions=notify(
+                "OHLCV: gaps in {{ event.payload.table }}",
+                "{{ event.payload.table }}: {{ event.payload.empty_windows }} of "
+                "{{ event.payload.windows }} windows without trades (share "
+                "{{ event.payload.share }} > {{ event.payload.threshold }}). " + run_link,
+            ),
+        ),
+        AutomationCore(
+            name=STALE,
+            description="No 1m candles were published for OHLCV_ALERT_STALE_1M_S.",
+            trigger=EventTrigger(
+                after={events.PUBLISHED},
+                expect={events.PUBLISHED},
+                match={
+                    "prefect.resource.id": f"{events.TABLE_RESOURCE}*",
+                    events.TIMEFRAME_LABEL: "1m",
+                },
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=stale,
+            ),
+            actions=notify(
+                "OHLCV: no 1m publication",
+                f"No 1m candles were published for {stale.total_seconds():.0f} s "
+                "(OHLCV_ALERT_STALE_1M_S): is the 1m deployment running? Flow runs: "
+                f"{ui}/runs",
+            ),
+        ),
+    ]
+
+
+def _block(settings: Settings) -> Any:
+    """Save the webhook block unless it is saved as is; its document id."""
+    assert settings.alert_webhook is not None
+    url = settings.alert_webhook.get_secret_value()
+    try:
+        saved: Any = CustomWebhookNotificationBlock.load(BLOCK_NAME)
+        if saved.secrets.get_secret_value().get("url") == url:
+            return saved._block_document_id
+    except ValueError:  # not saved yet
+        pass
+    block = CustomWebhookNotificationBlock(  # type: ignore[call-arg]
+        name="ohlcv",
+        url="{{url}}",
+        json_data={"text": "{{subject}}\n{{body}}"},
+        secrets={"url": url},  # type: ignore[arg-type]
+    )
+    block.save(BLOCK_NAME, overwrite=True)
+    return block._block_document_id
+
+
+def _declared(automation: Any) -> dict[str, Any]:
+    return AutomationCore.model_validate(automation, from_attributes=True).model_dump(mode="json")
+
+
+def apply_alerts(settings: Settings, deployments: list[Any]) -> list[Applied]:
+    """Create or update the alert automations on the current Prefect API (idempotent)."""
+    flow_names = sorted({d.flow_name for d in deployments})
+    block_id = _block(settings)
+    applied = []
+    with get_client(sync_client=True) as client:
+        for wanted in automations(settings, flow_names, block_id):
+            found = client.read_automations_by_name(wanted.name)
+            if not found:
+                client.create_automation(wanted)
+                applied.append(Applied(wanted.name, "created"))
+            elif _declared(found[0]) == _declared(wanted):
+                applied.append(Applied(wanted.name, "unchanged"))
+            else:
+                client.update_automation(found[0].id, wanted)
+                applied.append(Applied(wanted.name, "updated"))
+    return applied
