@@ -1,4 +1,4 @@
-"""Operating on a work pool: `deploy` and `alerts apply`."""
+"""Operating the Prefect way: `deploy` (to the work pool) and `alerts apply`."""
 
 from __future__ import annotations
 
@@ -36,11 +36,10 @@ def deploy_command(ctx: typer.Context) -> None:
         names = deploy(url)
     for name in names:
         console.print(f"deployed {name} to work pool '{POOL}'")
-    if settings.alert_webhook is not None:
-        from flows.alerts import apply_alerts
-        from flows.deployments import deployments
+    from flows.automations import apply_automations
+    from flows.deployments import deployments
 
-        output.print_alerts(_with_api(url, lambda: apply_alerts(settings, deployments())))
+    output.print_automations(_with_api(url, lambda: apply_automations(settings, deployments())))
     console.print(f"next: PREFECT_API_URL={url} uv run prefect worker start --pool {POOL}")
 
 
@@ -48,7 +47,7 @@ def deploy_command(ctx: typer.Context) -> None:
 @friendly_errors
 def alerts_apply_command(ctx: typer.Context) -> None:
     """Create or update the alert automations (idempotent); needs OHLCV_ALERT_WEBHOOK."""
-    from flows.alerts import apply_alerts
+    from flows.automations import apply_automations
     from flows.deployments import deployments
 
     settings = settings_of(ctx)
@@ -57,7 +56,7 @@ def alerts_apply_command(ctx: typer.Context) -> None:
             "OHLCV_ALERT_WEBHOOK is not set: set it to a Slack-compatible incoming-webhook URL"
         )
     url = prefect_server.api_url(settings)
-    output.print_alerts(_with_api(url, lambda: apply_alerts(settings, deployments())))
+    output.print_automations(_with_api(url, lambda: apply_automations(settings, deployments())))
 
 
 def _with_api(url: str, call: Callable[[], T]) -> T:

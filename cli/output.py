@@ -225,7 +225,7 @@ def write_candles(rows: Any, chosen: str, output: Path | None, title: str) -> No
         err.print(f"{rows.num_rows} candles written to {output}")
 
 
-def print_alerts(applied: list[Any]) -> None:
-    """What `alerts apply` did to each automation."""
+def print_automations(applied: list[Any]) -> None:
+    """What applying the automations did to each."""
     for one in applied:
-        console.print(f"alert '{one.name}': {one.action}")
+        console.print(f"automation '{one.name}': {one.action}")

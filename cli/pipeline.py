@@ -179,16 +179,14 @@ def maintain_command(
 def serve_command(ctx: typer.Context) -> None:
     """Serve every scheduled deployment in this process (Prefect serve()); schedules stay
     active when it stops."""
+    from flows.automations import apply_automations
     from flows.deployments import deployments
     from flows.serving import serve
 
     settings = settings_of(ctx)
     with flow_context(settings):  # a stack that is down: one line, nothing else
         served = deployments()
-        if settings.alert_webhook is not None:
-            from flows.alerts import apply_alerts
-
-            output.print_alerts(apply_alerts(settings, served))
+        output.print_automations(apply_automations(settings, served))
         for deployment in served:
             cron = deployment.schedules[0].schedule.cron
             console.print(f"{deployment.flow_name}: cron '{cron}' UTC, one run at a time")

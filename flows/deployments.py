@@ -14,10 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flows.automations import HEARTBEAT_S
 from infra.processes import StackError
 
 POOL = "ohlcv"
 """The process work pool `ohlcv deploy` deploys to (prefect.yaml names it too)."""
+JOB_VARIABLES = {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}}
+"""What every flow run of the pool gets (prefect.yaml says the same): heartbeats every 30 s, so
+a run whose process died is found (:mod:`flows.automations`)."""
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "prefect.yaml"
 DEPLOY_TIMEOUT_S = 600.0

@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from typing import Any
 
 from prefect.exceptions import TerminationSignal
 from prefect.runner import Runner
 
+from flows.automations import HEARTBEAT_S
 from flows.stopping import arm_watchdog
 from infra.budgets import SERVE_STOP_S
 
@@ -36,9 +38,9 @@ class _StoppingRunner(Runner):
 
 
 def _quiet_lost_connections() -> None:
-    """A Prefect server that goes away closes the runner's event websocket; Prefect logs each
-    reconnection attempt with a full traceback. The runner reconnects by itself: say it in
-    one line."""
+    """A Prefect server that goes away closes the runner's websockets; Prefect logs that with
+    a full traceback (a websockets ``ConnectionClosedError``), though the runner reconnects by
+    itself: on serve's console, each such record is one line naming the exception."""
 
     class OneLine(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
@@ -49,12 +51,16 @@ def _quiet_lost_connections() -> None:
                 record.exc_text = None
             return True
 
-    for name in ("prefect.events.clients", "prefect.runner", "prefect.flow_runs.runner"):
-        logging.getLogger(name).addFilter(OneLine())
+    one_line = OneLine()
+    for handler in logging.getLogger("prefect").handlers + logging.getLogger().handlers:
+        handler.addFilter(one_line)
 
 
 def serve(*deployments: Any) -> None:
     """Serve ``deployments`` until SIGTERM or SIGINT; schedules stay active afterwards."""
+    # Heartbeats every 30 s from the flow-run processes (they inherit this environment), so a
+    # run whose process died is found and crashed (flows.automations).
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))
     runner = _StoppingRunner(pause_on_shutdown=False)
     for deployment in deployments:
         runner.add_deployment(deployment)

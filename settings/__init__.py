@@ -168,6 +168,12 @@ class Settings(BaseSettings):
         description="How many old flow runs one maintenance run deletes at most (the rest go "
         "in the next runs).",
     )
+    zombie_after_s: float = Field(
+        default=90.0,
+        ge=45,
+        description="A flow run of ours that sent no heartbeat for this long (they come every "
+        "30 s) and did not end is set Crashed by an automation, freeing its deployment's slot.",
+    )
     alert_webhook: SecretStr | None = Field(
         default=None,
         description="A Slack-compatible incoming-webhook URL: `ohlcv alerts apply` (and "

@@ -1,8 +1,18 @@
-"""Alerts as code: Prefect automations that post to a Slack-compatible incoming webhook.
+"""The pipeline's Prefect automations, as code: alerts to a webhook, and zombie runs crashed.
 
-`ohlcv alerts apply` (and `deploy`, `serve` when ``OHLCV_ALERT_WEBHOOK`` is set) creates or
-updates, by name, one notification block holding the webhook URL (as a secret) and four
-automations, all on the Prefect server's own triggers service:
+Applied by `ohlcv deploy` and `ohlcv serve` (and `ohlcv alerts apply`), created or updated by
+name, idempotently, on the Prefect server's own triggers service:
+
+- **zombie runs crashed**, always: a flow run whose process died (kill -9, a lost machine)
+  stays ``Running`` for good and keeps its deployment's concurrency slot for up to 300 s
+  (Prefect's engine renews that lease for 300 s at a time; PrefectHQ/prefect#16746). Flow
+  runs send a heartbeat every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (30 s under `ohlcv serve`
+  and in prefect.yaml); a run of ours that sent none for ``OHLCV_ZOMBIE_AFTER_S`` and did not
+  end is set ``Crashed``, which frees its deployment's slot (its writer slot is a lease of its
+  own, free within ``OHLCV_WRITER_LEASE_S``), and the alert below says so.
+
+With ``OHLCV_ALERT_WEBHOOK`` (a Slack-compatible incoming webhook; a notification block holds
+the URL as a secret), four alerts:
 
 - a run of a scheduled flow (the candle flows, maintenance, and any deployment added to
   :func:`flows.deployments.deployments`) failed or crashed;
@@ -25,7 +35,8 @@ from typing import Any
 
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
-from prefect.events.actions import SendNotification
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.settings import PREFECT_API_URL
 
@@ -38,6 +49,11 @@ FAILED = f"{PREFIX}flow run failed or crashed"
 VALIDATION = f"{PREFIX}validation blocked publication"
 GAPS = f"{PREFIX}gap report over threshold"
 STALE = f"{PREFIX}no 1m publication"
+ZOMBIE = f"{PREFIX}zombie flow run crashed"
+HEARTBEAT_S = 30
+"""The flow run heartbeat `ohlcv serve` and prefect.yaml ask for (Prefect's minimum; its
+default is 180 s)."""
+ENDED = ("Completed", "Failed", "Cancelled", "Crashed")
 
 
 @dataclass(frozen=True)
@@ -50,8 +66,36 @@ def _ui(api_url: str) -> str:
     return api_url.rstrip("/").removesuffix("/api")
 
 
+def zombie_automation(settings: Settings, flow_names: list[str]) -> AutomationCore:
+    """Set ``Crashed`` a run of ours that stopped sending heartbeats without ending."""
+    return AutomationCore(
+        name=ZOMBIE,
+        description="A flow run that stopped sending heartbeats without ending is crashed, "
+        "which frees its deployment's concurrency slot.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in ENDED)},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": flow_names},  # type: ignore[dict-item]
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=settings.zombie_after_s),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                name="Crashed",
+                state=StateType.CRASHED,
+                force=False,
+                message=f"no heartbeat for {settings.zombie_after_s:.0f} s "
+                "(OHLCV_ZOMBIE_AFTER_S): its process is gone",
+            )
+        ],
+    )
+
+
 def automations(settings: Settings, flow_names: list[str], block_id: Any) -> list[AutomationCore]:
-    """The four automations, as declared (see the module docstring)."""
+    """The four alerts, as declared (see the module docstring)."""
     ui = _ui(str(PREFECT_API_URL.value()))
     run_link = ui + "/runs/flow-run/{{ flow_run.id }}"
 
@@ -161,20 +205,23 @@ def _declared(automation: Any) -> dict[str, Any]:
     return AutomationCore.model_validate(automation, from_attributes=True).model_dump(mode="json")
 
 
-def apply_alerts(settings: Settings, deployments: list[Any]) -> list[Applied]:
-    """Create or update the alert automations on the current Prefect API (idempotent)."""
+def apply_automations(settings: Settings, deployments: list[Any]) -> list[Applied]:
+    """Create or update the automations on the current Prefect API (idempotent): the zombie
+    one always, the alerts when ``OHLCV_ALERT_WEBHOOK`` is set."""
     flow_names = sorted({d.flow_name for d in deployments})
-    block_id = _block(settings)
+    wanted = [zombie_automation(settings, flow_names)]
+    if settings.alert_webhook is not None:
+        wanted += automations(settings, flow_names, _block(settings))
     applied = []
     with get_client(sync_client=True) as client:
-        for wanted in automations(settings, flow_names, block_id):
-            found = client.read_automations_by_name(wanted.name)
+        for automation in wanted:
+            found = client.read_automations_by_name(automation.name)
             if not found:
-                client.create_automation(wanted)
-                applied.append(Applied(wanted.name, "created"))
-            elif _declared(found[0]) == _declared(wanted):
-                applied.append(Applied(wanted.name, "unchanged"))
+                client.create_automation(automation)
+                applied.append(Applied(automation.name, "created"))
+            elif _declared(found[0]) == _declared(automation):
+                applied.append(Applied(automation.name, "unchanged"))
             else:
-                client.update_automation(found[0].id, wanted)
-                applied.append(Applied(wanted.name, "updated"))
+                client.update_automation(found[0].id, automation)
+                applied.append(Applied(automation.name, "updated"))
     return applied
