@@ -1,9 +1,11 @@
 """Prefect's history, bounded: the maintenance flow's deletion of old flow runs, at scale.
 
 Not a test: it prints numbers. It starts its own local Prefect server (`ohlcv stack up`'s code,
-own data directory and port, never 4200), then, batch after batch, runs cheap flows (one task,
-a log line, a table artifact each, as a candle run leaves behind, without Spark) and after
-each batch prunes the history as the maintenance flow does
+own data directory and port, never 4200), then, batch after batch, records cheap flow runs
+through the API, each what a candle run leaves behind without its Spark work (the run going
+Pending -> Running -> Completed, three task runs, ten log lines, three artifacts: a metrics
+table, a validation summary, a gap table; `--real` runs them as actual flows instead, about
+ten times slower here) and after each batch prunes the history as the maintenance flow does
 (:func:`flows.prefect_history.prune_flow_runs`) with a short retention: the compressed clock.
 After each batch it prints the flow runs made so far and kept, what was deleted and how long
 that took, and the size of Prefect's SQLite database: the file, and the bytes in use (pages
@@ -23,7 +25,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,7 +54,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2000, help="flow runs in all")
     parser.add_argument("--batch", type=int, default=250, help="flow runs between prunings")
     parser.add_argument("--retention-s", type=float, default=20, help="the short retention")
-    parser.add_argument("--threads", type=int, default=4, help="flows run side by side")
+    parser.add_argument("--threads", type=int, default=1, help="flow runs made side by side")
+    parser.add_argument("--real", action="store_true", help="run real flows (slow)")
     args = parser.parse_args()
 
     shutil.rmtree(DATA_DIR, ignore_errors=True)
@@ -61,22 +64,58 @@ def main() -> None:
     os.environ["PREFECT_API_URL"] = prefect_server.local_url(settings)
     home = DATA_DIR / "prefect"
     from prefect import flow, get_run_logger, task
-    from prefect.artifacts import create_table_artifact
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate, LogCreate
+    from prefect.states import Completed, Pending, Running
 
     from flows.prefect_history import prune_flow_runs
 
+    table = [{"metric": f"metric_{m}", "value": str(m * 7)} for m in range(12)]
+
     @task
     def step(i: int) -> int:
-        get_run_logger().info("run %d: a log line like a candle run's", i)
-        create_table_artifact(
-            key="bench-metrics", table=[{"metric": "trades_read", "value": str(i)}] * 12
-        )
+        for line in range(10):
+            get_run_logger().warning("run %d: log line %d like a candle run's", i, line)
+        create_table_artifact(key="bench-metrics", table=table)
+        create_markdown_artifact(key="bench-validation", markdown="# validation\n- passed")
+        create_table_artifact(key="bench-gaps", table=table[:3])
         return i
 
     @flow(name="bench history")
     def cheap(i: int) -> int:
-        return step(i)
+        return step(i) + step(i) + step(i)
+
+    def recorded(i: int) -> None:
+        """The same run, recorded through the API without running it."""
+        with get_client(sync_client=True) as client:
+            run = client.create_flow_run(cheap, name=f"bench-{i}", state=Pending())
+            client.set_flow_run_state(run.id, Running())
+            for t in range(3):
+                task_run = client.create_task_run(step, run.id, str(t), state=Completed())
+                client.create_logs(
+                    LogCreate(
+                        name="prefect.task_runs",
+                        level=30,
+                        message=f"run {i}: log line {line} like a candle run's",
+                        timestamp=datetime.now(UTC),  # type: ignore[arg-type]
+                        flow_run_id=run.id,
+                        task_run_id=task_run.id,
+                    )
+                    for line in range(10 if t == 0 else 0)
+                )
+            for key, kind in (("metrics", "table"), ("validation", "markdown"), ("gaps", "table")):
+                client.create_artifact(
+                    ArtifactCreate(
+                        key=f"bench-{key}",
+                        type=kind,
+                        data=table if kind == "table" else "# validation\n- passed",
+                        flow_run_id=run.id,
+                    )
+                )
+            client.set_flow_run_state(run.id, Completed())
+
+    make = cheap if args.real else recorded
 
     print(
         f"{args.runs} flow runs in batches of {args.batch}, retention {args.retention_s:g} s, "
@@ -91,7 +130,7 @@ def main() -> None:
         with ThreadPoolExecutor(args.threads) as pool:
             while made < args.runs:
                 n = min(args.batch, args.runs - made)
-                list(pool.map(cheap, range(made, made + n)))
+                list(pool.map(make, range(made, made + n)))
                 made += n
                 time.sleep(1)  # the last runs' logs and events reach the server
                 file_before, used_before = _db_sizes(home)
