@@ -2,10 +2,10 @@
 
 Not a test: it prints numbers. It starts its own local Prefect server (`ohlcv stack up`'s code,
 own data directory and port, never 4200), then, batch after batch, records cheap flow runs
-through the API, each what a candle run leaves behind without its Spark work (the run going
-Pending -> Running -> Completed, three task runs, ten log lines, three artifacts: a metrics
-table, a validation summary, a gap table; `--real` runs them as actual flows instead, about
-ten times slower here) and after each batch prunes the history as the maintenance flow does
+through the API, each like what a candle run leaves behind without its Spark work (the run
+going Pending -> Running -> Completed, a task run, ten log lines, a metrics table artifact;
+`--real` runs actual flows instead: three task runs, ten log lines and three artifacts each,
+several times slower) and after each batch prunes the history as the maintenance flow does
 (:func:`flows.prefect_history.prune_flow_runs`) with a short retention: the compressed clock.
 After each batch it prints the flow runs made so far and kept, what was deleted and how long
 that took, and the size of Prefect's SQLite database: the file, and the bytes in use (pages
@@ -37,8 +37,12 @@ DATA_DIR = Path("/tmp/prefect-history-bench")
 PORT = 4603
 
 
-def _db_sizes(home: Path) -> tuple[float, float]:
-    """(file MB incl. WAL, MB of pages in use) of Prefect's database."""
+ROWS = ("flow_run", "task_run", "log", "artifact", "events")
+
+
+def _db_sizes(home: Path) -> tuple[float, float, list[int]]:
+    """(file MB incl. WAL, MB of pages in use, rows of each of :data:`ROWS`) of Prefect's
+    database."""
     db = home / "prefect.db"
     files = sum(p.stat().st_size for p in home.glob("prefect.db*"))
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
@@ -46,7 +50,8 @@ def _db_sizes(home: Path) -> tuple[float, float]:
             con.execute(f"PRAGMA {name}").fetchone()[0]
             for name in ("page_count", "freelist_count", "page_size")
         )
-    return files / 1e6, (pages - free) * size / 1e6
+        rows = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ROWS]
+    return files / 1e6, (pages - free) * size / 1e6, rows
 
 
 def main() -> None:
@@ -87,32 +92,26 @@ def main() -> None:
         return step(i) + step(i) + step(i)
 
     def recorded(i: int) -> None:
-        """The same run, recorded through the API without running it."""
+        """A run like it, recorded through the API without running it (one task run, ten log
+        lines, the metrics table): what the server stores of a run, at a fraction of the cost."""
         with get_client(sync_client=True) as client:
             run = client.create_flow_run(cheap, name=f"bench-{i}", state=Pending())
             client.set_flow_run_state(run.id, Running())
-            for t in range(3):
-                task_run = client.create_task_run(step, run.id, str(t), state=Completed())
-                client.create_logs(
-                    LogCreate(
-                        name="prefect.task_runs",
-                        level=30,
-                        message=f"run {i}: log line {line} like a candle run's",
-                        timestamp=datetime.now(UTC),  # type: ignore[arg-type]
-                        flow_run_id=run.id,
-                        task_run_id=task_run.id,
-                    )
-                    for line in range(10 if t == 0 else 0)
+            task_run = client.create_task_run(step, run.id, "0", state=Completed())
+            client.create_logs(
+                LogCreate(
+                    name="prefect.task_runs",
+                    level=30,
+                    message=f"run {i}: log line {line} like a candle run's",
+                    timestamp=datetime.now(UTC),  # type: ignore[arg-type]
+                    flow_run_id=run.id,
+                    task_run_id=task_run.id,
                 )
-            for key, kind in (("metrics", "table"), ("validation", "markdown"), ("gaps", "table")):
-                client.create_artifact(
-                    ArtifactCreate(
-                        key=f"bench-{key}",
-                        type=kind,
-                        data=table if kind == "table" else "# validation\n- passed",
-                        flow_run_id=run.id,
-                    )
-                )
+                for line in range(10)
+            )
+            client.create_artifact(
+                ArtifactCreate(key="bench-metrics", type="table", data=table, flow_run_id=run.id)
+            )
             client.set_flow_run_state(run.id, Completed())
 
     make = cheap if args.real else recorded
@@ -123,7 +122,7 @@ def main() -> None:
     )
     print(
         "batch  runs made  kept  deleted  artifacts  prune s  file MB before/after  "
-        "used MB before/after"
+        "used MB before/after  rows after: " + " / ".join(ROWS)
     )
     made, used_after = 0, []
     try:
@@ -133,7 +132,7 @@ def main() -> None:
                 list(pool.map(make, range(made, made + n)))
                 made += n
                 time.sleep(1)  # the last runs' logs and events reach the server
-                file_before, used_before = _db_sizes(home)
+                file_before, used_before, _ = _db_sizes(home)
                 started = time.monotonic()
                 deleted = artifacts = 0
                 while True:  # the maintenance flow deletes one batch per run; here, all due
@@ -143,14 +142,15 @@ def main() -> None:
                         break
                 took = time.monotonic() - started
                 time.sleep(2)  # the server deletes the runs' logs in the background
-                file_after, used_after_now = _db_sizes(home)
+                file_after, used_after_now, rows = _db_sizes(home)
                 used_after.append(used_after_now)
                 with get_client(sync_client=True) as client:
                     kept = client.count_flow_runs()
                 print(
                     f"{made // args.batch:5d}  {made:9d}  {kept:4d}  {deleted:7d}  "
                     f"{artifacts:9d}  {took:7.1f}  {file_before:8.2f} / {file_after:6.2f}  "
-                    f"{used_before:8.2f} / {used_after_now:6.2f}",
+                    f"{used_before:8.2f} / {used_after_now:6.2f}  "
+                    + " / ".join(str(r) for r in rows),
                     flush=True,
                 )
         print(

@@ -102,13 +102,19 @@ def automations(settings: Settings, flow_names: list[str], block_id: Any) -> lis
     def notify(subject: str, body: str) -> list[Any]:
         return [SendNotification(block_document_id=block_id, subject=subject, body=body)]
 
-    def on(event: str) -> EventTrigger:
-        return EventTrigger(
-            expect={event},
-            match={"prefect.resource.id": f"{events.TABLE_RESOURCE}*"},
-            posture=Posture.Reactive,
-            threshold=1,
-            within=timedelta(0),
+    def on(event: str, name: str, description: str, subject: str, body: str) -> AutomationCore:
+        """Notify on each of the pipeline's ``event``."""
+        return AutomationCore(
+            name=name,
+            description=description,
+            trigger=EventTrigger(
+                expect={event},
+                match={"prefect.resource.id": f"{events.TABLE_RESOURCE}*"},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
+            actions=notify(subject, body),
         )
 
     stale = timedelta(seconds=settings.alert_stale_1m_s)
@@ -134,27 +140,23 @@ def automations(settings: Settings, flow_names: list[str], block_id: Any) -> lis
                 "{{ flow_run.id }}`. " + run_link,
             ),
         ),
-        AutomationCore(
-            name=VALIDATION,
-            description="A GX validation blocked the publication of candles.",
-            trigger=on(events.VALIDATION_FAILED),
-            actions=notify(
-                "OHLCV: validation blocked {{ event.payload.table }}",
-                "Validation blocked publication of {{ event.payload.table }} (main unchanged). "
-                "Failed: {{ event.payload.failed_expectations | join('; ') }}. Rejected "
-                "candles kept as tag {{ event.payload.rejected_tag }}. " + run_link,
-            ),
+        on(
+            events.VALIDATION_FAILED,
+            VALIDATION,
+            "A GX validation blocked the publication of candles.",
+            "OHLCV: validation blocked {{ event.payload.table }}",
+            "Validation blocked publication of {{ event.payload.table }} (main unchanged). "
+            "Failed: {{ event.payload.failed_expectations | join('; ') }}. Rejected "
+            "candles kept as tag {{ event.payload.rejected_tag }}. " + run_link,
         ),
-        AutomationCore(
-            name=GAPS,
-            description="A gap report found more empty windows than OHLCV_ALERT_GAP_SHARE.",
-            trigger=on(events.GAPS_EXCEEDED),
-            actions=notify(
-                "OHLCV: gaps in {{ event.payload.table }}",
-                "{{ event.payload.table }}: {{ event.payload.empty_windows }} of "
-                "{{ event.payload.windows }} windows without trades (share "
-                "{{ event.payload.share }} > {{ event.payload.threshold }}). " + run_link,
-            ),
+        on(
+            events.GAPS_EXCEEDED,
+            GAPS,
+            "A gap report found more empty windows than OHLCV_ALERT_GAP_SHARE.",
+            "OHLCV: gaps in {{ event.payload.table }}",
+            "{{ event.payload.table }}: {{ event.payload.empty_windows }} of "
+            "{{ event.payload.windows }} windows without trades (share "
+            "{{ event.payload.share }} > {{ event.payload.threshold }}). " + run_link,
         ),
         AutomationCore(
             name=STALE,
@@ -201,8 +203,13 @@ def _block(settings: Settings) -> Any:
     return block._block_document_id
 
 
-def _declared(automation: Any) -> dict[str, Any]:
-    return AutomationCore.model_validate(automation, from_attributes=True).model_dump(mode="json")
+def _declared(automation: AutomationCore) -> dict[str, Any]:
+    """What an automation is, without what the server adds (its id); the trigger's sets of
+    events sorted (a set's order is not kept)."""
+    declared = automation.model_dump(mode="json", include=set(AutomationCore.model_fields))
+    for name in ("after", "expect", "for_each"):
+        declared["trigger"][name] = sorted(declared["trigger"][name])
+    return declared
 
 
 def apply_automations(settings: Settings, deployments: list[Any]) -> list[Applied]:
