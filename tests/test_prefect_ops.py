@@ -159,9 +159,13 @@ def test_deploy_then_a_worker_runs_the_plans_own_command_and_survives_kill_9(
         {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
     ]
     with prefect_api(prefect_server), get_client(sync_client=True) as client:
-        for other in found.values():  # (their schedules would only load the machine here)
-            if other.id != one.id:
-                client.pause_deployment(other.id)
+        # Only the runs the test starts: scheduled ones would load the machine, and a due
+        # scheduled run makes an earlier one skip itself (it covers it)
+        for deployment in found.values():
+            for schedule in deployment.schedules:
+                client.delete_deployment_schedule(deployment.id, schedule.id)
+        for run in client.read_flow_runs():
+            client.delete_flow_run(run.id)
     worker = _worker(prefect_server, tmp_path / "worker.log")
     try:
         # And: the plan's own command, watched to its end
@@ -185,7 +189,7 @@ def test_deploy_then_a_worker_runs_the_plans_own_command_and_survives_kill_9(
             killed = client.create_flow_run_from_deployment(one.id)
             _wait_for_state(client, killed.id, StateType.RUNNING, 300)
         time.sleep(3)  # inside the run: its writer slot taken, its Spark work started
-        _kill_9_with_children(worker.pid)
+        _kill_9_with_children(worker)
         killed_at = time.monotonic()
         worker = _worker(prefect_server, tmp_path / "worker2.log")
         # Then: the next run of the deployment completes (the dead run is crashed by the
@@ -199,7 +203,7 @@ def test_deploy_then_a_worker_runs_the_plans_own_command_and_survives_kill_9(
         # (bounded: without the automation the slot stays taken for Prefect's 300 s lease)
         assert waited < 240, waited
     finally:
-        _kill_9_with_children(worker.pid)
+        _kill_9_with_children(worker)
 
 
 DEPLOYMENT = "OHLCV 1-Minute Pipeline/ohlcv-1m"
@@ -226,13 +230,13 @@ def _children(pid: int) -> list[int]:
     return found + [g for c in found for g in _children(c)]
 
 
-def _kill_9_with_children(pid: int) -> None:
+def _kill_9_with_children(process: subprocess.Popen[bytes]) -> None:
     """A lost machine: the process and every process it started, at once."""
-    for victim in [pid, *_children(pid)]:
+    for victim in _children(process.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+    process.kill()
+    process.wait(30)
 
 
 def _wait_for_state(client: Any, run_id: Any, state: str, timeout_s: float) -> None:
@@ -384,15 +388,19 @@ def test_alerts_arrive_once_each_and_applying_twice_creates_nothing(
 
         # When: a run fails its validation
         monkeypatch.setattr(pipeline, "generate", corrupting)
-        with pytest.raises(ValidationFailed):
-            FLOWS["1m"](at=at)
-        failed_run = _last_run_id(client_url=prefect_server)
+        run_1m: Any = FLOWS["1m"]  # (called with return_state: Prefect's State)
+        failed_state = run_1m(at=at, return_state=True)
+        assert isinstance(failed_state.result(raise_on_failure=False), ValidationFailed)
+        failed_run = str(failed_state.state_details.flow_run_id)
         # and the next run publishes, with a gap report over its (now zero) threshold
         monkeypatch.setattr(pipeline, "generate", generate)
         monkeypatch.setenv("OHLCV_ALERT_GAP_SHARE", "0")
-        assert FLOWS["1m"](at=at).published
-        good_run = _last_run_id(client_url=prefect_server)
+        good_state = run_1m(at=at, return_state=True)
+        assert good_state.result().published
+        good_run = str(good_state.state_details.flow_run_id)
         published_at = time.monotonic()
+        with get_client(sync_client=True) as client:
+            failed_name = client.read_flow_run(failed_state.state_details.flow_run_id).name
     # Then: four alerts, the last one STALE_S after the publication (nothing published since)
     deadline = published_at + STALE_S + 60
     while len(received) < 4 and time.monotonic() < deadline:
@@ -400,7 +408,7 @@ def test_alerts_arrive_once_each_and_applying_twice_creates_nothing(
     time.sleep(10)  # anything sent twice would arrive by now
     by_subject = {text.split("\n")[0]: text for text in received}
     assert len(received) == 4 == len(by_subject), received
-    failed = by_subject["OHLCV: OHLCV 1-Minute Pipeline run " + _name(failed_run) + " Failed"]
+    failed = by_subject[f"OHLCV: OHLCV 1-Minute Pipeline run {failed_name} Failed"]
     assert f"/runs/flow-run/{failed_run}" in failed and "prefect flow-run logs" in failed
     blocked = by_subject[f"OHLCV: validation blocked {ONE_MINUTE.table}"]
     assert f"/runs/flow-run/{failed_run}" in blocked
@@ -410,24 +418,6 @@ def test_alerts_arrive_once_each_and_applying_twice_creates_nothing(
     stale = by_subject["OHLCV: no 1m publication"]
     assert f"for {STALE_S} s" in stale and "/runs" in stale
     assert time.monotonic() - published_at >= STALE_S
-
-
-_names: dict[str, str] = {}
-
-
-def _last_run_id(client_url: str) -> str:
-    """The newest flow run's id (remembering its name)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with get_client(sync_client=True) as client:
-        (run,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
-    _names[str(run.id)] = run.name
-    return str(run.id)
-
-
-def _name(run_id: str) -> str:
-    return _names[run_id]
 
 
 def test_maintenance_prunes_old_flow_runs_with_their_task_runs_logs_and_artifacts_in_batches(
