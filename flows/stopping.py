@@ -25,8 +25,10 @@ from typing import Any
 from infra.budgets import STOP_GRACE_S
 
 
-def arm_watchdog(signum: int, grace_s: float = STOP_GRACE_S, what: str = "the run") -> None:
-    """End the process ``grace_s`` from now (exit status 128 + ``signum``) unless it has."""
+def arm_watchdog(signum: int, grace_s: float | None = None, what: str = "the run") -> None:
+    """End the process ``grace_s`` (default :data:`STOP_GRACE_S`, read now) from now, with exit
+    status 128 + ``signum``, unless it has ended."""
+    grace_s = STOP_GRACE_S if grace_s is None else grace_s
 
     def expire() -> None:
         name = signal.Signals(signum).name
