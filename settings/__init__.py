@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from settings.operations import OperationsSettings
 
 if TYPE_CHECKING:
     from core.calendars import Market
@@ -41,8 +43,9 @@ LOCAL_S3_BUCKET = "warehouse"
 """The bucket of the local S3 server (the same name the compose file's object store uses)."""
 
 
-class Settings(BaseSettings):
-    """Typed settings, read from ``OHLCV_*`` variables (and the standard ``SPARK_REMOTE``)."""
+class Settings(OperationsSettings):
+    """Typed settings, read from ``OHLCV_*`` variables (and the standard ``SPARK_REMOTE``);
+    those of running it the Prefect way (history, automations) in :mod:`settings.operations`."""
 
     model_config = SettingsConfigDict(env_prefix="OHLCV_", extra="ignore", populate_by_name=True)
 
@@ -161,36 +164,6 @@ class Settings(BaseSettings):
         description="Flow runs (task runs, logs, artifacts) kept, in days after they end: the "
         "maintenance flow deletes older ones through the Prefect API (any Prefect server), and "
         "the local server's database vacuum does too; events after at most 7 days.",
-    )
-    prefect_delete_batch: int = Field(
-        default=500,
-        ge=1,
-        description="How many old flow runs one maintenance run deletes at most (the rest go "
-        "in the next runs).",
-    )
-    zombie_after_s: float = Field(
-        default=90.0,
-        ge=45,
-        description="A flow run of ours that sent no heartbeat for this long (they come every "
-        "30 s) and did not end is set Crashed by an automation, freeing its deployment's slot.",
-    )
-    alert_webhook: SecretStr | None = Field(
-        default=None,
-        description="A Slack-compatible incoming-webhook URL: `ohlcv alerts apply` (and "
-        "`deploy`, `serve`) point the pipeline's Prefect automations at it.",
-    )
-    alert_gap_share: float = Field(
-        default=0.2,
-        ge=0,
-        le=1,
-        description="Alert when a run's gap report finds more than this share of its windows "
-        "without trades.",
-    )
-    alert_stale_1m_s: float = Field(
-        default=1800.0,
-        ge=10,
-        description="Alert when no 1m candles were published for this long (a proactive "
-        "Prefect automation).",
     )
 
     # Iceberg catalog
