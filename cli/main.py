@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from cli import pipeline, read, stack  # noqa: F401  (they register their commands)
+from cli import operate, pipeline, read, stack  # noqa: F401  (they register their commands)
 from cli.app import app
 from cli.output import console
 

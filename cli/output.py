@@ -266,3 +266,9 @@ def write_candles(rows: Any, chosen: str, output: Path | None, title: str) -> No
             write_csv(rows, out)
     if output is not None:
         err.print(f"{rows.num_rows} candles written to {output}")
+
+
+def print_automations(applied: list[Any]) -> None:
+    """What applying the automations did to each."""
+    for one in applied:
+        console.print(f"automation '{one.name}': {one.action}")

@@ -242,34 +242,30 @@ def maintain_command(
     from flows.maintenance import metrics_rows, ohlcv_maintenance_flow
     from spark_jobs.maintenance import chosen_tables
 
-    names = chosen_tables(table)
-    with flow_context(settings_of(ctx)):
-        rows = metrics_rows(ohlcv_maintenance_flow(tables=names))
+    chosen_tables(table)  # unknown names: a usage error before any flow run
+    with flow_context(settings_of(ctx)):  # every table: Prefect's history is pruned too
+        rows = metrics_rows(ohlcv_maintenance_flow(tables=table or None))
     output.print_rows(rows, "OHLCV table maintenance")
 
 
 @app.command("serve")
 @friendly_errors
 def serve_command(ctx: typer.Context) -> None:
-    """Serve the scheduled deployments: five timeframes, maintenance and the landing zone's
-    ingest (Prefect serve())."""
-    from prefect import serve
-
-    from flows import maintenance, trades_ingest
-    from flows.candle_flows import deployments
+    """Serve every scheduled deployment in this process (Prefect serve()); schedules stay
+    active when it stops."""
+    from flows.automations import apply_automations
+    from flows.deployments import deployments
+    from flows.serving import serve
 
     settings = settings_of(ctx)
     with flow_context(settings):  # a stack that is down: one line, nothing else
-        for tf in TIMEFRAMES.values():
-            console.print(f"{tf.flow_name}: cron '{tf.cron}' UTC, one run at a time")
-        console.print(f"{maintenance.FLOW_NAME}: cron '{maintenance.CRON}' UTC, one run at a time")
-        landing = settings.landing or "nothing (OHLCV_LANDING is not set)"
-        console.print(f"{trades_ingest.FLOW_NAME}: cron '{trades_ingest.CRON}' UTC, of {landing}")
-        serve(
-            *deployments(),
-            maintenance.maintenance_deployment(),
-            trades_ingest.ingest_deployment(),
-        )
+        served = deployments()
+        output.print_automations(apply_automations(settings, served))
+        for deployment in served:
+            cron = deployment.schedules[0].schedule.cron
+            console.print(f"{deployment.flow_name}: cron '{cron}' UTC, one run at a time")
+        console.print(f"landing zone: {settings.landing or 'none (OHLCV_LANDING is not set)'}")
+        serve(*served)
 
 
 @app.command("status")

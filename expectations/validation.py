@@ -47,6 +47,9 @@ Engine = Literal["auto", "spark", "pandas", "onepass"]
 class ValidationFailed(RuntimeError):
     """A checkpoint failed: the message names each failed expectation with offending rows."""
 
+    rejected_tag: str | None = None
+    """The tag that keeps the rejected candles, once they are tagged (see flows.pipeline)."""
+
     def __init__(self, report: ValidationReport) -> None:
         self.report = report
         super().__init__(report.describe_failures())

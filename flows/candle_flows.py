@@ -34,7 +34,7 @@ from core.time import assume_utc
 from core.timeframes import TIMEFRAMES, Timeframe
 from expectations.frames import GAP_COLUMNS
 from expectations.validation import ValidationFailed
-from flows import pipeline
+from flows import events, pipeline
 from flows.pipeline import RunMetrics, RunRequest
 from flows.stopping import ends_within_grace
 from flows.writers import one_writer
@@ -176,12 +176,19 @@ def validate_candles(
         logger.warning(warning)
     _validation_artifact(tf, validation)
     _gap_artifact(tf, validation)
-    interruptible(
-        spark,
-        tag,
-        None,
-        lambda: pipeline.reject_if_invalid(spark, settings, tf, validation, logger),
-    )
+    if validation.gaps is not None:
+        windows = sum(int(r["windows"]) for r in validation.gap_rows)
+        events.gaps(settings, tf, validation.empty_windows, windows)
+    try:
+        interruptible(
+            spark,
+            tag,
+            None,
+            lambda: pipeline.reject_if_invalid(spark, settings, tf, validation, logger),
+        )
+    except ValidationFailed as failed:
+        events.validation_failed(settings, tf, failed)
+        raise
     return validation
 
 
@@ -339,6 +346,8 @@ def run_candle_pipeline(
             )
         finally:
             close(spark)
+    if result.published and result.main_after is not None:
+        events.published(settings, tf, result.main_after)
     metrics = RunMetrics.of(tf, result)
     create_table_artifact(
         key=f"ohlcv-{tf.name}-metrics", table=metrics.rows(), description=f"{tf} run metrics"

@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 
 from core.tables import Tables
 from flows.pipeline import tables_for
+from flows.prefect_history import HistoryPruned, prune_flow_runs
 from flows.stopping import ends_within_grace
 from flows.writers import one_writer
 from infra.session import session
@@ -66,9 +67,11 @@ def maintain_table(
     return done
 
 
-def metrics_rows(results: list[TableMaintenance]) -> list[dict[str, Any]]:
-    """One artifact row per table."""
-    return [
+def metrics_rows(
+    results: list[TableMaintenance], history: HistoryPruned | None = None
+) -> list[dict[str, Any]]:
+    """One artifact row per table, and one for Prefect's history when it was pruned."""
+    rows: list[dict[str, Any]] = [
         {
             "table": r.table,
             "snapshots": f"{r.before.snapshots} -> {r.after.snapshots}",
@@ -83,6 +86,34 @@ def metrics_rows(results: list[TableMaintenance]) -> list[dict[str, Any]]:
         }
         for r in results
     ]
+    if history is not None:
+        more = " (more next time)" if history.more else ""
+        rows.append(
+            {column: "" for column in rows[0]}
+            | {
+                "table": "Prefect history",
+                "snapshots": f"{history.flow_runs} flow runs deleted{more}",
+                "metadata files": f"{history.artifacts} artifacts deleted",
+                "data files": f"ended before {history.cutoff:%Y-%m-%d %H:%M} UTC",
+            }
+        )
+    return rows
+
+
+@task(name="prune_prefect_history", cache_policy=NO_CACHE)
+def prune_prefect_history(settings: Settings) -> HistoryPruned:
+    """Delete flow runs older than the retention (with task runs, logs and artifacts)."""
+    pruned = prune_flow_runs(
+        timedelta(days=settings.prefect_retention_days), settings.prefect_delete_batch
+    )
+    get_run_logger().info(
+        "Prefect history: %d flow runs and %d artifacts that ended before %s deleted%s",
+        pruned.flow_runs,
+        pruned.artifacts,
+        pruned.cutoff,
+        " (more remain: the next maintenance continues)" if pruned.more else "",
+    )
+    return pruned
 
 
 @flow(name=FLOW_NAME, log_prints=False)
@@ -100,8 +131,13 @@ def ohlcv_maintenance_flow(tables: list[str] | None = None) -> list[TableMainten
                 results.append(
                     maintain_table(spark, tables_for(settings), name, policy_for(settings), now)
                 )
+    # Prefect's history is pruned by the whole maintenance only (`ohlcv maintain --table X`
+    # maintains that table alone).
+    history = prune_prefect_history(settings) if tables is None else None
     create_table_artifact(
-        key="ohlcv-maintenance", table=metrics_rows(results), description="table maintenance"
+        key="ohlcv-maintenance",
+        table=metrics_rows(results, history),
+        description="table maintenance and Prefect history",
     )
     return results
 

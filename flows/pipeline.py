@@ -337,7 +337,11 @@ def reject_if_invalid(
         return
     tag = wap.keep_rejected(spark, tables_for(settings).candles(tf))
     logger.error("%s: candles rejected, main unchanged; kept as tag %s", tf, tag)
-    require_valid(validation)
+    try:
+        require_valid(validation)
+    except ValidationFailed as failed:
+        failed.rejected_tag = tag
+        raise
 
 
 def publish(spark: SparkSession, settings: Settings, tf: Timeframe) -> int | None:

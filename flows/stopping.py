@@ -25,13 +25,17 @@ from typing import Any
 from infra.budgets import STOP_GRACE_S
 
 
-def _watchdog(signum: int) -> None:
+def arm_watchdog(signum: int, grace_s: float | None = None, what: str = "the run") -> None:
+    """End the process ``grace_s`` (default :data:`STOP_GRACE_S`, read now) from now, with exit
+    status 128 + ``signum``, unless it has ended."""
+    grace_s = STOP_GRACE_S if grace_s is None else grace_s
+
     def expire() -> None:
         name = signal.Signals(signum).name
-        print(f"{name}: the run did not end within {STOP_GRACE_S:.0f} s; exiting", file=sys.stderr)
+        print(f"{name}: {what} did not end within {grace_s:.0f} s; exiting", file=sys.stderr)
         os._exit(128 + signum)
 
-    timer = threading.Timer(STOP_GRACE_S, expire)
+    timer = threading.Timer(grace_s, expire)
     timer.daemon = True
     timer.start()
 
@@ -52,7 +56,7 @@ def ends_within_grace() -> Iterator[None]:
     previous: dict[int, Any] = {}
 
     def chained(signum: int, frame: FrameType | None) -> None:
-        _watchdog(signum)
+        arm_watchdog(signum)
         handler = previous[signum]
         terminate = previous[signal.SIGTERM]
         if signum == signal.SIGINT and callable(terminate) and terminate is not chained:

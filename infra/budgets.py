@@ -33,3 +33,9 @@ when the server no longer answers (then nothing of ours can commit there either)
 STOP_GRACE_S = 30.0
 """How long a run told to stop (SIGTERM, SIGINT) may take to end gracefully before a watchdog
 ends the process (interrupting its server-side work takes at most 2 x :data:`UNWIND_S`)."""
+
+SERVE_STOP_S = 8.0
+"""How long `ohlcv serve` told to stop (SIGTERM, SIGINT) may take to end gracefully before a
+watchdog ends it. Prefect's runner cancels its in-flight runs through the Prefect API on the way
+out; with that server down each call retries for a minute or more (measured: still running 63 s
+after SIGTERM). The schedules live on the server either way (serve never pauses them)."""

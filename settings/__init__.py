@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from settings.landing import LandingSettings
+from settings.operations import OperationsSettings
 
 if TYPE_CHECKING:
     from core.calendars import Market
@@ -43,8 +44,10 @@ LOCAL_S3_BUCKET = "warehouse"
 """The bucket of the local S3 server (the same name the compose file's object store uses)."""
 
 
-class Settings(LandingSettings):
-    """Typed settings, read from ``OHLCV_*`` variables (and the standard ``SPARK_REMOTE``)."""
+class Settings(OperationsSettings, LandingSettings):
+    """Typed settings, read from ``OHLCV_*`` variables (and the standard ``SPARK_REMOTE``);
+    those of running it the Prefect way (history, automations) in :mod:`settings.operations`,
+    those of the landing zone in :mod:`settings.landing`."""
 
     model_config = SettingsConfigDict(env_prefix="OHLCV_", extra="ignore", populate_by_name=True)
 
@@ -158,11 +161,11 @@ class Settings(LandingSettings):
         "it fails, naming the server's log.",
     )
     prefect_retention_days: float = Field(
-        default=30,
+        default=14,
         ge=1,
-        description="Flow runs (task runs, logs, artifacts) the local Prefect server keeps, in "
-        "days after they end; older ones are deleted by its database vacuum service, events "
-        "after at most 7 days.",
+        description="Flow runs (task runs, logs, artifacts) kept, in days after they end: the "
+        "maintenance flow deletes older ones through the Prefect API (any Prefect server), and "
+        "the local server's database vacuum does too; events after at most 7 days.",
     )
 
     # Iceberg catalog

@@ -32,7 +32,7 @@ from tests.support.stacks import LocalStack
 # Fixtures that start (or are) a Spark Connect server, and those that start more than the
 # session's one; a test using one is marked `spark`, resp. `stack`.
 SERVER_FIXTURES = {"server", "cluster", "shape"}
-STACK_FIXTURES = {"cluster", "prefect_server"}
+STACK_FIXTURES = {"cluster", "prefect_server"}  # (test_prefect_ops has one too)
 
 
 def pytest_configure(config: pytest.Config) -> None:
