@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from core.calendars import Calendars, is_daily
 from core.ranges import Range, coalesce_ranges
 from core.tables import CANDLE_KEY, Tables
-from core.time import to_us
+from core.time import from_us
 from core.timeframes import Timeframe, rollup_source
 from expectations.suites import RECONCILED
 from spark_jobs.candles import (
@@ -179,19 +179,21 @@ def trades_sample_frame(
     trades hold no such candle). None when the run wrote no real candle."""
     picked = (
         written.where(~_synthetic())
-        .select("exchange", "symbol", "window_start", "window_end")
-        .orderBy(F.xxhash64("exchange", "symbol", "window_start", F.lit(seed)))
+        .select(
+            "exchange",
+            "symbol",
+            F.unix_micros("window_start").alias("_lo"),
+            F.unix_micros("window_end").alias("_hi"),
+        )
+        .orderBy(F.xxhash64("exchange", "symbol", "_lo", F.lit(seed)))
         .limit(windows_wanted)
         .collect()
     )
     if not picked:
         return None
-    spans = coalesce_ranges([Range(r["window_start"], r["window_end"]) for r in picked])
+    spans = coalesce_ranges([Range(from_us(r["_lo"]), from_us(r["_hi"])) for r in picked])
     keys = spark.createDataFrame(
-        [
-            (r["exchange"], r["symbol"], to_us(r["window_start"]), to_us(r["window_end"]))
-            for r in picked
-        ],
+        [(r["exchange"], r["symbol"], r["_lo"], r["_hi"]) for r in picked],
         "exchange string, symbol string, _lo long, _hi long",
     )
     trades = spark.read.option("versionAsOf", trades_snapshot).table(tables.trades)
