@@ -64,10 +64,17 @@ def test_backfill_all_equals_the_oracle_for_every_timeframe_in_one_pass(
     )
     done = list(backfill)
 
-    # Then: whole days per chunk; the 60-trade tail day joined the chunk before it
-    assert [c.end - c.start for c in backfill.chunks] == [timedelta(days=1)] * 2 + [
-        timedelta(days=2)
+    # Then: whole days per chunk, none under a quarter of 800 trades: the first day (two
+    # hours of trades) joined the next, the last (two hours and the 60-trade tail) the one
+    # before it
+    sizes = [backfill.requests[c].stats for c in backfill.chunks]
+    assert [c.end - c.start for c in backfill.chunks] == [
+        timedelta(days=2),
+        timedelta(days=1),
+        timedelta(days=2),
     ]
+    assert all(s is not None and s.trades >= 200 for s in sizes)
+    assert sum(s.trades for s in sizes if s is not None) == len(trades)
     # every timeframe's candles equal the oracle, each chunk read its trades once for all five
     assert_matches_oracle(spark, tables, trades, ALL)
     for chunk in done:
