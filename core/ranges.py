@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from core.time import from_us, to_us
 from core.timeframes import Timeframe

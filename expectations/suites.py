@@ -156,36 +156,29 @@ def reconciliation_expectations(tf: Timeframe) -> list[Expectation]:
             ("in_rollup", f"{source.name} candles where a {tf.name} candle exists"),
         )
     ]
-    expectations += [
+    return expectations + _columns_equal("rollup", f"the rollup of {source.name} candles")
+
+
+def _columns_equal(prefix: str, what: str) -> list[Expectation]:
+    """Every reconciled column equals ``<prefix>_<column>`` (rows missing either skipped)."""
+    return [
         _noted(
             gxe.ExpectColumnPairValuesToBeEqual(
-                column_A=c, column_B=f"rollup_{c}", ignore_row_if="either_value_is_missing"
+                column_A=c, column_B=f"{prefix}_{c}", ignore_row_if="either_value_is_missing"
             ),
-            f"{c} equals the rollup of {source.name} candles",
+            f"{c} equals {what}",
         )
         for c in RECONCILED
     ]
-    return expectations
 
 
 def trades_sample_expectations(tf: Timeframe) -> list[Expectation]:
     """Sampled candles equal the same windows recomputed from the trades, column by column."""
-    expectations: list[Expectation] = [
-        _noted(
-            gxe.ExpectColumnValuesToBeInSet(column="in_trades", value_set=[True]),
-            f"every sampled {tf.name} window has trades",
-        )
-    ]
-    expectations += [
-        _noted(
-            gxe.ExpectColumnPairValuesToBeEqual(
-                column_A=c, column_B=f"trades_{c}", ignore_row_if="either_value_is_missing"
-            ),
-            f"{c} equals the candle recomputed from the trades",
-        )
-        for c in RECONCILED
-    ]
-    return expectations
+    present = _noted(
+        gxe.ExpectColumnValuesToBeInSet(column="in_trades", value_set=[True]),
+        f"every sampled {tf.name} window has trades",
+    )
+    return [present, *_columns_equal("trades", "the candle recomputed from the trades")]
 
 
 def trades_sample_suite(tf: Timeframe) -> gx.ExpectationSuite:

@@ -113,6 +113,4 @@ def test_small_chunks_join_a_neighbour_and_the_total_is_kept() -> None:
     merged = merge_small_chunks(chunks, size=lambda c: c[1] / 10, limit=0.25, join=join)
     assert merged == [(0, 13), (3, 10)]
     assert sum(c[1] for c in merged) == sum(c[1] for c in chunks)
-    assert merge_small_chunks([(0, 1)], size=lambda c: c[1] / 10, limit=0.25, join=join) == [
-        (0, 1)
-    ]
+    assert merge_small_chunks([(0, 1)], size=lambda c: c[1] / 10, limit=0.25, join=join) == [(0, 1)]
