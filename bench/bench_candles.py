@@ -384,7 +384,11 @@ def main() -> None:
             if tf is ONE_MINUTE:
                 bare_beside.append(_timed(spark_bare))
         # All five in one pass over the trades (``ohlcv backfill all``), right after the
-        # per-timeframe ones: the same trades, the same tables, every chunk recomputed.
+        # per-timeframe ones: the same trades, into new empty candle tables (a first fill, as
+        # each backfill above was).
+        for tf in TIMEFRAMES.values():
+            catalog.drop_table((settings.namespace, tf.table))
+        ensure_tables(catalog, settings.namespace)
         with steps.step("backfill_all") as row:
             done = list(
                 run_backfill(
