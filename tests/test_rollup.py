@@ -51,10 +51,12 @@ def test_backfill_all_equals_the_oracle_for_every_timeframe_in_one_pass(
     spark: SparkSession, catalog: Catalog, tables: Tables, run_settings: Settings
 ) -> None:
     rng = random.Random(30)
-    # Given: three days of trades, and a little over an hour of a fourth day (a small tail)
-    end = START + timedelta(days=3, hours=1)
+    # Given: three days of trades from 22:00 (so two hours of a first day), then a small
+    # tail of 60 trades in the first hour of a fifth day
+    end = START + timedelta(days=3, hours=3)
     trades = random_trades(rng, START, START + timedelta(days=3), 2400, first_id=1)
-    trades += random_trades(rng, START + timedelta(days=3), end, 60, first_id=50_000)
+    tail_start = START + timedelta(days=3, hours=2)
+    trades += random_trades(rng, tail_start, end, 60, first_id=50_000)
     deliver(catalog, tables, trades, now=end)
     pinned = snapshots.main_snapshot_id(spark, tables.trades)
 
@@ -65,8 +67,7 @@ def test_backfill_all_equals_the_oracle_for_every_timeframe_in_one_pass(
     done = list(backfill)
 
     # Then: whole days per chunk, none under a quarter of 800 trades: the first day (two
-    # hours of trades) joined the next, the last (two hours and the 60-trade tail) the one
-    # before it
+    # hours of trades) joined the next, the last (the 60-trade tail) the one before it
     sizes = [backfill.requests[c].stats for c in backfill.chunks]
     assert [c.end - c.start for c in backfill.chunks] == [
         timedelta(days=2),
@@ -124,7 +125,7 @@ def test_backfill_all_in_local_calendars_equals_the_oracle(
     deliver(catalog, tables, trades, now=last + timedelta(minutes=1))
     local = _every_window(run_settings).model_copy(update={"calendars": json.dumps(DECLARED)})
 
-    # When: every timeframe is backfilled in daily chunks from one pass over the trades
+    # When: every timeframe is backfilled in two-day chunks from one pass over the trades
     done = list(
         run_backfill(
             local, ALL, first, last + timedelta(minutes=1), chunk=timedelta(days=1), spark=spark
