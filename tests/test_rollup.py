@@ -128,7 +128,7 @@ def test_backfill_all_in_local_calendars_equals_the_oracle(
     # When: every timeframe is backfilled in two-day chunks from one pass over the trades
     done = list(
         run_backfill(
-            local, ALL, first, last + timedelta(minutes=1), chunk=timedelta(days=1), spark=spark
+            local, ALL, first, last + timedelta(minutes=1), chunk=timedelta(days=2), spark=spark
         )
     )
 
