@@ -290,8 +290,9 @@ def validate(
             keep_results=settings.validation_results_kept,
         )
 
-    # One read of the audit branch: every check below works on these rows (collected for
-    # GX's pandas engine, or cached for onepass), none reads the branch again.
+    # One read of the audit branch for a chunk: cached, every check below works on these
+    # rows. (A small run collects them for GX's pandas engine; only its reconciliation reads
+    # them again, as a Spark frame.)
     stored = read_candles(spark, tables.candles(tf), run.ranges, wap.AUDIT_BRANCH)
     in_pandas = validates_in_pandas(
         settings.validation_engine, computed, settings.validation_pandas_max_rows
