@@ -56,6 +56,8 @@ def backfill_timeframes(name: str) -> list[Timeframe]:
     """A timeframe's name, or ``all``: the timeframes a backfill covers."""
     if name == "all":
         return list(TIMEFRAMES.values())
+    if name not in TIMEFRAMES:
+        raise ValueError(f"unknown timeframe {name!r}: use one of {', '.join(TIMEFRAMES)}, or all")
     return [timeframe(name)]
 
 

@@ -193,3 +193,31 @@ def test_a_candle_changed_on_the_audit_branch_after_the_write_is_caught(
     results = run_chunk_pipelines(spark, settings, timeframes, request, pipeline.Steps())
     assert all(r.published for r in results)
     assert_matches_oracle(spark, tables, trades, timeframes)
+
+
+def test_cli_backfill_all_runs_each_chunk_as_one_flow_run(
+    spark: SparkSession, catalog: Catalog, tables: Tables, flow_env: Settings
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    rng = random.Random(34)
+    end = START + timedelta(hours=3)
+    trades = random_trades(rng, START, end, 400, first_id=1)
+    deliver(catalog, tables, trades, now=end)
+    args = ["backfill", "all", "--start", START.isoformat(), "--end", end.isoformat()]
+
+    # When: `ohlcv backfill all` runs (one chunk: a flow run of the backfill flow)
+    result = CliRunner().invoke(app, args)
+
+    # Then: a line per timeframe, and every table equals the oracle
+    assert result.exit_code == 0, result.output
+    for tf in ALL:
+        assert f" {tf.name}: " in result.output, result.output
+    assert_matches_oracle(spark, tables, trades, ALL)
+    # and a timeframe that does not exist is a usage error naming the choices
+    refused = CliRunner().invoke(
+        app, ["backfill", "2m", "--start", START.isoformat(), "--end", end.isoformat()]
+    )
+    assert refused.exit_code == 2 and "or all" in refused.output, refused.output
