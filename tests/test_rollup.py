@@ -209,7 +209,7 @@ def test_cli_backfill_all_runs_each_chunk_as_one_flow_run(
     args = ["backfill", "all", "--start", START.isoformat(), "--end", end.isoformat()]
 
     # When: `ohlcv backfill all` runs (one chunk: a flow run of the backfill flow)
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
 
     # Then: a line per timeframe, and every table equals the oracle
     assert result.exit_code == 0, result.output
