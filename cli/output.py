@@ -176,13 +176,15 @@ def print_backfill(backfill: Backfill) -> None:
         bar = progress.add_task(f"{backfill.tf} backfill", total=chunks, completed=backfill.resumed)
         for done in backfill:
             progress.advance(bar)
-            run = done.metrics.run
-            assert run is not None  # a backfill chunk is never skipped
-            progress.console.print(
-                f"{done.window.start:%Y-%m-%d %H:%M}..{done.window.end:%Y-%m-%d %H:%M}: "
-                f"{run.trades_read} trades, {run.inserted} inserted, "
-                f"{run.updated} updated, {run.unchanged} unchanged"
-            )
+            for metrics in done.runs:
+                run = metrics.run
+                assert run is not None  # a backfill chunk is never skipped
+                label = f" {metrics.timeframe}" if len(done.runs) > 1 else ""
+                progress.console.print(
+                    f"{done.window.start:%Y-%m-%d %H:%M}..{done.window.end:%Y-%m-%d %H:%M}"
+                    f"{label}: {run.trades_read} trades, {run.inserted} inserted, "
+                    f"{run.updated} updated, {run.unchanged} unchanged"
+                )
     console.print(f"{backfill.tf} backfill of {chunks} chunks complete")
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from core.time import parse_instant
+from core.timeframes import TIMEFRAMES, timeframe
 
 if TYPE_CHECKING:
     from core.timeframes import Timeframe
@@ -45,6 +46,19 @@ def duration(help: str) -> Any:
 
 
 TIMEFRAME_HELP = "1m, 5m, 30m, 1h or 1d"
+BACKFILL_TIMEFRAME_HELP = (
+    "1m, 5m, 30m, 1h or 1d; or all (every timeframe in one pass over the trades, the longer "
+    "ones rolled up from 1m)"
+)
+
+
+def backfill_timeframes(name: str) -> list[Timeframe]:
+    """A timeframe's name, or ``all``: the timeframes a backfill covers."""
+    if name == "all":
+        return list(TIMEFRAMES.values())
+    if name not in TIMEFRAMES:
+        raise ValueError(f"unknown timeframe {name!r}: use one of {', '.join(TIMEFRAMES)}, or all")
+    return [timeframe(name)]
 
 
 def parse_duration(text: str) -> timedelta:

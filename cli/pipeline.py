@@ -21,7 +21,9 @@ from cli.app import app, settings_of
 from cli.errors import friendly_errors
 from cli.output import console
 from cli.params import (
+    BACKFILL_TIMEFRAME_HELP,
     TIMEFRAME_HELP,
+    backfill_timeframes,
     chunk_size,
     duration,
     instant,
@@ -186,7 +188,9 @@ def run_command(
 @friendly_errors
 def backfill_command(
     ctx: typer.Context,
-    tf: Annotated[str, typer.Argument(help=TIMEFRAME_HELP, callback=usage(timeframe))],
+    tf: Annotated[
+        str, typer.Argument(help=BACKFILL_TIMEFRAME_HELP, callback=usage(backfill_timeframes))
+    ],
     start: Annotated[str, instant("ISO-8601, inclusive")],
     end: Annotated[str, instant("ISO-8601, exclusive")],
     chunk: Annotated[str | None, duration("Length of one chunk (default 1d)")] = None,
@@ -215,7 +219,7 @@ def backfill_command(
 
         backfill = run_backfill(
             settings,
-            timeframe(tf),
+            backfill_timeframes(tf),
             parse_instant(start),
             parse_instant(end),
             chunk=size,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from core.time import from_us, to_us
 from core.timeframes import Timeframe
@@ -12,6 +13,13 @@ from core.timeframes import Timeframe
 # A filter with more time ranges than this is coarsened: recomputing a few extra windows is
 # harmless (unchanged candles are not rewritten), a huge OR-expression is not.
 MAX_RANGES = 64
+
+SMALLEST_CHUNK_SHARE = 0.25
+"""No backfill chunk is smaller than this share of the chunk size: a small tail is merged into
+the chunk before it, which costs less than a chunk's whole fixed cost (a flow run, an audit,
+a validation, a publish) paid for a few trades."""
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,8 @@ def coalesce_ranges(ranges: Sequence[Range], max_ranges: int = MAX_RANGES) -> li
 
 
 def backfill_ranges(tf: Timeframe, start: datetime, end: datetime, chunk: timedelta) -> list[Range]:
-    """The bounded chunks, whole windows each, that cover every window overlapping [start, end)."""
+    """The bounded chunks, whole windows each, that cover every window overlapping [start, end);
+    a tail shorter than a quarter of ``chunk`` is part of the chunk before it."""
     if end <= start:
         raise ValueError(f"backfill end {end.isoformat()} is not after start {start.isoformat()}")
     if chunk < tf.width:
@@ -83,4 +92,25 @@ def backfill_ranges(tf: Timeframe, start: datetime, end: datetime, chunk: timede
         chunk_end = min(align_up(cursor + chunk, tf), stop)
         chunks.append(Range(cursor, chunk_end))
         cursor = chunk_end
-    return chunks
+    return merge_small_chunks(
+        chunks,
+        size=lambda r: (r.end - r.start) / chunk,
+        limit=SMALLEST_CHUNK_SHARE,
+        join=lambda a, b: Range(a.start, b.end),
+    )
+
+
+def merge_small_chunks(
+    chunks: list[T], size: Callable[[T], float], limit: float, join: Callable[[T, T], T]
+) -> list[T]:
+    """``chunks`` (consecutive, oldest first) with every chunk whose ``size`` is below
+    ``limit`` joined to the chunk before it (the first one to the chunk after it)."""
+    merged: list[T] = []
+    for c in chunks:
+        if merged and size(c) < limit:
+            merged[-1] = join(merged[-1], c)
+        else:
+            merged.append(c)
+    if len(merged) > 1 and size(merged[0]) < limit:
+        merged[:2] = [join(merged[0], merged[1])]
+    return merged

@@ -12,12 +12,14 @@ from pyspark.sql import functions as F
 from core.calendars import Calendars, is_daily
 from core.ranges import Range, coalesce_ranges
 from core.tables import CANDLE_KEY, Tables
+from core.time import from_us
 from core.timeframes import Timeframe, rollup_source
 from expectations.suites import RECONCILED
 from spark_jobs.candles import (
     CANDLE_COLUMNS,
     QUOTE_VOLUME_SQL,
     VOLUME_SQL,
+    candles,
     vwap,
     windows,
 )
@@ -81,20 +83,6 @@ def with_window_columns(
     )
 
 
-def invariant_frame(
-    spark: SparkSession,
-    tables: Tables,
-    tf: Timeframe,
-    ranges: Sequence[Range],
-    branch: str | None,
-    calendars: Calendars | None = None,
-) -> DataFrame:
-    """The candles a run wrote (its recomputed windows, on its branch), ready for the suite."""
-    return with_window_columns(
-        read_candles(spark, tables.candles(tf), ranges, branch), tf, calendars
-    )
-
-
 def rollup(candles: DataFrame, tf: Timeframe, calendars: Calendars | None = None) -> DataFrame:
     """Roll smaller real candles up into ``tf`` windows, the way the candles themselves are
     defined (per instrument calendar; a small candle outside every session is dropped).
@@ -139,21 +127,21 @@ def reconciliation_frame(
     ranges: Sequence[Range],
     branch: str | None,
     calendars: Calendars | None = None,
+    written: DataFrame | None = None,
 ) -> DataFrame | None:
     """Real candles a run wrote side by side with the rollup of the smaller timeframe's
     ``main`` (synthetic candles hold no trades to reconcile).
 
     A full outer join on the key: ``in_candles`` / ``in_rollup`` flag windows present on one
     side only, ``rollup_<column>`` holds the rolled-up value. None for 1m (nothing smaller).
+    ``written``: the run's candles as already read from ``branch`` (else read here).
     """
     source = rollup_source(tf)
     if source is None:
         return None
-    written = (
-        read_candles(spark, tables.candles(tf), ranges, branch)
-        .where(~_synthetic())
-        .select(*CANDLE_COLUMNS)
-    )
+    if written is None:
+        written = read_candles(spark, tables.candles(tf), ranges, branch)
+    written = written.where(~_synthetic()).select(*CANDLE_COLUMNS)
     if calendars is None or calendars.all_utc:
         smaller = read_candles(spark, tables.candles(source), ranges)
         rolled_all = rollup(smaller, tf)
@@ -175,24 +163,70 @@ def reconciliation_frame(
     return joined.fillna(False, subset=["in_candles", "in_rollup"])
 
 
+def trades_sample_frame(
+    spark: SparkSession,
+    tables: Tables,
+    tf: Timeframe,
+    written: DataFrame,
+    trades_snapshot: int,
+    windows_wanted: int,
+    calendars: Calendars | None = None,
+    seed: int = 0,
+) -> DataFrame | None:
+    """Up to ``windows_wanted`` real candles a run wrote, picked at random (``seed``), side by
+    side with the same windows recomputed from the trades of ``trades_snapshot`` by
+    :func:`spark_jobs.candles.candles` (``trades_<column>``; ``in_trades`` false where the
+    trades hold no such candle). None when the run wrote no real candle."""
+    picked = (
+        written.where(~_synthetic())
+        .select(
+            "exchange",
+            "symbol",
+            F.unix_micros("window_start").alias("_lo"),
+            F.unix_micros("window_end").alias("_hi"),
+        )
+        .orderBy(F.xxhash64("exchange", "symbol", "_lo", F.lit(seed)))
+        .limit(windows_wanted)
+        .collect()
+    )
+    if not picked:
+        return None
+    spans = coalesce_ranges([Range(from_us(r["_lo"]), from_us(r["_hi"])) for r in picked])
+    keys = spark.createDataFrame(
+        [(r["exchange"], r["symbol"], r["_lo"], r["_hi"]) for r in picked],
+        "exchange string, symbol string, _lo long, _hi long",
+    )
+    trades = spark.read.option("versionAsOf", trades_snapshot).table(tables.trades)
+    inside = (
+        trades.where(in_ranges(F.col("ts"), spans))
+        .join(F.broadcast(keys), ["exchange", "symbol"])
+        .where((F.unix_micros("ts") >= F.col("_lo")) & (F.unix_micros("ts") < F.col("_hi")))
+        .drop("_lo", "_hi")
+    )
+    recomputed = candles(inside, tf, calendars=calendars).select(
+        *CANDLE_KEY,
+        *[F.col(c).alias(f"trades_{c}") for c in RECONCILED],
+        F.lit(True).alias("in_trades"),
+    )
+    sampled = written.join(
+        F.broadcast(
+            keys.select("exchange", "symbol", F.timestamp_micros("_lo").alias("window_start"))
+        ),
+        list(CANDLE_KEY),
+    ).select(*CANDLE_COLUMNS)
+    joined = sampled.join(recomputed, list(CANDLE_KEY), "left")
+    return joined.fillna(False, subset=["in_trades"])
+
+
 GAP_KEY = ("exchange", "symbol", "trading_date")
 GAP_COLUMNS = (*GAP_KEY, "windows", "real_windows", "empty_windows")
 
 
-def gap_frame(
-    spark: SparkSession, tables: Tables, tf: Timeframe, ranges: Sequence[Range], branch: str | None
-) -> DataFrame | None:
-    """Per (exchange, symbol, local trading date) of the run's windows: how many windows lie
-    from the first candle to the last, how many had trades, and how many had none (missing,
-    or synthetic under gap policy previous_close). None for daily candles (a day without
-    trades is a weekend or a holiday as often as an outage)."""
-    if is_daily(tf):
-        return None
-    return gap_counts(read_candles(spark, tables.candles(tf), ranges, branch), tf)
-
-
 def gap_counts(candles: DataFrame, tf: Timeframe) -> DataFrame:
-    """:func:`gap_frame` of these candles."""
+    """Per (exchange, symbol, local trading date) of these candles: how many windows lie
+    from the first candle to the last, how many had trades, and how many had none (missing,
+    or synthetic under gap policy previous_close). Not for daily candles (a day without
+    trades is a weekend or a holiday as often as an outage)."""
     start = F.unix_micros(F.col("window_start"))
     per_day = candles.groupBy("exchange", "symbol", "trading_date").agg(
         F.min(start).alias("_lo"),
@@ -211,7 +245,7 @@ def gap_counts(candles: DataFrame, tf: Timeframe) -> DataFrame:
 
 
 def gap_rows(candles: pd.DataFrame, tf: Timeframe) -> list[dict[str, Any]] | None:
-    """:func:`gap_frame`'s rows from candles a run
+    """:func:`gap_counts`'s rows from candles a run
     already collected (the invariant frame, for validation in pandas): no query of its own.
     None for daily candles."""
     if is_daily(tf):

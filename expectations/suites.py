@@ -51,6 +51,10 @@ def reconciliation_suite_name(tf: Timeframe) -> str:
     return f"ohlcv_{tf.name}_reconciliation"
 
 
+def trades_sample_suite_name(tf: Timeframe) -> str:
+    return f"ohlcv_{tf.name}_trades_sample"
+
+
 def gap_suite_name(tf: Timeframe) -> str:
     return f"ohlcv_{tf.name}_gaps"
 
@@ -152,16 +156,38 @@ def reconciliation_expectations(tf: Timeframe) -> list[Expectation]:
             ("in_rollup", f"{source.name} candles where a {tf.name} candle exists"),
         )
     ]
-    expectations += [
+    return expectations + _columns_equal("rollup", f"the rollup of {source.name} candles")
+
+
+def _columns_equal(prefix: str, what: str) -> list[Expectation]:
+    """Every reconciled column equals ``<prefix>_<column>`` (rows missing either skipped)."""
+    return [
         _noted(
             gxe.ExpectColumnPairValuesToBeEqual(
-                column_A=c, column_B=f"rollup_{c}", ignore_row_if="either_value_is_missing"
+                column_A=c, column_B=f"{prefix}_{c}", ignore_row_if="either_value_is_missing"
             ),
-            f"{c} equals the rollup of {source.name} candles",
+            f"{c} equals {what}",
         )
         for c in RECONCILED
     ]
-    return expectations
+
+
+def trades_sample_expectations(tf: Timeframe) -> list[Expectation]:
+    """Sampled candles equal the same windows recomputed from the trades, column by column."""
+    present = _noted(
+        gxe.ExpectColumnValuesToBeInSet(column="in_trades", value_set=[True]),
+        f"every sampled {tf.name} window has trades",
+    )
+    return [present, *_columns_equal("trades", "the candle recomputed from the trades")]
+
+
+def trades_sample_suite(tf: Timeframe) -> gx.ExpectationSuite:
+    """Candles rolled up from 1m state against a sample of windows recomputed from the
+    trades: the independent check of a rollup (a rollup checked against itself proves
+    nothing)."""
+    return gx.ExpectationSuite(
+        name=trades_sample_suite_name(tf), expectations=trades_sample_expectations(tf)
+    )
 
 
 def invariant_suite(tf: Timeframe) -> gx.ExpectationSuite:

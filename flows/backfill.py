@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,18 +33,19 @@ from pyiceberg.table.snapshots import ancestors_of
 from core.ranges import Range, backfill_ranges
 from core.tables import TRADES, Tables, ensure_tables
 from core.timeframes import Timeframe
-from flows.pipeline import RunMetrics, RunRequest, run_pipeline
+from flows.pipeline import RunMetrics, RunRequest, Steps, run_pipeline, tables_for
 from infra.catalog import open_catalog
 from settings import Settings
+from spark_jobs.rollup import ChunkAggregate
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from spark_jobs.jobs import TradeStats
 
-ChunkRunner = Callable[[RunRequest], RunMetrics]
-"""Runs one chunk's request: a Prefect flow run (:func:`as_flow_runs`), or the pipeline in a
-session (:func:`in_session`)."""
+ChunkRunner = Callable[[RunRequest], list[RunMetrics]]
+"""Runs one chunk's request for every timeframe of the backfill, in order: a Prefect flow run
+(:func:`as_flow_runs`), or the pipeline in a session (:func:`in_session`)."""
 
 
 @dataclass
@@ -61,7 +62,7 @@ class BackfillProgress:
         cls,
         settings: Settings,
         candles: Table,
-        tf: Timeframe,
+        tf: Timeframe | Sequence[Timeframe],
         chunks: list[Range],
         chunk: timedelta,
         trades_snapshot_id: int | None,
@@ -74,8 +75,11 @@ class BackfillProgress:
         ``restart`` forgets the stored progress: every chunk is recomputed, pinned to
         ``trades_snapshot_id``. With ``chunk_trades`` the chunks are sized by trades, planned on
         the pinned snapshot (so a resumed backfill cuts the same ones); ``chunks`` then only
-        give the range.
+        give the range. With several timeframes (one pass over the trades for all), ``candles``
+        is the last one's table: its snapshot after a chunk is the chunk's mark.
         """
+        timeframes = [tf] if isinstance(tf, Timeframe) else list(tf)
+        tf = timeframes[-1]
         key: dict[str, Any] = {
             "catalog": settings.catalog_name,
             "catalog_type": settings.catalog_type.value,
@@ -87,13 +91,16 @@ class BackfillProgress:
             "start": chunks[0].start.isoformat(),
             "end": chunks[-1].end.isoformat(),
         }
+        if len(timeframes) > 1:
+            key["timeframes"] = [t.name for t in timeframes]
         if chunk_trades is None:
             key["chunk_s"] = chunk.total_seconds()
         else:
             key["chunk_trades"] = chunk_trades
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         first, last = chunks[0].start, chunks[-1].end
-        name = f"{tf.name}_{first:%Y%m%dT%H%M}_{last:%Y%m%dT%H%M}_{digest}.json"
+        label = "+".join(t.name for t in timeframes)
+        name = f"{label}_{first:%Y%m%dT%H%M}_{last:%Y%m%dT%H%M}_{digest}.json"
         path = settings.data_dir.resolve() / "backfills" / name
         if restart or not path.exists():
             return cls(path, key, trades_snapshot_id)
@@ -134,10 +141,15 @@ class BackfillProgress:
 
 @dataclass(frozen=True)
 class ChunkDone:
-    """One finished chunk of a backfill and what its run reported."""
+    """One finished chunk of a backfill and what its runs reported, one per timeframe."""
 
     window: Range
-    metrics: RunMetrics
+    runs: list[RunMetrics]
+
+    @property
+    def metrics(self) -> RunMetrics:
+        """The first timeframe's run (the only one of a backfill of one timeframe)."""
+        return self.runs[0]
 
 
 @dataclass
@@ -145,12 +157,17 @@ class Backfill:
     """A planned backfill: its chunks and the ones still to do. Iterating runs those, oldest
     first, recording each as done once its run returned."""
 
-    tf: Timeframe
+    timeframes: list[Timeframe]
     chunks: list[Range]
     todo: list[Range]
     requests: dict[Range, RunRequest]
     progress: BackfillProgress
     run_chunk: ChunkRunner
+
+    @property
+    def tf(self) -> str:
+        """The timeframes backfilled, by name (``1m``, or ``1m+5m+30m+1h+1d``)."""
+        return "+".join(t.name for t in self.timeframes)
 
     @property
     def resumed(self) -> int:
@@ -159,14 +176,14 @@ class Backfill:
 
     def __iter__(self) -> Iterator[ChunkDone]:
         for window in self.todo:
-            metrics = self.run_chunk(self.requests[window])
-            self.progress.mark_done(window, metrics.main_snapshot_id)
-            yield ChunkDone(window, metrics)
+            runs = self.run_chunk(self.requests[window])
+            self.progress.mark_done(window, runs[-1].main_snapshot_id)
+            yield ChunkDone(window, runs)
 
 
 def run_backfill(
     settings: Settings,
-    tf: Timeframe,
+    tf: Timeframe | Sequence[Timeframe],
     start: datetime,
     end: datetime,
     *,
@@ -183,6 +200,12 @@ def run_backfill(
     progress file); the last one records it as the watermark of a table that has none, when
     the backfill covered every trade.
 
+    Several timeframes (``ohlcv backfill all``) are backfilled in one pass over the trades:
+    chunks of whole windows of the longest one; per chunk the trades are read and aggregated
+    into 1m state once (:class:`spark_jobs.rollup.ChunkAggregate`), and each timeframe, shortest
+    first, is generated from it (longer ones rolled up), validated on its audit branch and
+    published before the next.
+
     Args:
         chunk: the length of a chunk.
         chunk_trades: size chunks by trades instead, about this many each (planned on the
@@ -194,15 +217,17 @@ def run_backfill(
             flow (:func:`as_flow_runs`, what ``ohlcv backfill`` does).
         run_chunk: any other way to run a chunk.
     """
-    chunks = backfill_ranges(tf, start, end, chunk)
+    timeframes = sorted([tf] if isinstance(tf, Timeframe) else tf, key=lambda t: t.width)
+    longest = timeframes[-1]
+    chunks = backfill_ranges(longest, start, end, chunk)
     catalog = open_catalog(settings)
     ensure_tables(catalog, settings.namespace)
     pinned = catalog.load_table((settings.namespace, TRADES)).current_snapshot()
-    candles = catalog.load_table((settings.namespace, tf.table))
+    candles = catalog.load_table((settings.namespace, longest.table))
     progress = BackfillProgress.load(
         settings,
         candles,
-        tf,
+        timeframes,
         chunks,
         chunk,
         pinned.snapshot_id if pinned else None,
@@ -211,7 +236,9 @@ def run_backfill(
     )
     stats: dict[Range, TradeStats] = {}
     if chunk_trades is not None and progress.trades_snapshot_id is not None:
-        stats = _chunks_by_trades(settings, tf, chunks, progress.trades_snapshot_id, chunk_trades)
+        stats = _chunks_by_trades(
+            settings, longest, chunks, progress.trades_snapshot_id, chunk_trades
+        )
         chunks = list(stats)
     requests = {
         r.window_range: r
@@ -219,8 +246,10 @@ def run_backfill(
         if r.window_range is not None
     }
     if run_chunk is None:
-        run_chunk = as_flow_runs(tf) if spark is None else in_session(spark, settings, tf)
-    return Backfill(tf, chunks, progress.todo(chunks), requests, progress, run_chunk)
+        run_chunk = (
+            as_flow_runs(timeframes) if spark is None else in_session(spark, settings, timeframes)
+        )
+    return Backfill(timeframes, chunks, progress.todo(chunks), requests, progress, run_chunk)
 
 
 def backfill_requests(
@@ -256,28 +285,70 @@ def _chunks_by_trades(
     return {c.window_range: c.stats for c in planned}
 
 
-def as_flow_runs(tf: Timeframe) -> ChunkRunner:
-    """Each chunk a flow run of the timeframe's Prefect flow (what ``ohlcv backfill`` does)."""
+def as_flow_runs(timeframes: list[Timeframe]) -> ChunkRunner:
+    """Each chunk a flow run (what ``ohlcv backfill`` does): of the timeframe's Prefect flow,
+    or for several timeframes of the backfill flow, which shares one read of the trades."""
 
-    def run(request: RunRequest) -> RunMetrics:
-        from flows.candle_flows import FLOWS
+    def run(request: RunRequest) -> list[RunMetrics]:
+        from flows.candle_flows import FLOWS, backfill_flow
 
         assert request.window_range is not None
         stats = request.stats
-        return FLOWS[tf.name](
-            window_start=request.window_range.start,
-            window_end=request.window_range.end,
-            trades_snapshot_id=request.trades_snapshot_id,
-            backfill_start=request.completes.start if request.completes else None,
-            chunk_trades=stats.trades if stats else None,
-            chunk_trade_ids=(
+        parameters: dict[str, Any] = {
+            "window_start": request.window_range.start,
+            "window_end": request.window_range.end,
+            "trades_snapshot_id": request.trades_snapshot_id,
+            "backfill_start": request.completes.start if request.completes else None,
+            "chunk_trades": stats.trades if stats else None,
+            "chunk_trade_ids": (
                 (stats.trade_ids.low, stats.trade_ids.high) if stats and stats.trade_ids else None
             ),
-        )
+        }
+        if len(timeframes) == 1:
+            return [FLOWS[timeframes[0].name](**parameters)]
+        return backfill_flow(timeframes=[t.name for t in timeframes], **parameters)
 
     return run
 
 
-def in_session(spark: SparkSession, settings: Settings, tf: Timeframe) -> ChunkRunner:
+def in_session(
+    spark: SparkSession, settings: Settings, timeframes: Timeframe | list[Timeframe]
+) -> ChunkRunner:
     """Each chunk the plain pipeline (no Prefect) in the caller's session: tests, benchmarks."""
-    return lambda request: RunMetrics.of(tf, run_pipeline(spark, settings, tf, request))
+    if isinstance(timeframes, Timeframe):
+        timeframes = [timeframes]
+    return lambda request: run_chunk_pipelines(spark, settings, timeframes, request, None)
+
+
+def run_chunk_pipelines(
+    spark: SparkSession,
+    settings: Settings,
+    timeframes: list[Timeframe],
+    request: RunRequest,
+    steps: Steps | None,
+) -> list[RunMetrics]:
+    """One chunk of a backfill: each timeframe's pipeline in turn, shortest first; with
+    several, all from one aggregation of the chunk's trades."""
+    if len(timeframes) == 1:
+        tf = timeframes[0]
+        return [RunMetrics.of(tf, run_pipeline(spark, settings, tf, request, steps))]
+    assert request.window_range is not None
+    snapshot = request.trades_snapshot_id
+    if snapshot is None:  # trades was empty when the backfill started: nothing to read
+        return [
+            RunMetrics.of(tf, run_pipeline(spark, settings, tf, request, steps))
+            for tf in timeframes
+        ]
+    with ChunkAggregate(
+        spark,
+        tables_for(settings),
+        request.window_range,
+        snapshot,
+        timeframes,
+        settings.market().calendars,
+        request.stats,
+    ) as aggregate:
+        shared = replace(request, aggregate=aggregate)
+        return [
+            RunMetrics.of(tf, run_pipeline(spark, settings, tf, shared, steps)) for tf in timeframes
+        ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -334,10 +335,7 @@ def run_candle_pipeline(
     request = _request(
         at, lookback_minutes, window_start, window_end, trades_snapshot_id, backfill_start
     )
-    if chunk_trades is not None:
-        # Counted when the backfill planned its chunks by trades: the run does not count again.
-        ids = TradeIdRange(*chunk_trade_ids) if chunk_trade_ids else None
-        request = replace(request, stats=TradeStats(chunk_trades, ids))
+    request = _counted(request, chunk_trades, chunk_trade_ids)
     with ends_within_grace(), one_writer(settings, tf.table):
         spark = connect(settings)
         try:
@@ -353,6 +351,52 @@ def run_candle_pipeline(
         key=f"ohlcv-{tf.name}-metrics", table=metrics.rows(), description=f"{tf} run metrics"
     )
     return metrics
+
+
+@flow(name="OHLCV Backfill", log_prints=False)
+def backfill_flow(
+    timeframes: list[str],
+    window_start: datetime,
+    window_end: datetime,
+    trades_snapshot_id: int | None = None,
+    backfill_start: datetime | None = None,
+    chunk_trades: int | None = None,
+    chunk_trade_ids: tuple[int, int] | None = None,
+) -> list[RunMetrics]:
+    """One chunk of a backfill of several timeframes, from one read of its trades."""
+    from flows.backfill import run_chunk_pipelines
+
+    settings = Settings()
+    tfs = [TIMEFRAMES[name] for name in timeframes]
+    request = _request(None, None, window_start, window_end, trades_snapshot_id, backfill_start)
+    request = _counted(request, chunk_trades, chunk_trade_ids)
+    with ends_within_grace(), ExitStack() as writers:
+        for tf in tfs:
+            writers.enter_context(one_writer(settings, tf.table))
+        spark = connect(settings)
+        try:
+            steps = TaskSteps(run_tag(runtime.flow_run.id))
+            runs = run_chunk_pipelines(spark, settings, tfs, request, steps)
+        finally:
+            close(spark)
+    for metrics in runs:
+        create_table_artifact(
+            key=f"ohlcv-{metrics.timeframe}-metrics",
+            table=metrics.rows(),
+            description=f"{metrics.timeframe} backfill chunk metrics",
+        )
+    return runs
+
+
+def _counted(
+    request: RunRequest, chunk_trades: int | None, chunk_trade_ids: tuple[int, int] | None
+) -> RunRequest:
+    """The request with the chunk's trade counts, when the backfill planned chunks by trades
+    (the run does not count them again)."""
+    if chunk_trades is None:
+        return request
+    ids = TradeIdRange(*chunk_trade_ids) if chunk_trade_ids else None
+    return replace(request, stats=TradeStats(chunk_trades, ids))
 
 
 def _request(

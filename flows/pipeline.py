@@ -19,9 +19,10 @@ a test runs it with the plain :class:`Steps`, which call the step functions dire
 from __future__ import annotations
 
 import logging
+import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,19 +30,26 @@ from typing import Any
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
+from core.calendars import is_daily
 from core.ranges import Range
 from core.tables import Tables
 from core.timeframes import Timeframe, rollup_source
 from expectations.frames import (
     GAP_COLUMNS,
-    gap_frame,
+    gap_counts,
     gap_order,
     gap_rows,
-    invariant_frame,
     reconciliation_frame,
+    trades_sample_frame,
+    with_window_columns,
 )
 from expectations.report import ValidationReport
-from expectations.suites import gap_suite, invariant_suite, reconciliation_suite
+from expectations.suites import (
+    gap_suite,
+    invariant_suite,
+    reconciliation_suite,
+    trades_sample_suite,
+)
 from expectations.validation import (
     ValidationFailed,
     collect,
@@ -50,6 +58,8 @@ from expectations.validation import (
 )
 from settings import Settings
 from spark_jobs import jobs, plan, revisions, wap
+from spark_jobs.reads import read_candles
+from spark_jobs.rollup import ChunkAggregate
 from spark_jobs.snapshots import main_snapshot_id, only_compacted_since, watermark
 
 log = logging.getLogger(__name__)
@@ -71,6 +81,8 @@ class RunRequest:
     completes: Range | None = None
     stats: plan.TradeStats | None = None
     """The chunk's trades, when the backfill counted them already (:func:`plan.plan_chunks`)."""
+    aggregate: ChunkAggregate | None = None
+    """The chunk's trades aggregated once for several timeframes (a backfill of them all)."""
 
 
 @dataclass
@@ -80,6 +92,8 @@ class Validation:
     invariants: ValidationReport | None = None
     reconciliation: ValidationReport | None = None
     reconciliation_gating: bool = False
+    trades_sample: ValidationReport | None = None
+    """Rolled-up candles against a sample of windows recomputed from the trades (blocking)."""
     gaps: ValidationReport | None = None
     """The gap report's check (never blocking)."""
     gap_rows: list[dict[str, Any]] = field(default_factory=list)
@@ -92,6 +106,8 @@ class Validation:
         """The failed report that must keep these candles from ``main`` (None: publish)."""
         if self.invariants is not None and not self.invariants.success:
             return self.invariants
+        if self.trades_sample is not None and not self.trades_sample.success:
+            return self.trades_sample
         if (
             self.reconciliation is not None
             and not self.reconciliation.success
@@ -106,12 +122,13 @@ class Validation:
 
     @property
     def reports(self) -> list[ValidationReport]:
-        return [r for r in (self.invariants, self.reconciliation, self.gaps) if r is not None]
+        return [r for r in (*self.checks, self.gaps) if r is not None]
 
     @property
     def checks(self) -> list[ValidationReport]:
         """The reports of the candles' correctness (the gap report describes the feed)."""
-        return [r for r in (self.invariants, self.reconciliation) if r is not None]
+        found = (self.invariants, self.trades_sample, self.reconciliation)
+        return [r for r in found if r is not None]
 
     @property
     def empty_windows(self) -> int:
@@ -221,6 +238,7 @@ def generate(
             completes=request.completes,
             stats=request.stats,
             market=settings.market(),
+            source=request.aggregate,
         )
     return jobs.refresh_candles(
         spark,
@@ -272,18 +290,58 @@ def validate(
             keep_results=settings.validation_results_kept,
         )
 
-    calendars = settings.market().calendars
-    written = invariant_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH, calendars)
-    invariants: DataFrame | pd.DataFrame = written
-    if validates_in_pandas(
+    # One read of the audit branch for a chunk: cached, every check below works on these
+    # rows. (A small run collects them for GX's pandas engine; only its reconciliation reads
+    # them again, as a Spark frame.)
+    stored = read_candles(spark, tables.candles(tf), run.ranges, wap.AUDIT_BRANCH)
+    in_pandas = validates_in_pandas(
         settings.validation_engine, computed, settings.validation_pandas_max_rows
-    ):
+    )
+    with ExitStack() as held:
+        if not in_pandas:
+            stored = stored.cache()
+            held.callback(stored.unpersist)
+        _checks(spark, settings, tf, run, validation, stored, in_pandas, check)
+    return validation
+
+
+def _checks(
+    spark: SparkSession,
+    settings: Settings,
+    tf: Timeframe,
+    run: jobs.RunResult,
+    validation: Validation,
+    stored: DataFrame,
+    in_pandas: bool,
+    check: Callable[[Any, Any], ValidationReport],
+) -> None:
+    """The checks of :func:`validate`, all from ``stored`` (the run's windows on the branch)."""
+    tables = tables_for(settings)
+    calendars = settings.market().calendars
+    written = with_window_columns(stored, tf, calendars)
+    invariants: DataFrame | pd.DataFrame = written
+    if in_pandas:
         # Collected here, once: the gap report below counts the same rows without a query.
         invariants = collect(written)
     validation.invariants = check(invariant_suite(tf), invariants)
+    if run.rolled_up and run.trades_snapshot_id is not None:
+        sample = trades_sample_frame(
+            spark,
+            tables,
+            tf,
+            stored,
+            run.trades_snapshot_id,
+            settings.validation_sample_windows,
+            calendars,
+            seed=random.randrange(2**31),
+        )
+        if sample is not None:
+            validation.trades_sample = check(trades_sample_suite(tf), sample)
     source = rollup_source(tf)
     rollup_suite = reconciliation_suite(tf)
-    rolled = reconciliation_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH, calendars)
+    rolled = reconciliation_frame(
+        spark, tables, tf, run.ranges, wap.AUDIT_BRANCH, calendars, written=stored
+    )
     if source is not None and rollup_suite is not None and rolled is not None:
         validation.reconciliation = check(rollup_suite, rolled)
         source_watermark = watermark(spark, tables.candles(source))
@@ -301,7 +359,7 @@ def validate(
     if isinstance(invariants, pd.DataFrame):
         rows = gap_rows(invariants, tf)
     else:
-        gaps = gap_frame(spark, tables, tf, run.ranges, wap.AUDIT_BRANCH)
+        gaps = None if is_daily(tf) else gap_counts(stored, tf)
         rows = None if gaps is None else [r.asDict() for r in gaps.collect()]
     if rows is not None:
         validation.gap_rows = sorted(rows, key=gap_order)
@@ -316,7 +374,6 @@ def validate(
                 f"{tf}: {empty} window(s) without trades on {days} symbol-day(s) (gap report; "
                 "not blocking)"
             )
-    return validation
 
 
 def require_valid(validation: Validation) -> None:

@@ -263,6 +263,13 @@ class Settings(OperationsSettings, LandingSettings):
         description="With OHLCV_VALIDATION_ENGINE=auto: batches up to this many candles are "
         "validated by GX's pandas engine, larger ones by onepass. 0: always onepass.",
     )
+    validation_sample_windows: int = Field(
+        default=64,
+        ge=1,
+        description="Candles a run rolled up from 1m state (a backfill of several timeframes) "
+        "are checked against candles recomputed from the trades for this many of their windows, "
+        "picked at random in every run (the test suite checks every window).",
+    )
     validation_results_kept: int = Field(
         default=300,
         ge=1,

@@ -25,9 +25,10 @@ query rather than produce a number nobody proved.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import DecimalType
 
@@ -269,6 +270,29 @@ def _integer_sums_allowed(trades: DataFrame, max_trades: int | None) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class CandleState:
+    """Candles before their last step: per (exchange, symbol, window) the open, high, low,
+    close, the sums' inputs summed (integer limbs, or decimals), the trade count and the first
+    and last trade's time, in ``_w_start``/``_w_end`` (epoch us) and ``_w_date``.
+
+    Mergeable: the state of a longer window is the merge of its shorter windows' states
+    (:func:`spark_jobs.rollup.roll_up`), exactly; :func:`finish` turns a state into candles.
+    """
+
+    frame: DataFrame
+    integer_sums: bool
+
+    @property
+    def sum_columns(self) -> list[str]:
+        return list(_LIMBS if self.integer_sums else _DECIMAL_SUMS)
+
+
+_LIMBS = ("_v0", "_v1", "_q0", "_q1", "_q2", "_q3")
+_DECIMAL_SUMS = ("_quantity", "_quote")
+STATE_KEY = ("exchange", "symbol", "_w_start", "_w_end", "_w_date")
+
+
 def candles(
     trades: DataFrame,
     tf: Timeframe,
@@ -295,6 +319,17 @@ def candles(
         The columns of ``CANDLE_COLUMNS`` (without ``computed_at``), typed as the candle tables;
         ``synthetic`` is false (every candle here has trades).
     """
+    return finish(candle_state(trades, tf, trade_ids, calendars, max_trades))
+
+
+def candle_state(
+    trades: DataFrame,
+    tf: Timeframe,
+    trade_ids: TradeIdRange | None = None,
+    calendars: Calendars | None = None,
+    max_trades: int | None = None,
+) -> CandleState:
+    """:func:`candles` up to the aggregation: the mergeable state (same arguments)."""
     start, end, day = windows(F.col("ts"), tf, calendars)
     ids = ["trade_id", TEXT_ID] if TEXT_ID in trades.columns else ["trade_id"]
     located = trades.select(
@@ -330,7 +365,7 @@ def candles(
         *[column.alias(name) for name, column in sum_inputs.items()],
     )
     # End and date depend on the start (and the instrument): grouping by them only carries them.
-    aggregated = keyed.groupBy("exchange", "symbol", "_w_start", "_w_end", "_w_date").agg(
+    aggregated = keyed.groupBy(*STATE_KEY).agg(
         F.min_by("price", "_key").alias("open"),
         F.max("price").alias("high"),
         F.min("price").alias("low"),
@@ -340,7 +375,13 @@ def candles(
         F.min("ts").alias("open_ts"),
         F.max("ts").alias("close_ts"),
     )
-    if integer_sums:
+    return CandleState(aggregated, integer_sums)
+
+
+def finish(state: CandleState) -> DataFrame:
+    """Candles (``CANDLE_COLUMNS`` without ``computed_at``) from their state: the exact sums
+    from the summed limbs (or decimals), and the vwap."""
+    if state.integer_sums:
         too_many = F.col("trade_count") >= F.lit(INTEGER_SUMS_MAX_TRADES)
         refused = F.raise_error(
             F.lit(
@@ -353,7 +394,7 @@ def candles(
         quote_volume = F.when(too_many, refused).otherwise(exact["quote_volume"])
     else:
         volume, quote_volume = F.col("_quantity"), F.col("_quote")
-    sums = aggregated.withColumns(
+    sums = state.frame.withColumns(
         {
             "volume": volume.cast(VOLUME_SQL),
             "quote_volume": quote_volume.cast(QUOTE_VOLUME_SQL),
@@ -376,81 +417,4 @@ def candles(
         "close_ts",
         F.col("_w_date").alias("trading_date"),
         F.lit(False).alias("synthetic"),
-    )
-
-
-def synthetic_candles(
-    real: DataFrame,
-    seeds: DataFrame,
-    later: DataFrame,
-    tf: Timeframe,
-    span_end_us: int,
-    calendars: Calendars | None = None,
-) -> DataFrame:
-    """The candles gap policy ``previous_close`` adds: one per window without trades between a
-    symbol's candles, flat at the previous close, volume 0, trade_count 0, ``synthetic`` true.
-
-    Args:
-        real: real candles of windows overlapping the span being recomputed.
-        seeds: per (exchange, symbol), the last stored candle before the span: ``_seed_end``
-            (its window_end, epoch us) and ``_seed_close``. Its close carries forward.
-        later: (exchange, symbol) of symbols with trades after the span: the windows up to the
-            span's end are between two trades too.
-        tf: a timeframe shorter than a day (fixed-width windows).
-        span_end_us: end of the span (epoch us).
-        calendars: the instruments' calendars (their grids).
-
-    Returns:
-        Only the synthetic candles, in ``CANDLE_COLUMNS``.
-    """
-    width = F.lit(tf.width_us).cast("long")  # sequence() wants one integer type throughout
-    keys = ["exchange", "symbol"]
-    bounds = (
-        real.groupBy(*keys)
-        .agg(
-            F.min(F.unix_micros("window_start")).alias("_first"),
-            F.max(F.unix_micros("window_start")).alias("_last"),
-        )
-        .join(seeds, keys, "full_outer")
-        .join(later.select(*keys, F.lit(True).alias("_later")), keys, "left")
-    )
-    # The last window of each instrument's own grid that overlaps the span.
-    last_in_span = windows(F.timestamp_micros(F.lit(span_end_us - 1)), tf, calendars)[0]
-    lo = F.coalesce(F.col("_seed_end"), F.col("_first"))
-    hi = F.when(F.col("_later"), last_in_span).otherwise(F.col("_last"))
-    grid = bounds.where(lo.isNotNull() & hi.isNotNull() & (lo <= hi)).select(
-        *keys, F.explode(F.sequence(lo, hi, width)).alias("_ws")
-    )
-    real_marks = real.select(
-        *keys, F.unix_micros("window_start").alias("_ws"), F.col("close").alias("_close")
-    )
-    empty = grid.join(real_marks.select(*keys, "_ws"), [*keys, "_ws"], "left_anti")
-    marks = real_marks.unionByName(
-        seeds.select(
-            *keys, (F.col("_seed_end") - width).alias("_ws"), F.col("_seed_close").alias("_close")
-        )
-    ).unionByName(empty.withColumn("_close", F.lit(None).cast(PRICE_SQL)))
-    # Window starts are unique per symbol, so "the last close before" is deterministic.
-    before = Window.partitionBy(*keys).orderBy("_ws").rowsBetween(Window.unboundedPreceding, 0)
-    filled = marks.withColumn("_prev", F.last("_close", ignorenulls=True).over(before)).where(
-        F.col("_close").isNull() & F.col("_prev").isNotNull()
-    )
-    day = windows(F.timestamp_micros(F.col("_ws")), tf, calendars)[2]
-    prev = F.col("_prev").cast(PRICE_SQL)
-    return filled.select(
-        *keys,
-        F.timestamp_micros(F.col("_ws")).alias("window_start"),
-        F.timestamp_micros(F.col("_ws") + width).alias("window_end"),
-        prev.alias("open"),
-        prev.alias("high"),
-        prev.alias("low"),
-        prev.alias("close"),
-        F.lit(0).cast(VOLUME_SQL).alias("volume"),
-        F.lit(0).cast(QUOTE_VOLUME_SQL).alias("quote_volume"),
-        F.lit(0).cast("long").alias("trade_count"),
-        prev.alias("vwap"),
-        F.lit(None).cast("timestamp").alias("open_ts"),
-        F.lit(None).cast("timestamp").alias("close_ts"),
-        day.alias("trading_date"),
-        F.lit(True).alias("synthetic"),
     )

@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DecimalType, LongType, StringType, StructField, StructType
 
-from core.calendars import Market
+from core.calendars import Calendars, Market
 from core.ranges import Range, coalesce_ranges
 from core.tables import DECIMAL_PRECISION, DECIMAL_SCALE, Tables
 from core.time import from_us, to_us
 from core.timeframes import Timeframe
-from spark_jobs.candles import synthetic_candles
+from spark_jobs.candles import PRICE_SQL, QUOTE_VOLUME_SQL, VOLUME_SQL, windows
 from spark_jobs.results import RunResult
 
 _KEYS = ["exchange", "symbol"]
@@ -101,3 +101,80 @@ def _last_candles(candles: DataFrame, before: datetime) -> dict[tuple[str, str],
         .collect()
     )
     return {(r["exchange"], r["symbol"]): (int(r["end"]), r["close"]) for r in rows}
+
+
+def synthetic_candles(
+    real: DataFrame,
+    seeds: DataFrame,
+    later: DataFrame,
+    tf: Timeframe,
+    span_end_us: int,
+    calendars: Calendars | None = None,
+) -> DataFrame:
+    """The candles gap policy ``previous_close`` adds: one per window without trades between a
+    symbol's candles, flat at the previous close, volume 0, trade_count 0, ``synthetic`` true.
+
+    Args:
+        real: real candles of windows overlapping the span being recomputed.
+        seeds: per (exchange, symbol), the last stored candle before the span: ``_seed_end``
+            (its window_end, epoch us) and ``_seed_close``. Its close carries forward.
+        later: (exchange, symbol) of symbols with trades after the span: the windows up to the
+            span's end are between two trades too.
+        tf: a timeframe shorter than a day (fixed-width windows).
+        span_end_us: end of the span (epoch us).
+        calendars: the instruments' calendars (their grids).
+
+    Returns:
+        Only the synthetic candles, in ``CANDLE_COLUMNS``.
+    """
+    width = F.lit(tf.width_us).cast("long")  # sequence() wants one integer type throughout
+    keys = ["exchange", "symbol"]
+    bounds = (
+        real.groupBy(*keys)
+        .agg(
+            F.min(F.unix_micros("window_start")).alias("_first"),
+            F.max(F.unix_micros("window_start")).alias("_last"),
+        )
+        .join(seeds, keys, "full_outer")
+        .join(later.select(*keys, F.lit(True).alias("_later")), keys, "left")
+    )
+    # The last window of each instrument's own grid that overlaps the span.
+    last_in_span = windows(F.timestamp_micros(F.lit(span_end_us - 1)), tf, calendars)[0]
+    lo = F.coalesce(F.col("_seed_end"), F.col("_first"))
+    hi = F.when(F.col("_later"), last_in_span).otherwise(F.col("_last"))
+    grid = bounds.where(lo.isNotNull() & hi.isNotNull() & (lo <= hi)).select(
+        *keys, F.explode(F.sequence(lo, hi, width)).alias("_ws")
+    )
+    real_marks = real.select(
+        *keys, F.unix_micros("window_start").alias("_ws"), F.col("close").alias("_close")
+    )
+    empty = grid.join(real_marks.select(*keys, "_ws"), [*keys, "_ws"], "left_anti")
+    marks = real_marks.unionByName(
+        seeds.select(
+            *keys, (F.col("_seed_end") - width).alias("_ws"), F.col("_seed_close").alias("_close")
+        )
+    ).unionByName(empty.withColumn("_close", F.lit(None).cast(PRICE_SQL)))
+    # Window starts are unique per symbol, so "the last close before" is deterministic.
+    before = Window.partitionBy(*keys).orderBy("_ws").rowsBetween(Window.unboundedPreceding, 0)
+    filled = marks.withColumn("_prev", F.last("_close", ignorenulls=True).over(before)).where(
+        F.col("_close").isNull() & F.col("_prev").isNotNull()
+    )
+    day = windows(F.timestamp_micros(F.col("_ws")), tf, calendars)[2]
+    prev = F.col("_prev").cast(PRICE_SQL)
+    return filled.select(
+        *keys,
+        F.timestamp_micros(F.col("_ws")).alias("window_start"),
+        F.timestamp_micros(F.col("_ws") + width).alias("window_end"),
+        prev.alias("open"),
+        prev.alias("high"),
+        prev.alias("low"),
+        prev.alias("close"),
+        F.lit(0).cast(VOLUME_SQL).alias("volume"),
+        F.lit(0).cast(QUOTE_VOLUME_SQL).alias("quote_volume"),
+        F.lit(0).cast("long").alias("trade_count"),
+        prev.alias("vwap"),
+        F.lit(None).cast("timestamp").alias("open_ts"),
+        F.lit(None).cast("timestamp").alias("close_ts"),
+        day.alias("trading_date"),
+        F.lit(True).alias("synthetic"),
+    )

@@ -62,6 +62,7 @@ from spark_jobs.plan import (
 )
 from spark_jobs.reads import in_ranges, on_branch, overlapping
 from spark_jobs.results import RunResult
+from spark_jobs.rollup import ChunkAggregate
 from spark_jobs.snapshots import (
     Progress,
     branch_snapshot_id,
@@ -136,6 +137,7 @@ def recompute(
     completes: Range | None = None,
     stats: TradeStats | None = None,
     market: Market = UTC_MARKET,
+    source: ChunkAggregate | None = None,
 ) -> RunResult:
     """Recompute every window of ``window_range`` (one backfill chunk); keep the watermark.
 
@@ -148,6 +150,9 @@ def recompute(
             watermark: the next incremental run then reads only trades appended after it.
         stats: the trades of ``window_range`` at ``trades_snapshot``, when already counted
             (:func:`spark_jobs.plan.plan_chunks`); saves the run counting them itself.
+        source: the chunk's trades already aggregated (a backfill of several timeframes):
+            the candles are rolled up from its 1m state instead of aggregated from the trades
+            again; it fixes the trades snapshot and the stats.
     """
     return _run(
         spark,
@@ -162,6 +167,7 @@ def recompute(
         stats=stats,
         first_fill=True,
         market=market,
+        source=source,
     )
 
 
@@ -181,14 +187,17 @@ def _run(
     stats: TradeStats | None = None,
     first_fill: bool = False,
     market: Market = UTC_MARKET,
+    source: ChunkAggregate | None = None,
 ) -> RunResult:
     table = tables.candles(tf)
     calendars = market.calendars
     target = on_branch(table, branch)
     before = progress(spark, table)
     present: set[int] | None = None
-    if trades_snapshot:
-        current: int | None = trades_snapshot
+    if source is not None:
+        current: int | None = source.trades_snapshot
+    elif trades_snapshot:
+        current = trades_snapshot
     elif advance_watermark:
         # The plan asks whether the snapshots the progress names still exist: in the same query.
         current, present = head_and_existing(spark, tables.trades, before.snapshots())
@@ -230,7 +239,9 @@ def _run(
         .table(tables.trades)
         .where(in_ranges(F.col("ts"), read))
     )
-    if stats is None or not calendars.all_utc:
+    if source is not None:
+        stats = source.counted()
+    elif stats is None or not calendars.all_utc:
         # (a chunk's counted trades are those of its UTC-grid range: local windows read more)
         stats = trade_stats(trades)
     result.trades_read = stats.trades
@@ -239,7 +250,11 @@ def _run(
         return result
 
     stamp = computed_at or datetime.now(UTC)
-    real = candles(trades, tf, stats.trade_ids, calendars, max_trades=stats.trades)
+    if source is not None:
+        real = source.candles(tf)
+        result.rolled_up = True
+    else:
+        real = candles(trades, tf, stats.trade_ids, calendars, max_trades=stats.trades)
     if not calendars.all_utc:
         real = real.where(overlapping(F.col("window_start"), F.col("window_end"), wanted))
     with ExitStack() as held:

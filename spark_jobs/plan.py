@@ -16,7 +16,14 @@ from datetime import datetime
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from core.ranges import Range, align_down, align_up, window_of
+from core.ranges import (
+    SMALLEST_CHUNK_SHARE,
+    Range,
+    align_down,
+    align_up,
+    merge_small_chunks,
+    window_of,
+)
 from core.tables import Tables
 from core.time import from_us
 from core.timeframes import Timeframe
@@ -57,8 +64,9 @@ def plan_chunks(
 
     One aggregation over the range's trades (ts and trade_id only) counts them per slot (an
     hour, or one window for timeframes of an hour or more); consecutive slots are grouped while
-    their trades fit ``chunk_trades`` (a slot is never split). The chunks tile the range, gaps
-    included, and each knows its trade count and trade_id range.
+    their trades fit ``chunk_trades`` (a slot is never split); a chunk of fewer than a quarter of
+    ``chunk_trades`` is joined to the one before it. The chunks tile the range, gaps included,
+    and each knows its trade count and trade_id range.
     """
     if chunk_trades < 1:
         raise ValueError(f"chunk_trades must be at least 1, got {chunk_trades}")
@@ -97,7 +105,23 @@ def plan_chunks(
         n, low, high, text = 0, None, None, 0
     if cursor < whole.end or not chunks:
         chunks.append(Chunk(Range(cursor, whole.end), TradeStats(0, None)))
-    return chunks
+    return merge_small_chunks(
+        chunks, size=lambda c: c.stats.trades / chunk_trades, limit=SMALLEST_CHUNK_SHARE, join=_join
+    )
+
+
+def _join(a: Chunk, b: Chunk) -> Chunk:
+    """Two consecutive chunks as one: their range and the stats of all their trades (an id
+    range only when each chunk with trades has one: none means some id is text)."""
+    holding = [c.stats for c in (a, b) if c.stats.trades]
+    ids = [s.trade_ids for s in holding if s.trade_ids is not None]
+    joined = None
+    if ids and len(ids) == len(holding):
+        joined = TradeIdRange(min(r.low for r in ids), max(r.high for r in ids))
+    return Chunk(
+        Range(a.window_range.start, b.window_range.end),
+        TradeStats(a.stats.trades + b.stats.trades, joined),
+    )
 
 
 def _count_and_id_range(columns: list[str]) -> list[Column]:

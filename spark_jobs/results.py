@@ -32,6 +32,10 @@ class RunResult:
     revisions: pa.Table | None = None
     """Those candles' keys with ``old_``/``new_`` values (at most ``MAX_REVISIONS_KEPT``)."""
     candle_snapshot_id: int | None = None
+    rolled_up: bool = False
+    """The candles came from a chunk's shared 1m state (:mod:`spark_jobs.rollup`; longer
+    timeframes rolled up from it): validation also recomputes a sample of them from the
+    trades, the independent check of a rollup."""
     notes: list[str] = field(default_factory=list)
 
     @property

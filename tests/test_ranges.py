@@ -6,7 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.ranges import Range, align_down, align_up, coalesce_ranges, lookback_range
+from core.ranges import (
+    Range,
+    align_down,
+    align_up,
+    backfill_ranges,
+    coalesce_ranges,
+    lookback_range,
+    merge_small_chunks,
+)
 from core.timeframes import TIMEFRAMES, timeframe
 
 T = datetime(2026, 11, 26, 14, 7, 31, 250_000, tzinfo=UTC)
@@ -74,3 +82,35 @@ def test_too_many_ranges_close_the_smallest_gaps_and_cover_everything() -> None:
     assert len(merged) <= 7
     for r in ranges:  # nothing is left uncovered
         assert any(m.start <= r.start and r.end <= m.end for m in merged)
+
+
+def test_a_backfill_tail_shorter_than_a_quarter_chunk_joins_the_chunk_before_it() -> None:
+    day = datetime(2026, 11, 1, tzinfo=UTC)
+    tf = timeframe("1m")
+    # Given: 2 days and 5 hours in daily chunks (the tail is 5/24 of a chunk, under a quarter)
+    chunks = backfill_ranges(tf, day, day + timedelta(days=2, hours=5), timedelta(days=1))
+    # Then: two chunks, the second holding the tail; together they still tile the range
+    assert chunks == [
+        Range(day, day + timedelta(days=1)),
+        Range(day + timedelta(days=1), day + timedelta(days=2, hours=5)),
+    ]
+    # A tail of a quarter or more stays a chunk of its own
+    kept = backfill_ranges(tf, day, day + timedelta(days=2, hours=6), timedelta(days=1))
+    assert [c.end - c.start for c in kept] == [timedelta(days=1)] * 2 + [timedelta(hours=6)]
+    # A range shorter than a quarter chunk is one chunk
+    assert backfill_ranges(tf, day, day + timedelta(hours=1), timedelta(days=1)) == [
+        Range(day, day + timedelta(hours=1))
+    ]
+
+
+def test_small_chunks_join_a_neighbour_and_the_total_is_kept() -> None:
+    def join(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+        return (a[0], a[1] + b[1])
+
+    # (first slot, size): a small first chunk joins the next, a small middle or last the one
+    # before it
+    chunks = [(0, 1), (1, 10), (2, 2), (3, 9), (4, 1)]
+    merged = merge_small_chunks(chunks, size=lambda c: c[1] / 10, limit=0.25, join=join)
+    assert merged == [(0, 13), (3, 10)]
+    assert sum(c[1] for c in merged) == sum(c[1] for c in chunks)
+    assert merge_small_chunks([(0, 1)], size=lambda c: c[1] / 10, limit=0.25, join=join) == [(0, 1)]

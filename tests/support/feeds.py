@@ -23,7 +23,7 @@ def binance_rows(trades: Iterable[Trade], kind: str, unit: str) -> list[str]:
         maker = "true" if t.side == "sell" else "false"  # the taker sold: the buyer made
         quote = t.price * t.quantity
         if kind == "aggTrades":
-            first = t.trade_id * 10
+            first = int(t.trade_id) * 10  # (Binance ids are numbers)
             lines.append(
                 f"{t.trade_id},{t.price},{t.quantity},{first},{first + 3},{time},{maker},true"
             )

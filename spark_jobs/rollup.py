@@ -1,0 +1,139 @@
+"""Longer candles rolled up exactly from 1m candle state, and one chunk's trades read once.
+
+Every window of every timeframe is a union of whole 1m windows, on UTC and on every accepted
+calendar (zones with whole- or half-hour offsets, sessions on the half hour): so a longer
+candle is the merge of the 1m states it holds. Open and close are the first and last 1m
+window's, high and low the extremes, the integer limbs (or decimal sums), trade counts and
+first/last trade times add up; :func:`spark_jobs.candles.finish` turns the merged state into
+a candle exactly as it turns a 1m state into one. Nothing is re-read from the trades, and
+nothing is derived from published candles (whose decimal volumes would also sum exactly, but
+on ``BigDecimal``, and whose limbs are not stored).
+
+:class:`ChunkAggregate` is what a backfill of several timeframes shares per chunk: the chunk's
+trades (one pinned snapshot, one read) aggregated into 1m state once and cached; each
+timeframe's run takes its candles from it (:func:`spark_jobs.jobs.recompute` with
+``source=``). A rollup is never checked against itself: validation compares a sample of the
+rolled-up windows with candles recomputed from the trades (see :mod:`expectations.frames`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from types import TracebackType
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from core.calendars import Calendars
+from core.ranges import Range
+from core.tables import Tables
+from core.timeframes import TIMEFRAMES, Timeframe
+from spark_jobs.candles import STATE_KEY, CandleState, candle_state, finish, windows
+from spark_jobs.plan import TradeStats, trade_stats
+from spark_jobs.reads import in_ranges
+
+ONE_MINUTE = TIMEFRAMES["1m"]
+
+
+def roll_up(state: CandleState, tf: Timeframe, calendars: Calendars | None = None) -> CandleState:
+    """The state of ``tf`` candles merged from 1m candle state (per instrument calendar; a 1m
+    window outside every session of a daily timeframe is in no candle)."""
+    start, end, day = windows(F.timestamp_micros(F.col("_w_start")), tf, calendars)
+    located = state.frame.select(
+        "exchange",
+        "symbol",
+        F.col("_w_start").alias("_minute"),
+        start.alias("_w_start"),
+        end.alias("_w_end"),
+        day.alias("_w_date"),
+        "open",
+        "high",
+        "low",
+        "close",
+        "trade_count",
+        "open_ts",
+        "close_ts",
+        *state.sum_columns,
+    )
+    if calendars is not None and not calendars.all_utc:
+        located = located.where(F.col("_w_start").isNotNull())
+    merged = located.groupBy(*STATE_KEY).agg(
+        F.min_by("open", "_minute").alias("open"),
+        F.max("high").alias("high"),
+        F.min("low").alias("low"),
+        F.max_by("close", "_minute").alias("close"),
+        *[F.sum(c).alias(c) for c in state.sum_columns],
+        F.sum("trade_count").alias("trade_count"),
+        F.min("open_ts").alias("open_ts"),
+        F.max("close_ts").alias("close_ts"),
+    )
+    return CandleState(merged, state.integer_sums)
+
+
+class ChunkAggregate:
+    """One chunk's trades, read once at one snapshot and aggregated into cached 1m state, from
+    which every timeframe's candles of the chunk come. Use it as a context manager: the cache
+    is released on the way out.
+
+    The state covers the chunk widened by the longest window any calendar gives the
+    timeframes (none on UTC): a local window overlapping the chunk holds all its trades.
+    """
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        tables: Tables,
+        window_range: Range,
+        trades_snapshot: int,
+        timeframes: Sequence[Timeframe],
+        calendars: Calendars,
+        stats: TradeStats | None = None,
+    ) -> None:
+        margin = max((calendars.max_window(tf) for tf in timeframes), default=timedelta(0))
+        if calendars.all_utc:
+            margin = timedelta(0)
+        self.window_range = window_range
+        self.trades_snapshot = trades_snapshot
+        self.calendars = calendars
+        read = Range(window_range.start - margin, window_range.end + margin)
+        self.trades: DataFrame = (
+            spark.read.option("versionAsOf", trades_snapshot)
+            .table(tables.trades)
+            .where(in_ranges(F.col("ts"), [read]))
+        )
+        # (a planned chunk's counts are those of its UTC range: a wider read counts its own)
+        self.stats = stats if stats is not None and margin == timedelta(0) else None
+        self._state: CandleState | None = None
+
+    def counted(self) -> TradeStats:
+        """The trades read (counted once, unless the plan counted them)."""
+        if self.stats is None:
+            self.stats = trade_stats(self.trades)
+        return self.stats
+
+    def candles(self, tf: Timeframe) -> DataFrame:
+        """``tf`` candles of every window the read holds whole (callers keep the windows
+        overlapping their chunk), in ``CANDLE_COLUMNS`` without ``computed_at``."""
+        if self._state is None:
+            stats = self.counted()
+            state = candle_state(
+                self.trades, ONE_MINUTE, stats.trade_ids, self.calendars, stats.trades
+            )
+            self._state = CandleState(state.frame.cache(), state.integer_sums)
+        if tf == ONE_MINUTE:
+            return finish(self._state)
+        return finish(roll_up(self._state, tf, self.calendars))
+
+    def __enter__(self) -> ChunkAggregate:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self._state is not None:
+            self._state.frame.unpersist()
+            self._state = None
