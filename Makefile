@@ -27,19 +27,24 @@ test-deps:
 	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
+# Two pytest-xdist workers (the build machine's cores): much of the suite waits on servers
+# starting and on subprocesses, so two overlap well. Tests are grouped by module and by catalog
+# shape (tests/conftest.py), the longest groups first; each worker's ports are 50 apart.
+XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+
 test: setup test-deps
 	$(UV) run ohlcv setup --all  # the REST catalog + S3 tests' jars too
-	$(UV) run pytest
+	$(UV) run pytest $(XDIST)
 
 # Test tiers, by the markers tests/conftest.py derives from the fixtures a test uses.
 # test-fast: no JVM at all (no Spark Connect server, no spark-submit).
 test-fast: setup
-	$(UV) run pytest -m "not (spark or jvm or stack)"
+	$(UV) run pytest $(XDIST) -m "not (spark or jvm or stack)"
 
 # test-core: test-fast and the tests of the session's one Spark Connect server; no other
 # stack (cluster, PostgreSQL, REST + S3, servers to kill, Prefect servers, classic JVM).
 test-core: setup test-deps
-	$(UV) run pytest -m "not (jvm or stack)"
+	$(UV) run pytest $(XDIST) -m "not (jvm or stack)"
 
 lint: setup
 	$(UV) run ruff check .
