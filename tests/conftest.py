@@ -129,6 +129,16 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(key)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _wide_console() -> None:
+    """The CLI's console 250 columns wide in every test. Rich fixes a console's width when it is
+    made if COLUMNS is set then, so which test first imported the CLI (under xdist: any) decided
+    whether a table was cut; a CliRunner's COLUMNS came too late."""
+    from cli import output
+
+    output.console.width = 250
+
+
 @pytest.fixture(scope="session")
 def session_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """The session's stack (started by the first test that needs its server)."""

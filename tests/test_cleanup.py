@@ -167,7 +167,8 @@ def held_port() -> Iterator[int]:
 def test_a_port_held_by_another_process_ends_the_session_in_one_line(held_port: int) -> None:
     # Given: the session server's port (15012 + TEST_PORT_OFFSET) held by this process
     offset = held_port - 15012
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OHLCV_")}
+    # (the suite started here is no xdist worker, whatever this test runs in)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OHLCV_", "PYTEST_XDIST"))}
     # When: a suite that needs the session's server starts
     done = subprocess.run(
         _pytest(["-q", "tests/test_stack.py::test_up_reuses_the_running_server"]),
