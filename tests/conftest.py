@@ -69,10 +69,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
 
 
 SLOW_GROUPS = {
-    # First: test_a_writer_slot_taken_when_the_prefect_server_dies... fails ("the local Prefect
-    # server exited during start-up") when a test of the Prefect test harness ran before it in
-    # the same process (found 2026-12-07 under xdist; the serial order ran it first); root
-    # cause not yet found.
     "tests/test_faults.py": 11,
     "tests/test_rollup.py": 10,
     "tests/test_prefect_ops.py": 9,
