@@ -8,7 +8,7 @@ import csv
 import io
 import json
 import random
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -62,7 +62,12 @@ def test_a_backfill_sized_by_trades_gives_each_chunk_run_the_trades_it_counted(
     spark: SparkSession, catalog: Catalog, tables: Tables, flow_env: Settings
 ) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
     from prefect.client.schemas.sorting import FlowRunSort
 
     # Given: three hours of trades, busy then quiet
@@ -74,15 +79,19 @@ def test_a_backfill_sized_by_trades_gives_each_chunk_run_the_trades_it_counted(
 
     # When: `ohlcv backfill --chunk-trades` runs
     args = ["backfill", "1m", "--start", START.isoformat(), "--end", end.isoformat()]
+    began = datetime.now(UTC)
     done = CliRunner().invoke(app, [*args, "--chunk-trades", "150"])
     assert done.exit_code == 0, done.output
     chunks = int(done.output.split(" chunks complete")[0].rsplit(" ", 1)[-1])
 
     # Then: each chunk's flow run was handed its trades' count (so it did not count them
-    # again), and the count is right
+    # again), and the count is right. Only runs that started during the command: the session's
+    # Prefect server also holds earlier tests' runs, and a scheduled one sorts by its
+    # expected start, which may be later than now
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[ONE_MINUTE.flow_name])),
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=began)),
             sort=FlowRunSort.START_TIME_DESC,
             limit=chunks,
         )
