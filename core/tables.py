@@ -54,6 +54,8 @@ QUOTE_VOLUME = DecimalType(38, 16)  # sum of price * quantity, DECIMAL(37, 16) e
 TRADES = "trades"
 TRADES_REJECTED = "trades_rejected"
 CANDLE_REVISIONS = "candle_revisions"
+LANDING_FILES = "landing_files"
+"""The landing zone's ledger (:mod:`ingest.ledger`), created by the first landing pass."""
 TRADE_KEY = ("exchange", "symbol", "trade_id", "trade_id_text")
 """A trade's key: exactly one of ``trade_id`` (an id that is a number) and ``trade_id_text``
 (any other id, as the exchange gives it) is set (see docs/architecture.md, "Trade ids")."""
@@ -234,7 +236,7 @@ def _candle_spec(tf: Timeframe) -> PartitionSpec:
     )
 
 
-def _ensure(
+def ensure_table(
     catalog: Catalog,
     identifier: tuple[str, str],
     properties: Mapping[str, str],
@@ -304,7 +306,7 @@ def ensure_tables(catalog: Catalog, namespace: str) -> dict[str, Table]:
         catalog.create_namespace(namespace)
     ts_id = TRADES_SCHEMA.find_field("ts").field_id
     symbol_id = TRADES_SCHEMA.find_field("symbol").field_id
-    trades = _ensure(
+    trades = ensure_table(
         catalog,
         (namespace, TRADES),
         TRADES_PROPERTIES,
@@ -314,13 +316,13 @@ def ensure_tables(catalog: Catalog, namespace: str) -> dict[str, Table]:
     )
     tables = {
         TRADES: _upgrade_trades(trades),
-        TRADES_REJECTED: _ensure(
+        TRADES_REJECTED: ensure_table(
             catalog, (namespace, TRADES_REJECTED), LONG_LIFE_PROPERTIES, schema=REJECTED_SCHEMA
         ),
     }
     revised_at = REVISIONS_SCHEMA.find_field("revised_at").field_id
     # Revisions are rare (late trades): month partitions keep their files few.
-    revisions = _ensure(
+    revisions = ensure_table(
         catalog,
         (namespace, CANDLE_REVISIONS),
         LONG_LIFE_PROPERTIES,
@@ -331,7 +333,7 @@ def ensure_tables(catalog: Catalog, namespace: str) -> dict[str, Table]:
     )
     tables[CANDLE_REVISIONS] = _add_missing_columns(revisions, REVISIONS_SCHEMA)
     for tf in TIMEFRAMES.values():
-        candles = _ensure(
+        candles = ensure_table(
             catalog,
             (namespace, tf.table),
             CANDLE_PROPERTIES,

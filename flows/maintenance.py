@@ -124,7 +124,10 @@ def ohlcv_maintenance_flow(tables: list[str] | None = None) -> list[TableMainten
     now = datetime.now(UTC)
     results = []
     with ends_within_grace(), session(settings) as spark:
-        for name in names:
+        present = maintenance.existing(spark, tables_for(settings), names)
+        for name in sorted(set(names) - set(present)):
+            get_run_logger().info("%s: not created yet (no landing pass ran); passed over", name)
+        for name in present:
             # Candle tables have one writer at a time; trades' writer (ingestion) may append
             # during a compaction: its commit is rebased, nothing conflicts.
             with one_writer(settings, name) if name in maintenance.CANDLE_TABLES else nullcontext():

@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.net import port_open
-from infra.processes import StackError, StackStatus, alive, log_tail, reap, spawn, stop_process
+from infra.processes import (
+    StackError,
+    StackStatus,
+    alive,
+    exit_status,
+    log_tail,
+    reap,
+    spawn,
+    stop_process,
+)
 from settings import Settings
 
 HOST = "127.0.0.1"
@@ -154,7 +163,7 @@ class LocalServer:
         while time.monotonic() < deadline:
             if not alive(pid):
                 raise self.error(
-                    f"the {self.title} exited during start-up; last lines of "
+                    f"the {self.title} exited during start-up ({exit_status(pid)}); last lines of "
                     f"{self.log_file(settings)}:\n{log_tail(self.log_file(settings))}"
                 )
             if healthy():

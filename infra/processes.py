@@ -106,6 +106,15 @@ def spawn(
     return proc.pid
 
 
+def exit_status(pid: int) -> str:
+    """How a server this process started ended ("exit 1", "signal 9"), if it is known."""
+    proc = _STARTED.get(pid)
+    code = proc.poll() if proc is not None else None
+    if code is None:
+        return "exit status unknown"
+    return f"signal {-code}" if code < 0 else f"exit {code}"
+
+
 def reap(pid: int) -> None:
     """Collect the exit status of a server this process started that died (crashed, killed)."""
     proc = _STARTED.pop(pid, None)

@@ -27,9 +27,8 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
-from core.tables import LONG_LIFE_PROPERTIES, TRADES
+from core.tables import LANDING_FILES, LONG_LIFE_PROPERTIES, TRADES, ensure_table
 
-LANDING_FILES = "landing_files"
 BATCH_PROPERTY = "ohlcv.landing.batch"
 FILES_PROPERTY = "ohlcv.landing.files"
 INGESTED, FAILED = "ingested", "failed"
@@ -77,9 +76,11 @@ class Record:
 
 
 def ensure_ledger(catalog: Catalog, namespace: str) -> Table:
-    """The ``landing_files`` table of ``namespace``, created if missing."""
-    return catalog.create_table_if_not_exists(
-        (namespace, LANDING_FILES), schema=LEDGER_SCHEMA, properties=LONG_LIFE_PROPERTIES
+    """The ``landing_files`` table of ``namespace``, created if missing (loaded first: a
+    catalog's ``create_table`` writes a metadata file before it finds the table exists, and a
+    pass every minute would leave thousands of them a day)."""
+    return ensure_table(
+        catalog, (namespace, LANDING_FILES), LONG_LIFE_PROPERTIES, schema=LEDGER_SCHEMA
     )
 
 

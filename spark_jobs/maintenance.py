@@ -19,6 +19,8 @@ reads slow down. Per table, :func:`maintain_table`:
   (:func:`flows.pipeline.run_pipeline`), and its progress is read from below compaction
   snapshots (:func:`progress_snapshot`);
 - rewrites the manifests of ``trades`` when it has many;
+- the landing ledger (``landing_files``, one small append per landing pass that found files)
+  is expired and compacted whole, once a landing pass has created it;
 - removes orphan files (leftovers of failed writes) older than a safety margin, so a running
   writer's uncommitted files are never touched.
 
@@ -35,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from core.tables import CANDLE_REVISIONS, TRADES, TRADES_REJECTED, Tables
+from core.tables import CANDLE_REVISIONS, LANDING_FILES, TRADES, TRADES_REJECTED, Tables
 from core.time import from_us, utc
 from core.timeframes import TIMEFRAMES
 from spark_jobs.snapshots import progress_snapshot, protected_trades_snapshots
@@ -124,8 +126,11 @@ def maintain(
     policy: MaintenancePolicy,
     now: datetime,
 ) -> list[TableMaintenance]:
-    """Maintain the named tables of ``tables`` (names as in ``Tables.name``), in order."""
-    return [maintain_table(spark, tables, name, policy, now) for name in names]
+    """Maintain the named tables of ``tables`` (names as in ``Tables.name``), in order; an
+    optional table that does not exist yet is passed over (:func:`existing`)."""
+    return [
+        maintain_table(spark, tables, name, policy, now) for name in existing(spark, tables, names)
+    ]
 
 
 def maintain_table(
@@ -153,7 +158,8 @@ def maintain_table(
         )
         older_than = keep_from
     done.snapshots_expired = _expire(spark, tables, name, older_than, policy.retain_last)
-    column, sealed = _sealed_boundary(name, now)
+    # The ledger's rows carry wall-clock times (when a pass recorded a file), not market time.
+    column, sealed = _sealed_boundary(name, wall if name == LANDING_FILES else now)
     done.files_compacted, done.files_written = _compact(
         spark, tables, name, f"{column} < TIMESTAMP '{sealed:%Y-%m-%d %H:%M:%S}'", policy
     )
@@ -165,9 +171,28 @@ def maintain_table(
     return done
 
 
+OPTIONAL_TABLES = (LANDING_FILES,)
+"""Tables ``ensure_tables`` does not make: the landing ledger exists once a landing pass ran."""
+
+
 def all_tables() -> list[str]:
     """Every table of the project, in the order maintenance visits them."""
-    return [TRADES, TRADES_REJECTED, *(tf.table for tf in TIMEFRAMES.values()), CANDLE_REVISIONS]
+    return [
+        TRADES,
+        TRADES_REJECTED,
+        *(tf.table for tf in TIMEFRAMES.values()),
+        CANDLE_REVISIONS,
+        *OPTIONAL_TABLES,
+    ]
+
+
+def existing(spark: SparkSession, tables: Tables, names: list[str]) -> list[str]:
+    """``names`` without the optional tables that do not exist (yet)."""
+    return [
+        name
+        for name in names
+        if name not in OPTIONAL_TABLES or spark.catalog.tableExists(tables.name(name))
+    ]
 
 
 def chosen_tables(names: list[str] | None) -> list[str]:
@@ -229,7 +254,11 @@ land in it later: a compaction never loses them, see the module docstring)."""
 def _sealed_boundary(name: str, now: datetime) -> tuple[str, datetime]:
     """(column, boundary): partitions wholly before the boundary are no longer written to by
     a scheduled run. ``trades`` days are sealed an hour after they end; a candle table's
-    partitions an hour after its lookback has left them."""
+    partitions an hour after its lookback has left them; the landing ledger, all of it."""
+    if name == LANDING_FILES:
+        # A few hundred bytes a pass, read whole by every pass: everything recorded so far
+        # is compacted (an append meanwhile does not conflict with a rewrite).
+        return "recorded_at", now
     if name not in CANDLE_TABLES:
         column = {TRADES: "ts", CANDLE_REVISIONS: "revised_at"}.get(name, "rejected_at")
         return column, (now - SEAL_MARGIN).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from pyiceberg.catalog import Catalog
 from pyspark.sql import SparkSession
 
-from core.tables import TRADES, Tables
+from core.tables import LANDING_FILES, TRADES, TRADES_REJECTED, Tables
 from core.timeframes import TIMEFRAMES
 from flows.trades_ingest import (
     CRON,
@@ -30,10 +30,10 @@ from flows.trades_ingest import (
     ohlcv_trades_ingest_flow,
 )
 from infra import object_store
-from ingest.ledger import INGESTED, LANDING_FILES
+from ingest.ledger import INGESTED
 from settings import LOCAL_S3_BUCKET, Settings, StorageType
 from spark_jobs import jobs
-from spark_jobs.maintenance import MaintenancePolicy, maintain_table
+from spark_jobs.maintenance import MaintenancePolicy, maintain, maintain_table
 from tests.support.feeds import tardis_lines, write_binance_zip, write_tardis_gz
 from tests.support.oracle import Trade
 from tests.support.ports import port
@@ -75,6 +75,36 @@ def test_every_format_through_a_pass_gives_the_oracle_candles(
     assert_matches_oracle(spark, tables, trades, tfs)
     again = landing_pass(run_settings, str(tmp_path), lock=False)
     assert (again.ingested, again.failed, again.accepted) == ([], [], 0)
+
+
+def test_the_ledger_of_a_pass_a_minute_stays_bounded(
+    spark: SparkSession, catalog: Catalog, tables: Tables, run_settings: Settings, tmp_path: Path
+) -> None:
+    # Given passes that each find one new file, and passes that find none
+    for day in range(4):
+        trades = trades_of("binance", "BTCUSDT", 5, FEB + timedelta(days=day), 100 * day + 1)
+        write_binance_zip(tmp_path / f"BTCUSDT-trades-2026-02-0{day + 1}.zip", trades)
+        assert len(landing_pass(run_settings, str(tmp_path), lock=False).ingested) == 1
+    ledger = catalog.load_table((tables.namespace, LANDING_FILES))
+    metadata = Path(ledger.metadata_location.removeprefix("file:")).parent
+    written = sorted(metadata.iterdir())
+    for _ in range(3):
+        assert landing_pass(run_settings, str(tmp_path), lock=False).ingested == []
+    # Then a pass that finds nothing writes no file of the ledger's (not even metadata)
+    assert sorted(metadata.iterdir()) == written
+    # When maintenance runs (the daily flow maintains the ledger once it exists)
+    eager = MaintenancePolicy(snapshot_age=timedelta(0), retain_last=1)
+    done = maintain(spark, tables, [TRADES_REJECTED, LANDING_FILES], eager, datetime.now(UTC))
+    # Then the ledger keeps one data file, every row, and its meaning
+    ledger_done = {d.table: d for d in done}[LANDING_FILES]
+    assert (ledger_done.before.snapshots, ledger_done.before.data_files) == (4, 4)
+    # (the one kept, and the compaction's, which the next maintenance expires)
+    assert (ledger_done.after.snapshots, ledger_done.after.data_files) == (2, 1)
+    rows = catalog.load_table((tables.namespace, LANDING_FILES)).scan().to_arrow()
+    assert rows.column("status").to_pylist() == [INGESTED] * 4
+    assert landing_pass(run_settings, str(tmp_path), lock=False).ingested == []
+    again = maintain(spark, tables, [LANDING_FILES], eager, datetime.now(UTC))[0]
+    assert (again.after.snapshots, again.after.data_files, again.files_compacted) == (1, 1, 0)
 
 
 def _pass_killed_at(settings: Settings, where: Path, point: str) -> None:

@@ -38,6 +38,7 @@ def _metadata_locations(catalog: Catalog, namespace: str) -> dict[str, str]:
     return {
         name: catalog.load_table((namespace, name)).metadata_location
         for name in maintenance.all_tables()
+        if name not in maintenance.OPTIONAL_TABLES
     }
 
 
