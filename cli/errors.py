@@ -51,6 +51,7 @@ def one_line(e: Exception) -> tuple[int, str] | None:
         or _raised_by(e, "infra.session", "ConnectError")
         or _raised_by(e, "infra.artifacts", "ArtifactError")
         or _raised_by(e, "ingest", "SchemaError")
+        or _raised_by(e, "flows.writers", "WriterBusy")
     ):
         return 1, f"[red]error:[/red] {e}"
     session = sys.modules.get("infra.session")

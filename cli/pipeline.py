@@ -91,8 +91,8 @@ def ingest_command(
     if status:
         output.print_landing_status(landing_states(settings, path))
         return
-    with _trades_slot_if_prefect(settings) as lock:
-        result = landing_pass(settings, path, fmt=fmt, exchange=exchange, lock=lock)
+    with _trades_writer(settings, slot=False) as prefect_slot:
+        result = landing_pass(settings, path, fmt=fmt, exchange=exchange, lock=prefect_slot)
     output.print_landing_pass(result)
 
 
@@ -103,30 +103,45 @@ def _ingest_one_file(settings: Settings, path: Path, fmt: str | None, exchange: 
 
     prepare_tables(settings)
     catalog = open_catalog(settings)
-    if path.suffix.lower() in (".parquet", ".pq") and fmt in (None, "own"):
-        output.print_ingest(ingest_file(catalog, settings.namespace, path))
-        return
-    feed = read_feed(lambda: path.open("rb"), path.name, fmt, exchange)
-    synthesize = feed.format in IDS_MAY_BE_MISSING
-    done = ingest(
-        catalog, settings.namespace, feed.table, source=str(path), synthesize_missing_ids=synthesize
-    )
+    with _trades_writer(settings, slot=True):
+        if path.suffix.lower() in (".parquet", ".pq") and fmt in (None, "own"):
+            output.print_ingest(ingest_file(catalog, settings.namespace, path))
+            return
+        feed = read_feed(lambda: path.open("rb"), path.name, fmt, exchange)
+        synthesize = feed.format in IDS_MAY_BE_MISSING
+        done = ingest(
+            catalog,
+            settings.namespace,
+            feed.table,
+            source=str(path),
+            synthesize_missing_ids=synthesize,
+        )
     output.print_ingest(done)
 
 
 @contextmanager
-def _trades_slot_if_prefect(settings: Settings) -> Iterator[bool]:
-    """Whether a pass takes the trades writer slot: when a Prefect server answers (where the
-    slot lives, and where a scheduled pass would run), within its settings."""
+def _trades_writer(settings: Settings, *, slot: bool) -> Iterator[bool]:
+    """One writer of ``trades`` for the block. With a Prefect server answering (where the
+    slot lives, and where a scheduled pass runs), the block runs against it and yields True;
+    it takes the slot itself when ``slot`` (else the caller does, as a landing pass does).
+    With none, it holds this machine's lock file and yields False (:mod:`flows.writers`)."""
+    from core.tables import TRADES
+    from flows.writers import local_writer, one_writer
+
     try:
         url = prefect_server.api_url(settings)
     except prefect_server.PrefectUnavailable:
-        yield False
+        with local_writer(settings, TRADES):
+            yield False
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: url}):
-        yield True
+        if slot:
+            with one_writer(settings, TRADES):
+                yield True
+        else:
+            yield True
 
 
 @app.command("demo-data")

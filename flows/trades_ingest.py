@@ -3,8 +3,8 @@
 
 A pass holds the ``trades`` writer slot (:mod:`flows.writers`) while it ingests, so two passes
 (the schedule and a person's `ohlcv ingest`) never append the same file side by side. From the
-command line the slot is taken when a Prefect server answers; with none, nothing scheduled can
-be running either.
+command line the slot is taken when a Prefect server answers; with none, a lock file of the
+data directory stands in for it (:func:`flows.writers.local_writer`).
 """
 
 from __future__ import annotations

@@ -9,10 +9,16 @@ lease that the holder renews while it runs: when the holder dies (kill -9, a los
 server takes the slot back once the lease runs out, so a crash never leaves the table stuck.
 A second writer waits up to ``OHLCV_WRITER_WAIT_S`` for the slot, then gives up with a clear
 message; nothing is written in that case.
+
+A command run with no Prefect server to answer (`ohlcv ingest` on a laptop) holds
+:func:`local_writer` instead: a lock file of the data directory, which the kernel releases when
+its holder dies, so two such commands on one machine never write ``trades`` side by side.
 """
 
 from __future__ import annotations
 
+import fcntl
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -57,3 +63,33 @@ def one_writer(settings: Settings, table: str) -> Iterator[None]:
                 f"writer's hold ends by itself within {settings.writer_lease_s:.0f} s)"
             ) from None
         yield
+
+
+@contextmanager
+def local_writer(settings: Settings, table: str) -> Iterator[None]:
+    """Hold ``table``'s lock file in the data directory for the block: one writer per machine
+    when no Prefect server holds the slots. Waits like :func:`one_writer`.
+
+    Raises:
+        WriterBusy: another process of this machine held it for ``writer_wait_s``.
+    """
+    settings.stack_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.stack_dir / f"{writer_slot(settings, table)}.lock"
+    deadline = time.monotonic() + settings.writer_wait_s
+    with path.open("a") as held:
+        while True:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WriterBusy(
+                        f"another command of this machine has held {table} for more than "
+                        f"{settings.writer_wait_s:.0f} s (OHLCV_WRITER_WAIT_S; its lock: {path}); "
+                        "nothing was written: try again once it is done"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)

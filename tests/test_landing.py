@@ -107,28 +107,59 @@ def test_the_ledger_of_a_pass_a_minute_stays_bounded(
     assert (again.after.snapshots, again.after.data_files, again.files_compacted) == (1, 1, 0)
 
 
-def _pass_killed_at(settings: Settings, where: Path, point: str) -> None:
-    """Run `ohlcv ingest WHERE` in a process of its own and kill -9 it at ``point``."""
-    env = {
+def _ingest_env(settings: Settings, **more: str) -> dict[str, str]:
+    """The environment of an `ohlcv ingest` of the test's tables, with no Prefect server."""
+    return {
         **os.environ,
         "OHLCV_DATA_DIR": str(settings.data_dir),
         "OHLCV_NAMESPACE": settings.namespace,
         "OHLCV_PREFECT_PORT": NO_PREFECT,
-        "OHLCV_TEST_PAUSE_AT": point,
         "PYTHONUNBUFFERED": "1",
+        **more,
     }
-    command = [sys.executable, "-c", "from cli.main import app; app()", "ingest", str(where)]
+
+
+INGEST = [sys.executable, "-c", "from cli.main import app; app()", "ingest"]
+
+
+def _pass_killed_at(settings: Settings, where: Path, point: str) -> None:
+    """Run `ohlcv ingest WHERE` in a process of its own and kill -9 it at ``point``; while
+    it is paused there, a second `ohlcv ingest WHERE` waits for its lock and gives up."""
+    env = _ingest_env(settings, OHLCV_TEST_PAUSE_AT=point)
     with subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*INGEST, str(where)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     ) as child:
         assert child.stdout is not None
         seen = []
         for line in child.stdout:
             seen.append(line)
             if f"paused at {point}" in line:
+                if point == "before-append":
+                    _second_pass_gives_up(settings, where)
                 child.send_signal(signal.SIGKILL)
                 break
         assert child.wait(timeout=60) == -signal.SIGKILL, "".join(seen)
+
+
+def _second_pass_gives_up(settings: Settings, where: Path) -> None:
+    """With no Prefect server, two passes on one machine never write side by side."""
+    second = subprocess.run(
+        [*INGEST, str(where)],
+        cwd=ROOT,
+        env=_ingest_env(settings, OHLCV_WRITER_WAIT_S="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    said = second.stdout + second.stderr
+    assert second.returncode == 1, said
+    assert "another command of this machine has held trades" in said, said
+    assert "Traceback" not in said, said
 
 
 @pytest.mark.parametrize("point", ["mid-file", "before-append", "after-append", "before-ledger"])
