@@ -1,4 +1,4 @@
-"""The pipeline's Prefect automations, as code: alerts to a webhook, and zombie runs crashed.
+"""The pipeline's Prefect automations, as code: alerts to a webhook, and dead runs crashed.
 
 Applied by `ohlcv deploy` and `ohlcv serve` (and `ohlcv alerts apply`), created or updated by
 name, idempotently, on the Prefect server's own triggers service:
@@ -9,7 +9,13 @@ name, idempotently, on the Prefect server's own triggers service:
   runs send a heartbeat every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (30 s under `ohlcv serve`
   and in prefect.yaml); a run of ours that sent none for ``OHLCV_ZOMBIE_AFTER_S`` and did not
   end is set ``Crashed``, which frees its deployment's slot (its writer slot is a lease of its
-  own, free within ``OHLCV_WRITER_LEASE_S``), and the alert below says so.
+  own, free within ``OHLCV_WRITER_LEASE_S``), and the alert below says so;
+- **runs that never started crashed**, always: a run goes ``Pending`` (then ``Submitting``)
+  when a worker or `ohlcv serve` takes it, which takes its deployment's slot, and ``Running``
+  once its process starts. One whose taker died in between (kill -9 of `serve`) sends no
+  heartbeat ever, so the zombie trigger never arms; measured in the chaos bench, four such runs
+  held their deployments' slots to the end. A run of ours that is not ``Running`` (or ended)
+  ``OHLCV_ZOMBIE_AFTER_S`` after it went ``Pending`` is set ``Crashed``, freeing the slot.
 
 With ``OHLCV_ALERT_WEBHOOK`` (a Slack-compatible incoming webhook; a notification block holds
 the URL as a secret), four alerts:
@@ -50,6 +56,7 @@ VALIDATION = f"{PREFIX}validation blocked publication"
 GAPS = f"{PREFIX}gap report over threshold"
 STALE = f"{PREFIX}no 1m publication"
 ZOMBIE = f"{PREFIX}zombie flow run crashed"
+NEVER_STARTED = f"{PREFIX}flow run that never started crashed"
 HEARTBEAT_S = 30
 """The flow run heartbeat `ohlcv serve` and prefect.yaml ask for (Prefect's minimum; its
 default is 180 s)."""
@@ -89,6 +96,34 @@ def zombie_automation(settings: Settings, flow_names: list[str]) -> AutomationCo
                 force=False,
                 message=f"no heartbeat for {settings.zombie_after_s:.0f} s "
                 "(OHLCV_ZOMBIE_AFTER_S): its process is gone",
+            )
+        ],
+    )
+
+
+def never_started_automation(settings: Settings, flow_names: list[str]) -> AutomationCore:
+    """Set ``Crashed`` a run of ours taken (``Pending``) whose process never started."""
+    return AutomationCore(
+        name=NEVER_STARTED,
+        description="A flow run that was taken (Pending, Submitting) but never started "
+        "Running is crashed, which frees its deployment's concurrency slot.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.Pending", "prefect.flow-run.Submitting"},
+            expect={"prefect.flow-run.Running", *(f"prefect.flow-run.{s}" for s in ENDED)},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": flow_names},  # type: ignore[dict-item]
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=settings.zombie_after_s),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                name="Crashed",
+                state=StateType.CRASHED,
+                force=False,
+                message=f"taken but not started within {settings.zombie_after_s:.0f} s "
+                "(OHLCV_ZOMBIE_AFTER_S): the worker or `ohlcv serve` that took it is gone",
             )
         ],
     )
@@ -213,10 +248,13 @@ def _declared(automation: AutomationCore) -> dict[str, Any]:
 
 
 def apply_automations(settings: Settings, deployments: list[Any]) -> list[Applied]:
-    """Create or update the automations on the current Prefect API (idempotent): the zombie
-    one always, the alerts when ``OHLCV_ALERT_WEBHOOK`` is set."""
+    """Create or update the automations on the current Prefect API (idempotent): the two
+    that crash dead runs always, the alerts when ``OHLCV_ALERT_WEBHOOK`` is set."""
     flow_names = sorted({d.flow_name for d in deployments})
-    wanted = [zombie_automation(settings, flow_names)]
+    wanted = [
+        zombie_automation(settings, flow_names),
+        never_started_automation(settings, flow_names),
+    ]
     if settings.alert_webhook is not None:
         wanted += automations(settings, flow_names, _block(settings))
     applied = []

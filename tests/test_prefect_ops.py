@@ -140,6 +140,7 @@ def test_deploy_then_a_worker_runs_the_plans_own_command_and_survives_kill_9(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.client.schemas.objects import StateType
+    from prefect.states import Pending
 
     # Given: trades of the last minutes, and the stack's settings in the environment
     export_settings(monkeypatch, run_settings, zombie_after_s=str(ZOMBIE_AFTER_S))
@@ -191,6 +192,11 @@ def test_deploy_then_a_worker_runs_the_plans_own_command_and_survives_kill_9(
         time.sleep(3)  # inside the run: its writer slot taken, its Spark work started
         _kill_9_with_children(worker)
         killed_at = time.monotonic()
+        # (and a run of another deployment the dead worker had taken, but not started yet)
+        with prefect_api(prefect_server), get_client(sync_client=True) as client:
+            taken = client.create_flow_run_from_deployment(found["ohlcv-5m"].id)
+            assert client.set_flow_run_state(taken.id, Pending()).state.is_pending()
+            assert _active_slots(client, "ohlcv-5m") == 1
         worker = _worker(prefect_server, tmp_path / "worker2.log")
         # Then: the next run of the deployment completes (the dead run is crashed by the
         # zombie automation, freeing the deployment's slot; its writer lease, 60 s, runs out)
@@ -199,6 +205,9 @@ def test_deploy_then_a_worker_runs_the_plans_own_command_and_survives_kill_9(
         assert ran.returncode == 0 and "Completed" in ran.stdout, ran.stdout + ran.stderr
         with prefect_api(prefect_server), get_client(sync_client=True) as client:
             assert client.read_flow_run(killed.id).state_type == StateType.CRASHED
+            # and the taken run is crashed too, its deployment's slot free again
+            _wait_for_state(client, taken.id, StateType.CRASHED, 60)
+            assert _active_slots(client, "ohlcv-5m") == 0
         assert_matches_oracle(spark, tables, trades, [ONE_MINUTE])
         # (bounded: without the automation the slot stays taken for Prefect's 300 s lease)
         assert waited < 240, waited
@@ -237,6 +246,12 @@ def _kill_9_with_children(process: subprocess.Popen[bytes]) -> None:
             os.kill(victim, signal.SIGKILL)
     process.kill()
     process.wait(30)
+
+
+def _active_slots(client: Any, deployment: str) -> int:
+    """Slots taken of a deployment's concurrency limit."""
+    found = {d.name: d for d in client.read_deployments()}[deployment]
+    return int(found.global_concurrency_limit.active_slots)
 
 
 def _wait_for_state(client: Any, run_id: Any, state: str, timeout_s: float) -> None:
@@ -363,15 +378,16 @@ def test_alerts_arrive_once_each_and_applying_twice_creates_nothing(
     again = _ohlcv(prefect_server, "alerts", "apply")
     assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
     # Then: four automations, created once, then left as they are (nothing new)
-    # (the zombie automation exists already if the deploy test ran: its window changes here)
+    # (the two that crash dead runs exist already if the deploy test ran: their window
+    # changes here)
     assert first.stdout.count(": created") >= 4, first.stdout
-    assert first.stdout.count("automation '") == 5, first.stdout
-    assert again.stdout.count(": unchanged") == 5, again.stdout
+    assert first.stdout.count("automation '") == 6, first.stdout
+    assert again.stdout.count(": unchanged") == 6, again.stdout
     with prefect_api(prefect_server):
         with get_client(sync_client=True) as client:
             ours = [a for a in client.read_automations() if a.name.startswith(PREFIX)]
             blocks = client.read_block_documents()
-        assert len(ours) == 5 and len([b for b in blocks if b.name == "ohlcv-alert-webhook"]) == 1
+        assert len(ours) == 6 and len([b for b in blocks if b.name == "ohlcv-alert-webhook"]) == 1
 
         # Given: sparse trades (many minutes without any), and a generate step that corrupts a
         # candle it wrote
