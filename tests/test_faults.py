@@ -534,11 +534,6 @@ with one_writer(Settings(), "ohlcv_1m"):
 
 
 @pytest.mark.stack  # the local Prefect server of `ohlcv stack up`, killed and started again
-@pytest.mark.xfail(
-    reason="since the merges of 2026-12-07 its first Prefect server start fails ('exited "
-    "during start-up') when other tests ran before it in the process; passes alone; open",
-    strict=False,
-)
 def test_a_writer_slot_taken_when_the_prefect_server_dies_is_free_after_its_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
