@@ -61,7 +61,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # Under `make test` (pytest-xdist, --no-loadscope-reorder) a group goes to the first
         # free worker in this order: the longest first, so none is left running alone at the end
-        items.sort(key=lambda item: -SLOW_GROUPS.get(_group(item), 0))
+        items.sort(key=lambda item: -_weight(_group(item)))
         return
     # The tests of the session's server first, then those that start more, the other shapes
     # last (one shape's stack is stopped when the next one's starts; the last one's at the end)
@@ -88,12 +88,25 @@ SLOW_GROUPS = {
 follow in collection order."""
 
 
+SPLIT_MODULES = {"tests/test_faults.py"}
+"""Modules whose tests are groups of their own: each starts the servers it kills, so sharing a
+worker saves nothing, and together they are the longest group of the suite."""
+
+
 def _group(item: pytest.Item) -> str:
     """The tests `make test` runs on one pytest-xdist worker (``--dist loadgroup``): those of
     one module (they share its module fixtures), those of one catalog shape (they share its
-    stack, started once)."""
+    stack, started once); each test of :data:`SPLIT_MODULES` alone."""
     shape = _shape(item)
-    return f"shape {shape}" if shape in stacks.SHAPES[1:] else item.nodeid.split("::")[0]
+    module = item.nodeid.split("::")[0]
+    if shape in stacks.SHAPES[1:]:
+        return f"shape {shape}"
+    return item.nodeid if module in SPLIT_MODULES else module
+
+
+def _weight(group: str) -> float:
+    """A group's rough minutes (:data:`SLOW_GROUPS`; a split test: its own, else its module's)."""
+    return SLOW_GROUPS.get(group, SLOW_GROUPS.get(group.split("[")[0], 0))
 
 
 def _shape(item: pytest.Item) -> str | None:

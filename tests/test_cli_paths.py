@@ -91,7 +91,9 @@ def test_a_backfill_sized_by_trades_gives_each_chunk_run_the_trades_it_counted(
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[ONE_MINUTE.flow_name])),
-            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=began)),
+            flow_run_filter=FlowRunFilter(
+                start_time=FlowRunFilterStartTime(after_=began)  # type: ignore[arg-type]
+            ),
             sort=FlowRunSort.START_TIME_DESC,
             limit=chunks,
         )

@@ -476,7 +476,7 @@ def test_a_command_whose_server_is_killed_mid_query_ends_in_one_line_and_the_rer
     trades = random_trades(rng, START, end, 20_000, first_id=1)
     deliver(catalog, tables, trades, now=end)
     span = ["--start", START.isoformat(), "--end", end.isoformat()]
-    backfill = [OHLCV, "backfill", "1m", *span, "--chunk", "6h"]
+    backfill = [OHLCV, "backfill", "1m", *span, "--chunk", "12h"]  # four chunks
     backfill_ = "backfill mid-chunk"
     if point == "run mid-MERGE":
         assert subprocess.run(backfill, env=env, capture_output=True).returncode == 0

@@ -195,7 +195,8 @@ def test_deploy_then_a_worker_runs_the_plans_own_command_and_survives_kill_9(
         # (and a run of another deployment the dead worker had taken, but not started yet)
         with prefect_api(prefect_server), get_client(sync_client=True) as client:
             taken = client.create_flow_run_from_deployment(found["ohlcv-5m"].id)
-            assert client.set_flow_run_state(taken.id, Pending()).state.is_pending()
+            proposed: Any = client.set_flow_run_state(taken.id, Pending()).state
+            assert proposed is not None and proposed.is_pending()
             assert _active_slots(client, "ohlcv-5m") == 1
         worker = _worker(prefect_server, tmp_path / "worker2.log")
         # Then: the next run of the deployment completes (the dead run is crashed by the
