@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyiceberg.catalog import Catalog
@@ -25,7 +26,7 @@ from pyspark.sql import SparkSession
 from core.tables import Tables
 from infra import stack
 from settings import Settings
-from tests.support import cleanup, ports, stacks
+from tests.support import cleanup, groups, ports, stacks
 from tests.support.environment import environment_keys, export_settings
 from tests.support.prefect import harness
 from tests.support.stacks import LocalStack
@@ -34,6 +35,13 @@ from tests.support.stacks import LocalStack
 # session's one; a test using one is marked `spark`, resp. `stack`.
 SERVER_FIXTURES = {"server", "cluster", "shape"}
 STACK_FIXTURES = {"cluster", "prefect_server"}  # (test_prefect_ops has one too)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test`'s ``--dist loadgroup``: the groups of :mod:`tests.support.groups`."""
+    if config.getvalue("dist") == "loadgroup":
+        return groups.GroupScheduling(config, log)
+    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,57 +64,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
             item.add_marker(pytest.mark.spark)
         if STACK_FIXTURES & used or shape in stacks.SHAPES[1:]:
             item.add_marker(pytest.mark.stack)
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
     yield
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        # Under `make test` (pytest-xdist, --no-loadscope-reorder) a group goes to the first
-        # free worker in this order: the longest first, so none is left running alone at the end
-        items.sort(key=lambda item: -_weight(_group(item)))
+        # Under `make test` the groups go to the first free worker in this order: the longest
+        # first, so none is left running alone at the end (tests/support/groups.py)
+        items.sort(key=lambda item: -groups.weight(item.nodeid))
         return
     # The tests of the session's server first, then those that start more, the other shapes
     # last (one shape's stack is stopped when the next one's starts; the last one's at the end)
     items.sort(key=_stack_order)
-
-
-SLOW_GROUPS = {
-    "tests/test_faults.py": 11,
-    "tests/test_rollup.py": 10,
-    "tests/test_prefect_ops.py": 9,
-    "shape rest_s3": 7,
-    "shape postgres": 7,
-    "tests/test_calendars.py": 6,
-    "tests/test_cluster.py": 5,
-    "tests/test_landing.py": 4,
-    "tests/test_flows.py": 3,
-    "tests/test_maintenance.py": 3,
-    "tests/test_ingest.py": 2,
-    "tests/test_trade_ids.py": 2,
-    "tests/test_wap.py": 1,
-    "tests/test_stack.py": 1,
-}
-"""The groups that take longest, longest first (rough minutes, measured on 2 cores); the rest
-follow in collection order."""
-
-
-SPLIT_MODULES = {"tests/test_faults.py"}
-"""Modules whose tests are groups of their own: each starts the servers it kills, so sharing a
-worker saves nothing, and together they are the longest group of the suite."""
-
-
-def _group(item: pytest.Item) -> str:
-    """The tests `make test` runs on one pytest-xdist worker (``--dist loadgroup``): those of
-    one module (they share its module fixtures), those of one catalog shape (they share its
-    stack, started once); each test of :data:`SPLIT_MODULES` alone."""
-    shape = _shape(item)
-    module = item.nodeid.split("::")[0]
-    if shape in stacks.SHAPES[1:]:
-        return f"shape {shape}"
-    return item.nodeid if module in SPLIT_MODULES else module
-
-
-def _weight(group: str) -> float:
-    """A group's rough minutes (:data:`SLOW_GROUPS`; a split test: its own, else its module's)."""
-    return SLOW_GROUPS.get(group, SLOW_GROUPS.get(group.split("[")[0], 0))
 
 
 def _shape(item: pytest.Item) -> str | None:
