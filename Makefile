@@ -28,8 +28,9 @@ test-deps:
 	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
 # Two pytest-xdist workers (the build machine's cores): much of the suite waits on servers
-# starting and on subprocesses, so two overlap well. Tests are grouped by module and by catalog
-# shape (tests/conftest.py), the longest groups first; each worker's ports are 50 apart.
+# starting and on subprocesses, so two overlap well. Tests are grouped by module, by catalog
+# shape and (test_faults) one by one, the longest groups first (tests/support/groups.py); each
+# worker's ports are 50 apart.
 XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
 
 test: setup test-deps
