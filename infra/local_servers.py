@@ -26,6 +26,7 @@ from infra.processes import (
     log_tail,
     reap,
     spawn,
+    start_time,
     stop_process,
 )
 from settings import Settings
@@ -92,17 +93,23 @@ class LocalServer:
         write_private(self.config_file(settings), java_properties(config))
         return self.config_file(settings)
 
+    def _recorded(self, settings: Settings) -> tuple[int | None, int | None]:
+        """The pid in the pid file (the process may be gone) and its recorded start time."""
+        try:
+            data = json.loads(self.pid_file(settings).read_text())
+            return int(data["pid"]), data.get("start")
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None, None
+
     def recorded_pid(self, settings: Settings) -> int | None:
         """The pid in the pid file (the process may be gone)."""
-        try:
-            return int(json.loads(self.pid_file(settings).read_text())["pid"])
-        except (FileNotFoundError, ValueError, KeyError):
-            return None
+        return self._recorded(settings)[0]
 
     def running_pid(self, settings: Settings) -> int | None:
-        """The pid of this data directory's running server, if any."""
-        pid = self.recorded_pid(settings)
-        return pid if pid is not None and alive(pid) else None
+        """The pid of this data directory's running server, if any: the recorded pid, if that
+        process still lives and is the one recorded (not another that got its pid since)."""
+        pid, started = self._recorded(settings)
+        return pid if pid is not None and alive(pid, started) else None
 
     def status(self, settings: Settings, url: str) -> StackStatus:
         pid = self.running_pid(settings)
@@ -149,7 +156,8 @@ class LocalServer:
         settings.stack_dir.mkdir(parents=True, exist_ok=True)
         how = launch()
         pid = spawn(self.log_file(settings), how.cmd, how.env, settings.stack_dir, how.umask)
-        self.pid_file(settings).write_text(json.dumps({"pid": pid, "port": port}))
+        record = {"pid": pid, "port": port, "start": start_time(pid)}
+        self.pid_file(settings).write_text(json.dumps(record))
         try:
             self.wait_healthy(settings, pid, healthy)
         except StackError:
@@ -179,5 +187,5 @@ class LocalServer:
         """Stop this data directory's server, if it runs (a no-op otherwise)."""
         pid = self.running_pid(settings)
         if pid is not None:
-            stop_process(pid)
+            stop_process(pid, started=self._recorded(settings)[1])
         self.pid_file(settings).unlink(missing_ok=True)

@@ -59,8 +59,20 @@ def log_tail(log: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def alive(pid: int) -> bool:
-    """Whether the process lives (a zombie counts as gone)."""
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): with its pid, it names one process
+    for good, as pids are reused (a busy machine cycles through 32,768 of them in minutes).
+    None when the process is gone or the system has no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def alive(pid: int, started: int | None = None) -> bool:
+    """Whether the process lives (a zombie counts as gone); with ``started`` (its
+    :func:`start_time` when it was recorded), whether it is still that process."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,8 +81,11 @@ def alive(pid: int) -> bool:
         return True
     # A zombie child still answers kill(0); treat it as gone.
     with contextlib.suppress(FileNotFoundError):
-        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
             return False
+    if started is not None:
+        now = start_time(pid)
+        return now is None or now == started  # (None: no /proc to tell)
     return True
 
 
@@ -122,14 +137,18 @@ def reap(pid: int) -> None:
         proc.wait(timeout=10)
 
 
-def stop_process(pid: int, timeout_s: float = 30.0) -> None:
+def stop_process(pid: int, timeout_s: float = 30.0, started: int | None = None) -> None:
     """SIGTERM the process group of ``pid`` (a server started with a session of its own), then
-    SIGKILL it after ``timeout_s``."""
+    SIGKILL it after ``timeout_s``; with ``started``, only while ``pid`` is still that process
+    (a pid freed meanwhile may already name another)."""
+    if not alive(pid, started):
+        reap(pid)
+        return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not alive(pid):
+        if not alive(pid, started):
             break
         time.sleep(0.2)
     else:

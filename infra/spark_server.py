@@ -19,7 +19,15 @@ from infra.artifacts import ensure_artifacts, server_artifacts, spark_env, spark
 from infra.catalog_properties import spark_catalog_conf
 from infra.local_servers import Launch, LocalServer, java_properties, write_private
 from infra.net import port_open
-from infra.processes import StackError, StackStatus, alive, reap, spawn, stop_process
+from infra.processes import (
+    StackError,
+    StackStatus,
+    alive,
+    reap,
+    spawn,
+    start_time,
+    stop_process,
+)
 from settings import CatalogType, Settings, redact
 
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
@@ -187,6 +195,19 @@ def _spark_class(settings: Settings, name: str, args: list[str]) -> int:
     return spawn(settings.stack_dir / f"{name}.log", cmd, spark_env(), settings.stack_dir)
 
 
+def _record_cluster(settings: Settings, pids: dict[str, list[int]]) -> None:
+    """The cluster's pids, each with its start time (a pid may name another process later)."""
+    starts = {str(pid): start_time(pid) for pid in [*pids["master"], *pids["workers"]]}
+    _cluster_file(settings).write_text(json.dumps({**pids, "start": starts}))
+
+
+def _started(settings: Settings) -> dict[str, int | None]:
+    try:
+        return dict(json.loads(_cluster_file(settings).read_text()).get("start", {}))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
 def alive_workers(settings: Settings) -> int:
     """Workers the standalone master counts as alive (-1 when its UI does not answer)."""
     url = f"http://127.0.0.1:{settings.master_ui_port}/json/"
@@ -222,7 +243,7 @@ def _start_cluster(settings: Settings) -> str:
             ],
         )
     )
-    _cluster_file(settings).write_text(json.dumps(pids))
+    _record_cluster(settings, pids)
     for i in range(settings.workers):
         work_dir = settings.stack_dir / f"worker-{i}"
         work_dir.mkdir(exist_ok=True)
@@ -246,7 +267,7 @@ def _start_cluster(settings: Settings) -> str:
                 ],
             )
         )
-        _cluster_file(settings).write_text(json.dumps(pids))
+        _record_cluster(settings, pids)
     deadline = time.monotonic() + settings.server_start_timeout_s
     while alive_workers(settings) < settings.workers:
         if time.monotonic() > deadline:
@@ -261,10 +282,10 @@ def _start_cluster(settings: Settings) -> str:
 
 
 def _stop_cluster(settings: Settings) -> None:
-    pids = cluster_pids(settings)
+    pids, started = cluster_pids(settings), _started(settings)
     for pid in [*pids["workers"], *pids["master"]]:
-        if alive(pid):
-            stop_process(pid)
+        if alive(pid, started.get(str(pid))):
+            stop_process(pid, started=started.get(str(pid)))
         else:
             reap(pid)  # a worker that was killed
     _cluster_file(settings).unlink(missing_ok=True)

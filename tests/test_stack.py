@@ -199,3 +199,32 @@ def test_the_token_stays_out_of_logs_process_lists_and_status(
     assert server.pid is not None
     cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode(errors="replace")
     assert token not in cmdline
+
+
+def test_a_pid_file_whose_pid_now_names_another_process_is_a_stopped_server(
+    tmp_path: Path,
+) -> None:
+    # Given: a pid file of the Prefect server whose process died, its pid since taken by
+    # another process (pids are reused: a busy machine cycles through 32,768 in minutes)
+    from infra import prefect_server
+
+    own = Settings(data_dir=tmp_path, spark_remote=None)
+    other = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        started = processes.start_time(other.pid)
+        assert started is not None
+        own.stack_dir.mkdir(parents=True)
+        record = {"pid": other.pid, "port": 1, "start": started - 1}
+        prefect_server.SERVER.pid_file(own).write_text(json.dumps(record))
+        # When: the stack is asked about it and stopped
+        status = prefect_server.status(own)
+        prefect_server.down(own)
+        # Then: the server counts as stopped, and the other process was not signalled
+        assert not status.running and status.pid is None
+        assert other.poll() is None and processes.alive(other.pid, started)
+        # And: the same pid file naming the process as it is (its start time) is its server
+        prefect_server.SERVER.pid_file(own).write_text(json.dumps({**record, "start": started}))
+        assert prefect_server.status(own).pid == other.pid
+    finally:
+        other.kill()
+        other.wait(10)

@@ -29,6 +29,8 @@ from types import FrameType
 
 import pytest
 
+from infra import processes
+
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = ROOT / ".ohlcv" / "test-runs"
 """One directory per pytest run of this checkout: ``owner.json``, ``reaper.json``, and one
@@ -41,18 +43,15 @@ _HANDLER = pytest.StashKey[object]()
 
 
 def start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot): with the pid, it names one
-    process for good (pids are reused); None when the process is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z" and _threads(pid) <= 1:
-        # A zombie is gone; but a JVM's main thread can be a zombie while its other threads
-        # (and its sockets) still live: then it is not.
-        return None
-    return int(fields[19])
+    """The kernel's start time of ``pid`` (:func:`infra.processes.start_time`); None when the
+    process is gone, a zombie included, except a JVM whose main thread is a zombie while its
+    other threads (and its sockets) still live."""
+    started = processes.start_time(pid)
+    with contextlib.suppress(OSError):
+        zombie = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        if zombie and _threads(pid) <= 1:
+            return None
+    return started
 
 
 def _threads(pid: int) -> int:
