@@ -73,15 +73,23 @@ def _ui(api_url: str) -> str:
     return api_url.rstrip("/").removesuffix("/api")
 
 
-def zombie_automation(settings: Settings, flow_names: list[str]) -> AutomationCore:
-    """Set ``Crashed`` a run of ours that stopped sending heartbeats without ending."""
+def _crash_silent_runs(
+    settings: Settings,
+    flow_names: list[str],
+    name: str,
+    description: str,
+    after: set[str],
+    expect: set[str],
+    why: str,
+) -> AutomationCore:
+    """Set ``Crashed`` a run of ours that, after one of the ``after`` events, sent none of the
+    ``expect`` events (nor ended) within ``OHLCV_ZOMBIE_AFTER_S``."""
     return AutomationCore(
-        name=ZOMBIE,
-        description="A flow run that stopped sending heartbeats without ending is crashed, "
-        "which frees its deployment's concurrency slot.",
+        name=name,
+        description=description,
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in ENDED)},
+            after=after,
+            expect={*expect, *(f"prefect.flow-run.{s}" for s in ENDED)},
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.role": "flow", "prefect.resource.name": flow_names},  # type: ignore[dict-item]
             for_each={"prefect.resource.id"},
@@ -94,38 +102,37 @@ def zombie_automation(settings: Settings, flow_names: list[str]) -> AutomationCo
                 name="Crashed",
                 state=StateType.CRASHED,
                 force=False,
-                message=f"no heartbeat for {settings.zombie_after_s:.0f} s "
-                "(OHLCV_ZOMBIE_AFTER_S): its process is gone",
+                message=f"{why} within {settings.zombie_after_s:.0f} s (OHLCV_ZOMBIE_AFTER_S)",
             )
         ],
     )
 
 
+def zombie_automation(settings: Settings, flow_names: list[str]) -> AutomationCore:
+    """Set ``Crashed`` a run of ours that stopped sending heartbeats without ending."""
+    return _crash_silent_runs(
+        settings,
+        flow_names,
+        ZOMBIE,
+        "A flow run that stopped sending heartbeats without ending is crashed, which frees "
+        "its deployment's concurrency slot.",
+        after={"prefect.flow-run.heartbeat"},
+        expect={"prefect.flow-run.heartbeat"},
+        why="no heartbeat (its process is gone)",
+    )
+
+
 def never_started_automation(settings: Settings, flow_names: list[str]) -> AutomationCore:
     """Set ``Crashed`` a run of ours taken (``Pending``) whose process never started."""
-    return AutomationCore(
-        name=NEVER_STARTED,
-        description="A flow run that was taken (Pending, Submitting) but never started "
-        "Running is crashed, which frees its deployment's concurrency slot.",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.Pending", "prefect.flow-run.Submitting"},
-            expect={"prefect.flow-run.Running", *(f"prefect.flow-run.{s}" for s in ENDED)},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": flow_names},  # type: ignore[dict-item]
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=settings.zombie_after_s),
-        ),
-        actions=[
-            ChangeFlowRunState(
-                name="Crashed",
-                state=StateType.CRASHED,
-                force=False,
-                message=f"taken but not started within {settings.zombie_after_s:.0f} s "
-                "(OHLCV_ZOMBIE_AFTER_S): the worker or `ohlcv serve` that took it is gone",
-            )
-        ],
+    return _crash_silent_runs(
+        settings,
+        flow_names,
+        NEVER_STARTED,
+        "A flow run that was taken (Pending, Submitting) but never started Running is "
+        "crashed, which frees its deployment's concurrency slot.",
+        after={"prefect.flow-run.Pending", "prefect.flow-run.Submitting"},
+        expect={"prefect.flow-run.Running"},
+        why="taken but not started (the worker or `ohlcv serve` that took it is gone)",
     )
 
 

@@ -315,19 +315,6 @@ class Settings(OperationsSettings, LandingSettings):
         "running writer's files look orphaned until it commits).",
     )
 
-    # One writer per table (a lease on a Prefect global concurrency limit)
-    writer_wait_s: float = Field(
-        default=600.0,
-        ge=0,
-        description="How long a writer waits for another writer of the same table.",
-    )
-    writer_lease_s: float = Field(
-        default=60.0,
-        ge=60,
-        description="Lease of a writer's slot, renewed while it runs: a crashed writer's slot "
-        "is free again after at most this long (Prefect's minimum is 60 s).",
-    )
-
     # Orchestration (Prefect task defaults; tests shorten them)
     generate_retries: int = Field(
         default=2, ge=0, description="Retries of a flow run's generate_candles task."
