@@ -91,8 +91,8 @@ def ingest_command(
     if status:
         output.print_landing_status(landing_states(settings, path))
         return
-    with _trades_writer(settings, slot=False) as prefect_slot:
-        result = landing_pass(settings, path, fmt=fmt, exchange=exchange, lock=prefect_slot)
+    with _trades_writer(settings):
+        result = landing_pass(settings, path, fmt=fmt, exchange=exchange, lock=False)
     output.print_landing_pass(result)
 
 
@@ -103,7 +103,7 @@ def _ingest_one_file(settings: Settings, path: Path, fmt: str | None, exchange: 
 
     prepare_tables(settings)
     catalog = open_catalog(settings)
-    with _trades_writer(settings, slot=True):
+    with _trades_writer(settings):
         if path.suffix.lower() in (".parquet", ".pq") and fmt in (None, "own"):
             output.print_ingest(ingest_file(catalog, settings.namespace, path))
             return
@@ -120,11 +120,10 @@ def _ingest_one_file(settings: Settings, path: Path, fmt: str | None, exchange: 
 
 
 @contextmanager
-def _trades_writer(settings: Settings, *, slot: bool) -> Iterator[bool]:
-    """One writer of ``trades`` for the block. With a Prefect server answering (where the
-    slot lives, and where a scheduled pass runs), the block runs against it and yields True;
-    it takes the slot itself when ``slot`` (else the caller does, as a landing pass does).
-    With none, it holds this machine's lock file and yields False (:mod:`flows.writers`)."""
+def _trades_writer(settings: Settings) -> Iterator[None]:
+    """One writer of ``trades`` for the block: its slot on the Prefect server when one
+    answers (where the slot lives, and where a scheduled pass runs), with the block running
+    against that server; with none, this machine's lock file (:mod:`flows.writers`)."""
     from core.tables import TRADES
     from flows.writers import local_writer, one_writer
 
@@ -132,16 +131,12 @@ def _trades_writer(settings: Settings, *, slot: bool) -> Iterator[bool]:
         url = prefect_server.api_url(settings)
     except prefect_server.PrefectUnavailable:
         with local_writer(settings, TRADES):
-            yield False
+            yield
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: url}):
-        if slot:
-            with one_writer(settings, TRADES):
-                yield True
-        else:
-            yield True
+    with temporary_settings(updates={PREFECT_API_URL: url}), one_writer(settings, TRADES):
+        yield
 
 
 @app.command("demo-data")
