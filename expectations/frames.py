@@ -12,7 +12,6 @@ from pyspark.sql import functions as F
 from core.calendars import Calendars, is_daily
 from core.ranges import Range, coalesce_ranges
 from core.tables import CANDLE_KEY, Tables
-from core.time import from_us
 from core.timeframes import Timeframe, rollup_source
 from expectations.suites import RECONCILED
 from spark_jobs.candles import (
@@ -24,6 +23,7 @@ from spark_jobs.candles import (
     windows,
 )
 from spark_jobs.reads import in_ranges, read_candles
+from spark_jobs.rollup import TradesSample
 
 
 def _synthetic() -> Column:
@@ -164,56 +164,37 @@ def reconciliation_frame(
 
 
 def trades_sample_frame(
-    spark: SparkSession,
-    tables: Tables,
     tf: Timeframe,
     written: DataFrame,
-    trades_snapshot: int,
-    windows_wanted: int,
+    sample: TradesSample,
     calendars: Calendars | None = None,
-    seed: int = 0,
-) -> DataFrame | None:
-    """Up to ``windows_wanted`` real candles a run wrote, picked at random (``seed``), side by
-    side with the same windows recomputed from the trades of ``trades_snapshot`` by
-    :func:`spark_jobs.candles.candles` (``trades_<column>``; ``in_trades`` false where the
-    trades hold no such candle). None when the run wrote no real candle."""
-    picked = (
-        written.where(~_synthetic())
-        .select(
-            "exchange",
-            "symbol",
-            F.unix_micros("window_start").alias("_lo"),
-            F.unix_micros("window_end").alias("_hi"),
+) -> DataFrame:
+    """The real candles a run wrote whose window lies inside one of ``sample``'s probe
+    windows (of the chunk's longest timeframe, same instrument), side by side with the same
+    windows recomputed from the sample's trades by :func:`spark_jobs.candles.candles`
+    (``trades_<column>``; ``in_trades`` false where the trades hold no such candle).
+
+    Every shorter window nests in a longer one (see :mod:`spark_jobs.rollup`), so a probe
+    holds whole windows of every timeframe: one read of the trades serves the whole chunk.
+    """
+    probes = F.broadcast(sample.probes)
+
+    def inside_probes(frame: DataFrame) -> DataFrame:
+        start, end = F.unix_micros("window_start"), F.unix_micros("window_end")
+        return (
+            frame.join(probes, ["exchange", "symbol"])
+            .where((start >= F.col("_lo")) & (end <= F.col("_hi")))
+            .drop("_lo", "_hi")
         )
-        .orderBy(F.xxhash64("exchange", "symbol", "_lo", F.lit(seed)))
-        .limit(windows_wanted)
-        .collect()
-    )
-    if not picked:
-        return None
-    spans = coalesce_ranges([Range(from_us(r["_lo"]), from_us(r["_hi"])) for r in picked])
-    keys = spark.createDataFrame(
-        [(r["exchange"], r["symbol"], r["_lo"], r["_hi"]) for r in picked],
-        "exchange string, symbol string, _lo long, _hi long",
-    )
-    trades = spark.read.option("versionAsOf", trades_snapshot).table(tables.trades)
-    inside = (
-        trades.where(in_ranges(F.col("ts"), spans))
-        .join(F.broadcast(keys), ["exchange", "symbol"])
-        .where((F.unix_micros("ts") >= F.col("_lo")) & (F.unix_micros("ts") < F.col("_hi")))
-        .drop("_lo", "_hi")
-    )
-    recomputed = candles(inside, tf, calendars=calendars).select(
+
+    recomputed = inside_probes(
+        candles(sample.trades, tf, sample.trade_ids, calendars=calendars)
+    ).select(
         *CANDLE_KEY,
         *[F.col(c).alias(f"trades_{c}") for c in RECONCILED],
         F.lit(True).alias("in_trades"),
     )
-    sampled = written.join(
-        F.broadcast(
-            keys.select("exchange", "symbol", F.timestamp_micros("_lo").alias("window_start"))
-        ),
-        list(CANDLE_KEY),
-    ).select(*CANDLE_COLUMNS)
+    sampled = inside_probes(written.where(~_synthetic()).select(*CANDLE_COLUMNS))
     joined = sampled.join(recomputed, list(CANDLE_KEY), "left")
     return joined.fillna(False, subset=["in_trades"])
 

@@ -266,9 +266,15 @@ class Settings(OperationsSettings, LandingSettings):
     validation_sample_windows: int = Field(
         default=64,
         ge=1,
-        description="Candles a run rolled up from 1m state (a backfill of several timeframes) "
-        "are checked against candles recomputed from the trades for this many of their windows, "
-        "picked at random in every run (the test suite checks every window).",
+        description="Rolled-up candles (a backfill of several timeframes) are checked against "
+        "candles recomputed from the trades of up to this many random windows of the chunk's "
+        "longest timeframe, every window inside them (the test suite checks all).",
+    )
+    validation_sample_trades: int = Field(
+        default=500_000,
+        ge=1,
+        description="Those windows hold at most this many trades in all (at least one window "
+        "is picked): read once per chunk, cached, shared by the chunk's timeframes.",
     )
     validation_results_kept: int = Field(
         default=300,

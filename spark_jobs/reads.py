@@ -37,9 +37,16 @@ def _any(terms: list[Column]) -> Column:
 
 
 def read_candles(
-    spark: SparkSession, table: str, ranges: Sequence[Range], branch: str | None = None
+    spark: SparkSession,
+    table: str,
+    ranges: Sequence[Range],
+    branch: str | None = None,
+    snapshot: int | None = None,
 ) -> DataFrame:
-    """Candles of ``table`` (on ``branch``, default main) whose window starts in ``ranges``."""
-    return spark.read.table(on_branch(table, branch)).where(
-        in_ranges(F.col("window_start"), ranges)
-    )
+    """Candles of ``table`` (on ``branch``, default main; or as of ``snapshot``, which may be
+    a branch's) whose window starts in ``ranges``."""
+    reader = spark.read
+    if snapshot is not None:
+        reader = reader.option("versionAsOf", snapshot)
+    name = table if snapshot is not None else on_branch(table, branch)
+    return reader.table(name).where(in_ranges(F.col("window_start"), ranges))

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from core.ranges import Range
+
+if TYPE_CHECKING:
+    from spark_jobs.rollup import ChunkAggregate
 
 
 @dataclass
@@ -36,6 +40,9 @@ class RunResult:
     """The candles came from a chunk's shared 1m state (:mod:`spark_jobs.rollup`; longer
     timeframes rolled up from it): validation also recomputes a sample of them from the
     trades, the independent check of a rollup."""
+    source: ChunkAggregate | None = field(default=None, repr=False, compare=False)
+    """That chunk's aggregate (while the chunk runs): its trades sample is shared by the
+    validations of all the chunk's timeframes."""
     notes: list[str] = field(default_factory=list)
 
     @property

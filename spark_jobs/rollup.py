@@ -18,7 +18,9 @@ rolled-up windows with candles recomputed from the trades (see :mod:`expectation
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 
@@ -26,12 +28,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core.calendars import Calendars
-from core.ranges import Range
+from core.ranges import Range, coalesce_ranges
 from core.tables import Tables
+from core.time import from_us
 from core.timeframes import TIMEFRAMES, Timeframe
 from spark_jobs.candles import STATE_KEY, CandleState, candle_state, finish, windows
+from spark_jobs.ordering import TradeIdRange
 from spark_jobs.plan import TradeStats, trade_stats
-from spark_jobs.reads import in_ranges
+from spark_jobs.reads import in_ranges, overlapping
 
 ONE_MINUTE = TIMEFRAMES["1m"]
 
@@ -71,6 +75,20 @@ def roll_up(state: CandleState, tf: Timeframe, calendars: Calendars | None = Non
     return CandleState(merged, state.integer_sums)
 
 
+@dataclass(frozen=True)
+class TradesSample:
+    """The trades of a few windows of a chunk's longest timeframe (``probes``: exchange, symbol
+    and the window's [_lo, _hi) in microseconds), read afresh from the trades table, once per
+    chunk, and cached. Every window of every timeframe that lies inside a probe holds all its
+    trades here, so one read checks windows of all the chunk's timeframes."""
+
+    probes: DataFrame
+    trades: DataFrame
+    trade_ids: TradeIdRange | None
+    windows: int
+    """How many probe windows were picked."""
+
+
 class ChunkAggregate:
     """One chunk's trades, read once at one snapshot and aggregated into cached 1m state, from
     which every timeframe's candles of the chunk come. Use it as a context manager: the cache
@@ -105,6 +123,10 @@ class ChunkAggregate:
         # (a planned chunk's counts are those of its UTC range: a wider read counts its own)
         self.stats = stats if stats is not None and margin == timedelta(0) else None
         self._state: CandleState | None = None
+        self._spark = spark
+        self._longest = max(timeframes, key=lambda tf: tf.width_us, default=ONE_MINUTE)
+        self._sample: TradesSample | None = None
+        self._seed = random.randrange(2**31)
 
     def counted(self) -> TradeStats:
         """The trades read (counted once, unless the plan counted them)."""
@@ -125,6 +147,52 @@ class ChunkAggregate:
             return finish(self._state)
         return finish(roll_up(self._state, tf, self.calendars))
 
+    def trades_sample(self, windows_wanted: int, trades_wanted: int) -> TradesSample | None:
+        """Up to ``windows_wanted`` windows of the chunk's longest timeframe, picked at random
+        (once per chunk), holding at most ``trades_wanted`` trades in all (at least one
+        window), and their trades; None when the chunk has no candle."""
+        if self._sample is None:
+            self._sample = self._pick(windows_wanted, trades_wanted)
+        return self._sample
+
+    def _pick(self, windows_wanted: int, trades_wanted: int) -> TradesSample | None:
+        candidates = (
+            self.candles(self._longest)
+            .where(overlapping(F.col("window_start"), F.col("window_end"), [self.window_range]))
+            .select(
+                "exchange",
+                "symbol",
+                F.unix_micros("window_start").alias("_lo"),
+                F.unix_micros("window_end").alias("_hi"),
+                "trade_count",
+            )
+            .orderBy(F.xxhash64("exchange", "symbol", "_lo", F.lit(self._seed)))
+            .limit(windows_wanted)
+            .collect()
+        )
+        picked: list[tuple[str, str, int, int]] = []
+        trades = 0
+        for row in candidates:
+            if picked and trades + row["trade_count"] > trades_wanted:
+                break
+            picked.append((row["exchange"], row["symbol"], row["_lo"], row["_hi"]))
+            trades += row["trade_count"]
+        if not picked:
+            return None
+        spans = coalesce_ranges([Range(from_us(lo), from_us(hi)) for _, _, lo, hi in picked])
+        probes = self._spark.createDataFrame(
+            picked, "exchange string, symbol string, _lo long, _hi long"
+        )
+        ts = F.unix_micros("ts")
+        inside = (
+            self.trades.where(in_ranges(F.col("ts"), spans))
+            .join(F.broadcast(probes), ["exchange", "symbol"])
+            .where((ts >= F.col("_lo")) & (ts < F.col("_hi")))
+            .drop("_lo", "_hi")
+            .cache()
+        )
+        return TradesSample(probes, inside, self.counted().trade_ids, len(picked))
+
     def __enter__(self) -> ChunkAggregate:
         return self
 
@@ -137,3 +205,6 @@ class ChunkAggregate:
         if self._state is not None:
             self._state.frame.unpersist()
             self._state = None
+        if self._sample is not None:
+            self._sample.trades.unpersist()
+            self._sample = None

@@ -44,7 +44,9 @@ LOCAL = {
 
 def _every_window(settings: Settings) -> Settings:
     # The full check of the test suite: every rolled-up window recomputed from the trades.
-    return settings.model_copy(update={"validation_sample_windows": 1_000_000})
+    return settings.model_copy(
+        update={"validation_sample_windows": 1_000_000, "validation_sample_trades": 10**12}
+    )
 
 
 def test_backfill_all_equals_the_oracle_for_every_timeframe_in_one_pass(
