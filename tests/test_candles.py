@@ -38,18 +38,26 @@ from tests.support.trades import (
 
 
 @on_shapes()  # SQLite, PostgreSQL, REST + S3
-def test_every_timeframe_equals_oracle_through_late_trades_and_reruns(given: Given) -> None:
+def test_every_timeframe_equals_oracle_through_late_trades_and_reruns(
+    given: Given, request: pytest.FixtureRequest
+) -> None:
     _, spark, catalog, tables = given
+    # The other catalogs run the shortest and the longest timeframe (hour and year partitions,
+    # the 1m run's late trades): what differs between catalogs is the commits, not the
+    # arithmetic, which SQLite checks for all five.
+    every = ALL
+    if request.node.callspec.params["shape"] != "sqlite":
+        every = [TIMEFRAMES["1m"], TIMEFRAMES["1d"]]
     rng = random.Random(20260301)
     # Given: three hours of trades, delivered with duplicates and bad rows
     t1 = START + timedelta(hours=3)
     first = random_trades(rng, START, t1, 1500, first_id=1_000)
     deliver(catalog, tables, first, to_arrow(first[:40]), bad_rows(900_000), now=t1)
     # When: every timeframe runs once
-    for tf in ALL:
+    for tf in every:
         jobs.refresh_candles(spark, tables, tf, now=t1)
     # Then: every table equals the oracle over the accepted trades
-    assert_matches_oracle(spark, tables, first, ALL)
+    assert_matches_oracle(spark, tables, first, every)
 
     # Given: trades inside the lookback, late trades far beyond every short lookback
     # (2.5 to 3 hours old), and re-deliveries of old trades
@@ -58,20 +66,20 @@ def test_every_timeframe_equals_oracle_through_late_trades_and_reruns(given: Giv
     late = random_trades(rng, START, START + timedelta(minutes=30), 200, first_id=20_000)
     deliver(catalog, tables, recent + late, to_arrow(first[100:130]), now=t2)
     # When: every timeframe runs again
-    results = {tf.name: jobs.refresh_candles(spark, tables, tf, now=t2) for tf in ALL}
+    results = {tf.name: jobs.refresh_candles(spark, tables, tf, now=t2) for tf in every}
     # Then: the late trades were picked up and every table still equals the oracle
     lookback_start = lookback_range(TIMEFRAMES["1m"], t2).start
     assert results["1m"].late_trades == sum(t.ts < lookback_start for t in recent + late) > 200
     assert results["1m"].updated > 0 and results["1m"].inserted > 0
     everything = first + recent + late
-    assert_matches_oracle(spark, tables, everything, ALL)
+    assert_matches_oracle(spark, tables, everything, every)
 
     # When: the same runs repeat with no new trades
-    before = {tf.name: snapshots.main_snapshot_id(spark, tables.candles(tf)) for tf in ALL}
-    reruns = {tf.name: jobs.refresh_candles(spark, tables, tf, now=t2) for tf in ALL}
+    before = {tf.name: snapshots.main_snapshot_id(spark, tables.candles(tf)) for tf in every}
+    reruns = {tf.name: jobs.refresh_candles(spark, tables, tf, now=t2) for tf in every}
     # Then: nothing is written (no snapshot), so the content is the one checked above (an
     # Iceberg snapshot never changes: reading all five tables again could not fail alone)
-    for tf in ALL:
+    for tf in every:
         assert not reruns[tf.name].written
         assert reruns[tf.name].unchanged > 0
         assert snapshots.main_snapshot_id(spark, tables.candles(tf)) == before[tf.name]
