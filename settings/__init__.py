@@ -271,7 +271,7 @@ class Settings(OperationsSettings, LandingSettings):
         "longest timeframe, every window inside them (the test suite checks all).",
     )
     validation_sample_trades: int = Field(
-        default=500_000,
+        default=100_000,
         ge=1,
         description="Those windows hold at most this many trades in all (at least one window "
         "is picked): read once per chunk, cached, shared by the chunk's timeframes.",
