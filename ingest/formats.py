@@ -2,9 +2,9 @@
 
 A feed file becomes an Arrow table in the project's own layout (:data:`~ingest.reading.
 REQUIRED_COLUMNS`), which :func:`ingest.ingest` then checks and appends like any other input.
-Nothing goes through a float: trade ids stay the file's text, prices and quantities become
-DECIMAL(18, 8) exactly (or stay text when a value would not fit, for ingestion to reject just
-that row), times exact microsecond timestamps.
+Nothing goes through a float: trade ids become DECIMAL(18, 0) (or stay text where ids may be
+text), prices and quantities DECIMAL(18, 8), exactly (or all three stay text when a value would
+not fit, for ingestion to reject just that row), times exact microsecond timestamps.
 
 The format is told from the content (a header or its absence, the number of columns, whether
 the first row's values have the types of the format's columns) and the file name
@@ -50,6 +50,10 @@ spot files to microseconds on 2025-01-01). 10**14 ms is the year 5138; 10**14 us
 
 _TEXT = pa.large_string()
 AMOUNT = pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE)
+_ID = pa.decimal128(DECIMAL_PRECISION, 0)
+"""Numeric trade ids as the reader parses them: the same decimal grammar as ids read from text
+(:mod:`ingest.ids`), so an id that is not a plain number (``0x1F``, 19 digits) makes the whole
+file read as text, where it is judged as before."""
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,20 @@ class Layout:
     """The exchange of every row unless ``--exchange`` says otherwise; None: a column."""
     time_unit: str = "auto"
     """``us``, or ``auto``: milliseconds or microseconds per row by magnitude."""
+    text_ids: bool = False
+    """Whether trade ids may be text (Tardis: Bybit's UUIDs); else they are numbers."""
 
-    def types(self) -> dict[str, pa.DataType]:
-        text = [self.trade_id, self.price, self.quantity]
+    def types(self, parsed: bool = True) -> dict[str, pa.DataType]:
+        """The reader's type of each column: ids, prices and quantities parsed (``parsed``:
+        exactly, refusing what does not fit) or as text."""
+        types: dict[str, pa.DataType] = {
+            self.trade_id: _ID if parsed and not self.text_ids else _TEXT,
+            self.price: AMOUNT if parsed else _TEXT,
+            self.quantity: AMOUNT if parsed else _TEXT,
+            self.time: pa.int64(),
+        }
         if self.side:
-            text.append(self.side)
-        types: dict[str, pa.DataType] = {name: _TEXT for name in text}
-        types[self.time] = pa.int64()
+            types[self.side] = _TEXT
         if self.buyer_maker:
             types[self.buyer_maker] = pa.bool_()
         if self.exchange is None:
@@ -116,6 +127,7 @@ TARDIS_TRADES = Layout(
     time="timestamp",
     side="side",
     time_unit="us",
+    text_ids=True,
 )
 LAYOUTS = {x.name: x for x in (BINANCE_TRADES, BINANCE_AGGTRADES, BINANCE_FUTURES_TRADES)}
 LAYOUTS[TARDIS_TRADES.name] = TARDIS_TRADES
@@ -389,24 +401,23 @@ def _read_parquet(open_file: Opener, name: str) -> pa.Table:
 def _read_layout(
     csv: Opener, name: str, layout: Layout, has_header: bool, exchange: str | None
 ) -> pa.Table:
-    types = layout.types()
     read = pacsv.ReadOptions(column_names=list(layout.columns), skip_rows=1 if has_header else 0)
 
-    def options(amounts: pa.DataType) -> pacsv.ConvertOptions:
-        typed = {**types, layout.price: amounts, layout.quantity: amounts}
+    def options(parsed: bool) -> pacsv.ConvertOptions:
+        typed = layout.types(parsed)
         return pacsv.ConvertOptions(
             column_types=typed, include_columns=list(typed), strings_can_be_null=True
         )
 
     try:
-        # Prices and quantities straight to DECIMAL(18, 8), exactly (Arrow refuses a value it
-        # would round): parsed once, by the reader, 15x faster than text later.
+        # Ids, prices and quantities straight to decimals, exactly (Arrow refuses a value it
+        # would round): parsed once, by the reader, many times faster than text later.
         with csv() as f:
-            raw = pacsv.read_csv(f, read_options=read, convert_options=options(AMOUNT))
+            raw = pacsv.read_csv(f, read_options=read, convert_options=options(parsed=True))
     except pa.ArrowInvalid:
         # Some value does not fit (more decimals, or not a number): as text, so ingestion
         # rejects just those rows with their reason, or names the value.
-        raw = _read_csv(csv, name, read_options=read, convert_options=options(_TEXT))
+        raw = _read_csv(csv, name, read_options=read, convert_options=options(parsed=False))
     except OSError as e:
         raise _unreadable(name, e) from None
     n = raw.num_rows
