@@ -2,26 +2,28 @@
 
 A feed file becomes an Arrow table in the project's own layout (:data:`~ingest.reading.
 REQUIRED_COLUMNS`), which :func:`ingest.ingest` then checks and appends like any other input.
-Nothing goes through a float: trade ids stay the file's text, prices and quantities become
-DECIMAL(18, 8) exactly (or stay text when a value would not fit, for ingestion to reject just
-that row), times exact microsecond timestamps.
+Nothing goes through a float: trade ids become DECIMAL(18, 0) (or stay text where ids may be
+text), prices and quantities DECIMAL(18, 8), exactly (or all three stay text when a value would
+not fit, for ingestion to reject just that row), times exact microsecond timestamps.
 
 The format is told from the content (a header or its absence, the number of columns, whether
 the first row's values have the types of the format's columns) and the file name
 (``BTCUSDT-aggTrades-2026-02-01.zip``); ``--format`` overrides it. Files may be plain, ``.gz``
 or Binance's ``.zip`` holding one CSV. CSV is read by pyarrow's reader with the format's column
-names and types, streamed from the compressed member: no per-row Python.
+names and types, inflated by Arrow as it parses: no per-row Python.
 """
 
 from __future__ import annotations
 
-import gzip
+import functools
 import io
 import re
+import struct
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO, cast
+from typing import BinaryIO, cast
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +50,10 @@ spot files to microseconds on 2025-01-01). 10**14 ms is the year 5138; 10**14 us
 
 _TEXT = pa.large_string()
 AMOUNT = pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE)
+_ID = pa.decimal128(DECIMAL_PRECISION, 0)
+"""Numeric trade ids as the reader parses them: the same decimal grammar as ids read from text
+(:mod:`ingest.ids`), so an id that is not a plain number (``0x1F``, 19 digits) makes the whole
+file read as text, where it is judged as before."""
 
 
 @dataclass(frozen=True)
@@ -69,13 +75,20 @@ class Layout:
     """The exchange of every row unless ``--exchange`` says otherwise; None: a column."""
     time_unit: str = "auto"
     """``us``, or ``auto``: milliseconds or microseconds per row by magnitude."""
+    text_ids: bool = False
+    """Whether trade ids may be text (Tardis: Bybit's UUIDs); else they are numbers."""
 
-    def types(self) -> dict[str, pa.DataType]:
-        text = [self.trade_id, self.price, self.quantity]
+    def types(self, parsed: bool = True) -> dict[str, pa.DataType]:
+        """The reader's type of each column: ids, prices and quantities parsed (``parsed``:
+        exactly, refusing what does not fit) or as text."""
+        types: dict[str, pa.DataType] = {
+            self.trade_id: _ID if parsed and not self.text_ids else _TEXT,
+            self.price: AMOUNT if parsed else _TEXT,
+            self.quantity: AMOUNT if parsed else _TEXT,
+            self.time: pa.int64(),
+        }
         if self.side:
-            text.append(self.side)
-        types: dict[str, pa.DataType] = {name: _TEXT for name in text}
-        types[self.time] = pa.int64()
+            types[self.side] = _TEXT
         if self.buyer_maker:
             types[self.buyer_maker] = pa.bool_()
         if self.exchange is None:
@@ -114,6 +127,7 @@ TARDIS_TRADES = Layout(
     time="timestamp",
     side="side",
     time_unit="us",
+    text_ids=True,
 )
 LAYOUTS = {x.name: x for x in (BINANCE_TRADES, BINANCE_AGGTRADES, BINANCE_FUTURES_TRADES)}
 LAYOUTS[TARDIS_TRADES.name] = TARDIS_TRADES
@@ -176,7 +190,7 @@ def read_feed(
     first = _first_line(csv, name)
     layout, has_header = _detect(first, name) if fmt is None else _chosen(fmt, first)
     if layout is None:
-        return Feed(_read_own_csv(csv, name), OWN)
+        return Feed(_read_own_csv(csv, name, first), OWN)
     return Feed(_read_layout(csv, name, layout, has_header, exchange), layout.name)
 
 
@@ -261,69 +275,93 @@ def _chosen(fmt: str, first: str) -> tuple[Layout | None, bool]:
 
 
 def _csv_opener(open_file: Opener, name: str) -> Opener:
-    """Opens the CSV text's bytes inside a ``.zip`` (one member) or ``.gz``, or the file."""
-    lower = name.lower()
-    if lower.endswith(".zip"):
+    """Opens the CSV text's bytes inside a ``.zip`` (one member) or ``.gz``, or the file.
 
-        def member() -> BinaryIO:
-            raw = open_file()
-            try:
-                archive = zipfile.ZipFile(raw)
-            except zipfile.BadZipFile as e:
-                raw.close()
-                raise SchemaError(f"cannot read {name!r}: {e}; the zip file is damaged") from None
+    A compressed file is read once, on the first open, and kept: the first line (to detect the
+    format) and the whole read decompress the same bytes. They are inflated by Arrow in C++,
+    outside the GIL and beside the CSV parser's threads, and checked against their CRC-32.
+    """
+    lower = name.lower()
+    if lower.endswith((".zip", ".gz")):
+        unpack = _zip_member if lower.endswith(".zip") else _gzip_file
+
+        @functools.cache
+        def contents() -> tuple[pa.Buffer, str | None]:
+            with open_file() as raw:
+                return unpack(raw.read(), name)
+
+        def decompressed() -> BinaryIO:
+            data, compression = contents()
+            stream = pa.BufferReader(data)
+            if compression is not None:
+                stream = pa.CompressedInputStream(stream, compression)
+            return cast(BinaryIO, stream)
+
+        return decompressed
+    return open_file
+
+
+def _gzip_file(data: bytes, name: str) -> tuple[pa.Buffer, str | None]:
+    return pa.py_buffer(data), "gzip"
+
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
+"""A zip member's local header (APPNOTE 4.3.7): signature, 22 bytes we do not need, the lengths
+of the file name and the extra field that come before the member's data."""
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+"""RFC 1952: deflate, no flags, no time, unknown OS."""
+
+
+def _zip_member(data: bytes, name: str) -> tuple[pa.Buffer, str | None]:
+    """The one CSV member of a zip: its bytes and their compression (None: as they are).
+
+    A deflated member is raw deflate; framed by a gzip header and a trailer holding the CRC-32
+    and size from the zip's directory, it is a gzip stream whose inflating checks both.
+
+    Raises:
+        SchemaError: the zip is damaged, or holds no file or more than one.
+    """
+
+    def damaged(reason: object) -> SchemaError:
+        return SchemaError(f"cannot read {name!r}: {reason}; the zip file is damaged")
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = [m for m in archive.infolist() if not m.is_dir()]
             if len(members) != 1:
-                archive.close()
-                raw.close()
                 listed = ", ".join(m.filename for m in members) or "nothing"
                 raise SchemaError(
                     f"{name!r} holds {listed}: a trades zip must hold exactly one CSV file"
                 )
-            return cast(BinaryIO, _Owning(archive.open(members[0]), archive, raw))
-
-        return member
-    if lower.endswith(".gz"):
-
-        def unzipped() -> BinaryIO:
-            raw = open_file()
-            return cast(BinaryIO, _Owning(gzip.GzipFile(fileobj=raw, mode="rb"), raw))
-
-        return unzipped
-    return open_file
-
-
-class _Owning(io.RawIOBase):
-    """A decompressed stream that also closes what it was opened from (archive, raw file)."""
-
-    def __init__(self, stream: Any, *owned: Any) -> None:
-        super().__init__()
-        self._stream, self._owned = stream, owned
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        return self._stream.read(size)
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._stream.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._stream.close()
-            for owned in self._owned:
-                owned.close()
-        super().close()
+            member = members[0]
+            encrypted = member.flag_bits & 0x1
+            if encrypted or member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                # Other methods are rare: Python's zipfile inflates them (and checks the CRC-32).
+                return pa.py_buffer(archive.read(member)), None
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as e:
+        raise damaged(e) from None
+    at = member.header_offset
+    if at + _LOCAL_HEADER.size > len(data):
+        raise damaged(f"no local header for {member.filename!r}")
+    signature, name_length, extra_length = _LOCAL_HEADER.unpack_from(data, at)
+    start = at + _LOCAL_HEADER.size + name_length + extra_length
+    end = start + member.compress_size
+    if signature != b"PK\x03\x04" or end > len(data):
+        raise damaged(f"bad local header or truncated data of {member.filename!r}")
+    view = memoryview(data)[start:end]
+    if member.compress_type == zipfile.ZIP_STORED:
+        if zlib.crc32(view) != member.CRC:
+            raise damaged(f"Bad CRC-32 for file {member.filename!r}")
+        return pa.py_buffer(view), None
+    trailer = struct.pack("<II", member.CRC, member.file_size & 0xFFFFFFFF)
+    return pa.py_buffer(b"".join((_GZIP_HEADER, view, trailer))), "gzip"
 
 
 def _first_line(csv: Opener, name: str) -> str:
     try:
         with csv() as f:
             raw = f.read(64 * 1024).split(b"\n", 1)[0]
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+    except OSError as e:
         raise SchemaError(f"cannot read {name!r}: {e}; the file is damaged") from None
     return raw.decode("utf-8-sig", errors="replace")
 
@@ -332,14 +370,18 @@ def _read_csv(csv: Opener, name: str, **options: object) -> pa.Table:
     try:
         with csv() as f:
             return pacsv.read_csv(f, **options)  # type: ignore[arg-type]
-    except (pa.ArrowInvalid, OSError, EOFError, zipfile.BadZipFile) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise SchemaError(f"cannot read {name!r}: {first}; nothing was written") from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise _unreadable(name, e) from None
 
 
-def _read_own_csv(csv: Opener, name: str) -> pa.Table:
-    with csv() as f:
-        header = next(iter(io.TextIOWrapper(f, encoding="utf-8-sig", newline="")), "")
+def _unreadable(name: str, error: Exception) -> SchemaError:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    # Arrow raises OSError for damaged compressed data (a bad deflate stream, CRC-32 or size).
+    damaged = "the file is damaged, " if isinstance(error, OSError) else ""
+    return SchemaError(f"cannot read {name!r}: {first}; {damaged}nothing was written")
+
+
+def _read_own_csv(csv: Opener, name: str, header: str) -> pa.Table:
     return _read_csv(csv, name, convert_options=own_csv_options(check_header(_fields(header))))
 
 
@@ -359,24 +401,25 @@ def _read_parquet(open_file: Opener, name: str) -> pa.Table:
 def _read_layout(
     csv: Opener, name: str, layout: Layout, has_header: bool, exchange: str | None
 ) -> pa.Table:
-    types = layout.types()
     read = pacsv.ReadOptions(column_names=list(layout.columns), skip_rows=1 if has_header else 0)
 
-    def options(amounts: pa.DataType) -> pacsv.ConvertOptions:
-        typed = {**types, layout.price: amounts, layout.quantity: amounts}
+    def options(parsed: bool) -> pacsv.ConvertOptions:
+        typed = layout.types(parsed)
         return pacsv.ConvertOptions(
             column_types=typed, include_columns=list(typed), strings_can_be_null=True
         )
 
     try:
-        # Prices and quantities straight to DECIMAL(18, 8), exactly (Arrow refuses a value it
-        # would round): parsed once, by the reader, 15x faster than text later.
+        # Ids, prices and quantities straight to decimals, exactly (Arrow refuses a value it
+        # would round): parsed once, by the reader, many times faster than text later.
         with csv() as f:
-            raw = pacsv.read_csv(f, read_options=read, convert_options=options(AMOUNT))
+            raw = pacsv.read_csv(f, read_options=read, convert_options=options(parsed=True))
     except pa.ArrowInvalid:
         # Some value does not fit (more decimals, or not a number): as text, so ingestion
         # rejects just those rows with their reason, or names the value.
-        raw = _read_csv(csv, name, read_options=read, convert_options=options(_TEXT))
+        raw = _read_csv(csv, name, read_options=read, convert_options=options(parsed=False))
+    except OSError as e:
+        raise _unreadable(name, e) from None
     n = raw.num_rows
     if layout.exchange is None:
         exchange_col, symbol_col = raw.column("exchange"), raw.column("symbol")

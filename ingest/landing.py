@@ -266,10 +266,9 @@ def _ingest_files(
     tables = [_own_columns(batch.feeds[i].table) for i in chosen]
     raw = _concatenated(tables)
     names = pa.array([batch.identities[i].path for i in chosen], pa.large_string())
-    codes = [pa.array([k] * t.num_rows, pa.int32()) for k, t in enumerate(tables)]
-    source = pa.DictionaryArray.from_arrays(
-        pa.concat_arrays(codes) if codes else pa.array([], pa.int32()), names
-    )
+    rows = [t.num_rows for t in tables]
+    codes = np.repeat(np.arange(len(tables), dtype=np.int32), rows)  # each row's file
+    source = pa.DictionaryArray.from_arrays(pa.array(codes), names)
     batch_id = uuid.uuid4().hex
     identities = [batch.identities[i] for i in chosen]
     pause_point("before-append")
@@ -281,7 +280,7 @@ def _ingest_files(
         properties=batch_properties(batch_id, identities),
         synthesize_missing_ids=np.repeat(
             np.array([batch.feeds[i].format in IDS_MAY_BE_MISSING for i in chosen], dtype=bool),
-            [t.num_rows for t in tables],
+            rows,
         ),
     )
     pause_point("after-append")

@@ -99,6 +99,12 @@ def _parse_trade_id(values: Column) -> TradeId:
         # Some ids are not numbers: text ids (the rest still parse as numbers).
         words, numbers = split_text_ids(text)
         return with_text_ids(_numeric_text_ids(numbers), text, words)
+    if pa.types.is_decimal(t):
+        parsed = parse_amount(values, "trade_id", scale=0)
+        if not parsed.unrepresentable.any():
+            # What the ids' text would give (the same parse), without writing them as text.
+            invalid = (parsed.non_finite | parsed.negative) & ~parsed.missing
+            return TradeId(parsed.units, parsed.missing, invalid)
     if pa.types.is_null(t) or pa.types.is_decimal(t):
         return _numeric_text_ids(values.cast(pa.large_string()))
     raise SchemaError(
@@ -116,15 +122,15 @@ def _numeric_text_ids(text: Column) -> TradeId:
     parsed = parse_amount(text, "trade_id", scale=0)
     invalid = parsed.non_finite | parsed.negative | parsed.unrepresentable
     ids = parsed.units
-    # 19-digit ids still fit int64 but not the 18-digit decimal check above.
-    stripped = pc.utf8_ltrim(pc.utf8_trim_whitespace(text), characters="0")
-    big = (
-        parsed.unrepresentable
-        & ~parsed.negative
-        & bools(pc.match_substring_regex(stripped, r"^[0-9]{19}$"))
-        & bools(pc.less_equal(stripped, _INT64_MAX))
-    )
-    if big.any():
+    if parsed.unrepresentable.any():
+        # 19-digit ids still fit int64 but not the 18-digit decimal check above.
+        stripped = pc.utf8_ltrim(pc.utf8_trim_whitespace(text), characters="0")
+        big = (
+            parsed.unrepresentable
+            & ~parsed.negative
+            & bools(pc.match_substring_regex(stripped, r"^[0-9]{19}$"))
+            & bools(pc.less_equal(stripped, _INT64_MAX))
+        )
         ids = ids.copy()
         ids[big] = ints(pc.if_else(pa.array(big), stripped, text_scalar("0")).cast(pa.int64()))[big]
         invalid &= ~big

@@ -265,14 +265,17 @@ def _accepted_table(
     key = day_of_row * n_symbols + np.take(rank, _rows_of(parsed.symbol_codes, idx))
     top = int(key.max())
     narrow = key.astype(np.int16 if top < 2**15 else np.int32) if top < 2**31 else key
-    order = np.argsort(narrow, kind="stable")
+    in_order = bool(np.all(key[1:] >= key[:-1]))  # one symbol's day, as a file holds
+    order = np.arange(len(narrow)) if in_order else np.argsort(narrow, kind="stable")
     rows = order if len(idx) == len(parsed) else np.take(idx, order)
+    as_they_are = in_order and len(idx) == len(parsed)
     # Sorted, the days are runs in increasing order: their lengths are the rows of each day.
     per_day = np.bincount(day_of_row)
     days = np.repeat(np.arange(first_day, first_day + len(per_day)), per_day)
 
     def taken(values: np.ndarray) -> np.ndarray:
-        return np.take(values, rows)
+        # Every row, in order: the parsed values themselves (gathering would copy them all).
+        return values if as_they_are else np.take(values, rows)
 
     build: dict[str, Callable[[], pa.Array]] = {
         "exchange": lambda: _decoded_codes(taken(parsed.exchange_codes), parsed.exchanges),

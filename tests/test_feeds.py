@@ -6,11 +6,15 @@ with the trades the files were written from, never with the reader's own output.
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import random
 import uuid
+import zipfile
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +145,6 @@ def test_an_unrecognised_layout_fails_in_one_line_naming_columns_and_formats(
 
 
 def test_a_zip_of_two_files_and_a_damaged_gz_fail_in_one_line(tmp_path: Path) -> None:
-    import zipfile
-
     two = tmp_path / "BTCUSDT-trades-2026-02-01.zip"
     with zipfile.ZipFile(two, "w") as archive:
         archive.writestr("a.csv", "1,2\n")
@@ -157,6 +159,81 @@ def test_a_zip_of_two_files_and_a_damaged_gz_fail_in_one_line(tmp_path: Path) ->
 
 # --------------------------------------------------------------------------------------------
 # The landing zone (PyIceberg only)
+
+
+@pytest.mark.parametrize(
+    "compression",
+    [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED, zipfile.ZIP_BZIP2],
+    ids=["deflated", "stored", "bzip2"],
+)
+def test_a_zip_member_is_read_exactly_however_it_is_stored(
+    tmp_path: Path, compression: int
+) -> None:
+    # Given a zip whose member is deflated (Binance's), stored as it is, or bzip2-compressed
+    trades = trades_of("binance", "BTCUSDT", 3000, FEB, 7_000_000_000)
+    path = write_binance_zip(
+        tmp_path / "BTCUSDT-trades-2026-02-01.zip", trades, compression=compression
+    )
+    # When read from a Python file and from Arrow's (what a landing zone, local or S3, opens)
+    for open_file in (opener(path), partial(Landing.at(str(tmp_path)).open, str(path))):
+        feed = read_feed(open_file, path.name)
+        # Then every trade is there, exactly
+        assert feed_rows(feed.table) == {stored_key(t) for t in trades}
+
+
+def _damaged_files(where: Path) -> dict[str, tuple[Path, str]]:
+    """Archives damaged in each way a download can be: (file, what its error must say)."""
+    trades = trades_of("binance", "BTCUSDT", 3000, FEB, 1)
+    data = write_binance_zip(where / "deflated.zip", trades).read_bytes()
+    stored = write_binance_zip(
+        where / "stored.zip", trades, compression=zipfile.ZIP_STORED
+    ).read_bytes()
+    crc = data.rfind(b"PK\x01\x02") + 16  # in the member's entry of the central directory
+    gz = gzip.compress("\n".join(tardis_lines(trades)).encode())
+    cases = {
+        "flipped deflate bytes": (_flipped(data, len(data) // 2, 64), "damaged"),
+        "flipped bytes near the start": (_flipped(data, 100, 64), "damaged"),
+        "a wrong CRC-32": (_flipped(data, crc, 1), "damaged"),
+        "a flipped stored byte": (_flipped(stored, len(stored) // 2, 1), "damaged"),
+        "cut short": (data[: len(data) // 2], "damaged"),
+        "an empty file": (b"", "damaged"),
+        "no member": (_zip_of(), "holds nothing"),
+        "two members": (_zip_of("a.csv", "b.csv"), "holds a.csv, b.csv"),
+        "a cut .gz": (gz[: len(gz) * 2 // 3], "damaged"),
+        "a .gz with a wrong CRC-32": (_flipped(gz, len(gz) - 8, 1), "damaged"),
+    }
+    files = {}
+    for i, (case, (content, says)) in enumerate(cases.items()):
+        suffix = ".csv.gz" if ".gz" in case else ".zip"
+        path = where / f"case{i}" / f"BTCUSDT-trades-2026-02-01{suffix}"
+        path.parent.mkdir()
+        path.write_bytes(content)
+        files[case] = (path, says)
+    return files
+
+
+def _flipped(data: bytes, at: int, n: int) -> bytes:
+    out = bytearray(data)
+    for i in range(at, at + n):
+        out[i] ^= 0x5A
+    return bytes(out)
+
+
+def _zip_of(*names: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in names:
+            archive.writestr(name, "1,2\n")
+    return buffer.getvalue()
+
+
+def test_a_damaged_archive_fails_in_one_line_naming_it(tmp_path: Path) -> None:
+    for case, (path, says) in _damaged_files(tmp_path).items():
+        for open_file in (opener(path), partial(Landing.at(str(path.parent)).open, str(path))):
+            with pytest.raises(SchemaError) as raised:
+                read_feed(open_file, str(path))
+            message = str(raised.value)
+            assert "\n" not in message and str(path) in message and says in message, case
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +284,26 @@ def test_a_pass_ingests_each_file_once_a_bad_one_is_recorded_and_a_second_pass_d
     assert (again.ingested, again.failed, again.accepted) == ([], [], 0)
     states = {s.entry.path: s.state for s in _status(iceberg, namespace, tmp_path)}
     assert states == {str(a): "ingested", str(bad): "failed", str(c): "ingested"}
+
+
+def test_a_pass_records_a_damaged_zip_as_failed_and_goes_on(
+    iceberg: Catalog, namespace: str, tmp_path: Path
+) -> None:
+    # Given a good zip and one whose deflated data was damaged in transfer
+    trades = trades_of("binance", "BTCUSDT", 30, FEB, 1)
+    good = write_binance_zip(tmp_path / "BTCUSDT-trades-2026-02-01.zip", trades)
+    damaged = write_binance_zip(
+        tmp_path / "ETHUSDT-trades-2026-02-01.zip", trades_of("binance", "ETHUSDT", 3000, FEB, 1)
+    )
+    damaged.write_bytes(_flipped(damaged.read_bytes(), damaged.stat().st_size // 2, 64))
+    # When one pass runs
+    done = one_pass(iceberg, namespace, tmp_path)
+    # Then the good one is in, the damaged one is recorded as failed, in one line naming it
+    assert [r.identity.path for r in done.ingested] == [str(good)]
+    assert [r.identity.path for r in done.failed] == [str(damaged)]
+    reason = done.failed[0].reason or ""
+    assert "damaged" in reason and str(damaged) in reason and "\n" not in reason
+    assert sorted(stored_trades(iceberg, namespace)) == sorted(map(stored_key, trades))
 
 
 def _status(catalog: Catalog, namespace: str, where: Path) -> list[Any]:

@@ -38,13 +38,17 @@ FUTURES_HEADER = "id,price,qty,quote_qty,time,is_buyer_maker"
 
 
 def write_binance_zip(
-    path: Path, trades: list[Trade], kind: str = "trades", unit: str = "us"
+    path: Path,
+    trades: list[Trade],
+    kind: str = "trades",
+    unit: str = "us",
+    compression: int = zipfile.ZIP_DEFLATED,
 ) -> Path:
-    """A Binance public-data zip: one CSV member, no header (spot)."""
+    """A Binance public-data zip: one CSV member (deflated, unless told), no header (spot)."""
     lines = binance_rows(trades, kind, unit)
     if kind == "futures":
         lines.insert(0, FUTURES_HEADER)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(path, "w", compression) as archive:
         archive.writestr(path.with_suffix(".csv").name, "\n".join(lines) + "\n")
     return path
 
