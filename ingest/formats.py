@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from core.feeds import FORMATS, OWN_FORMAT
 from core.tables import DECIMAL_PRECISION, DECIMAL_SCALE
+from ingest.columns import use_reusing_memory_pool
 from ingest.reading import (
     REQUIRED_COLUMNS,
     SchemaError,
@@ -179,6 +180,7 @@ def read_feed(
         SchemaError: an unknown format, an unrecognised layout (naming the columns seen and
             the formats known), a damaged archive, or a value of the wrong type.
     """
+    use_reusing_memory_pool()
     if fmt is not None and fmt not in FORMATS:
         raise SchemaError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     lower = name.lower()

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from pyiceberg.catalog import Catalog
 
+from ingest.columns import use_reusing_memory_pool
 from ingest.formats import IDS_MAY_BE_MISSING, Feed, read_feed
 from ingest.ledger import (
     FAILED,
@@ -180,6 +181,7 @@ def run_pass(
 ) -> PassResult:
     """One pass over ``landing``: ingest every file not yet ingested, oldest first, within
     ``max_files`` and ``max_bytes`` (at least one file), in batches of about ``batch_rows``."""
+    use_reusing_memory_pool()
     started = time.monotonic()
     ledger = ensure_ledger(catalog, namespace)
     records = read_ledger(ledger)

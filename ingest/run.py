@@ -29,7 +29,7 @@ from core.tables import (
 from core.time import duration_us, to_us, utc
 from ingest.amounts import decimal_from_units
 from ingest.appending import US_PER_DAY, CachedTable, append_by_day
-from ingest.columns import Column, decoded, dictionary_codes, ints
+from ingest.columns import Column, decoded, dictionary_codes, ints, use_reusing_memory_pool
 from ingest.dedup import _classify, _Rows, _stored_rows, new_rejects, recorded_rejects
 from ingest.parsing import ParsedTrades, parse_trades
 from ingest.reading import REQUIRED_COLUMNS, check_columns, read_trades_file
@@ -65,6 +65,7 @@ class IngestAccountingError(RuntimeError):
 
 def ingest_file(catalog: Catalog, namespace: str, path: Path, **kwargs: Any) -> IngestResult:
     """Read ``path`` with :func:`read_trades_file` and :func:`ingest` it (source = the path)."""
+    use_reusing_memory_pool()
     return ingest(catalog, namespace, read_trades_file(Path(path)), source=str(path), **kwargs)
 
 
@@ -133,6 +134,7 @@ def ingest(
         TablesOutdated: ``trades`` predates text trade ids (``ensure_tables`` upgrades it).
             Nothing is written.
     """
+    use_reusing_memory_pool()
     now = utc(now) if now is not None else datetime.now(UTC)
     min_ts = utc(min_ts)
     check_columns(raw)
