@@ -328,7 +328,7 @@ def _checks(
         # Collected here, once: the gap report below counts the same rows without a query.
         invariants = collect(written)
     validation.invariants = check(invariant_suite(tf), invariants)
-    if run.rolled_up and run.source is not None:
+    if run.source is not None:
         sample = run.source.trades_sample(
             settings.validation_sample_windows, settings.validation_sample_trades
         )

@@ -252,7 +252,7 @@ def _run(
     stamp = computed_at or datetime.now(UTC)
     if source is not None:
         real = source.candles(tf)
-        result.rolled_up, result.source = True, source
+        result.source = source
     else:
         real = candles(trades, tf, stats.trade_ids, calendars, max_trades=stats.trades)
     if not calendars.all_utc:

@@ -36,15 +36,18 @@ class RunResult:
     revisions: pa.Table | None = None
     """Those candles' keys with ``old_``/``new_`` values (at most ``MAX_REVISIONS_KEPT``)."""
     candle_snapshot_id: int | None = None
-    rolled_up: bool = False
-    """The candles came from a chunk's shared 1m state (:mod:`spark_jobs.rollup`; longer
-    timeframes rolled up from it): validation also recomputes a sample of them from the
-    trades, the independent check of a rollup."""
     source: ChunkAggregate | None = field(default=None, repr=False, compare=False)
-    """That chunk's aggregate (while the chunk runs): its trades sample is shared by the
-    validations of all the chunk's timeframes."""
+    """The chunk's aggregate the candles came from (a backfill of several timeframes; its
+    trades sample is shared by the validations of all the chunk's timeframes)."""
     notes: list[str] = field(default_factory=list)
 
     @property
     def written(self) -> bool:
         return self.inserted + self.updated > 0
+
+    @property
+    def rolled_up(self) -> bool:
+        """The candles came from a chunk's shared 1m state (:mod:`spark_jobs.rollup`; longer
+        timeframes rolled up from it): validation also recomputes a sample of them from the
+        trades, the independent check of a rollup."""
+        return self.source is not None

@@ -85,8 +85,6 @@ class TradesSample:
     probes: DataFrame
     trades: DataFrame
     trade_ids: TradeIdRange | None
-    windows: int
-    """How many probe windows were picked."""
 
 
 class ChunkAggregate:
@@ -191,7 +189,7 @@ class ChunkAggregate:
             .drop("_lo", "_hi")
             .cache()
         )
-        return TradesSample(probes, inside, self.counted().trade_ids, len(picked))
+        return TradesSample(probes, inside, self.counted().trade_ids)
 
     def __enter__(self) -> ChunkAggregate:
         return self
