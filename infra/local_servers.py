@@ -185,7 +185,7 @@ class LocalServer:
 
     def stop(self, settings: Settings) -> None:
         """Stop this data directory's server, if it runs (a no-op otherwise)."""
-        pid = self.running_pid(settings)
+        pid, started = self._recorded(settings)
         if pid is not None:
-            stop_process(pid, started=self._recorded(settings)[1])
+            stop_process(pid, started=started)  # (one that is gone, or is another, is left)
         self.pid_file(settings).unlink(missing_ok=True)

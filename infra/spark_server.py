@@ -22,8 +22,6 @@ from infra.net import port_open
 from infra.processes import (
     StackError,
     StackStatus,
-    alive,
-    reap,
     spawn,
     start_time,
     stop_process,
@@ -284,10 +282,7 @@ def _start_cluster(settings: Settings) -> str:
 def _stop_cluster(settings: Settings) -> None:
     pids, started = cluster_pids(settings), _started(settings)
     for pid in [*pids["workers"], *pids["master"]]:
-        if alive(pid, started.get(str(pid))):
-            stop_process(pid, started=started.get(str(pid)))
-        else:
-            reap(pid)  # a worker that was killed
+        stop_process(pid, started=started.get(str(pid)))  # (a killed worker is only reaped)
     _cluster_file(settings).unlink(missing_ok=True)
 
 
