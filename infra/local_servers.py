@@ -139,15 +139,15 @@ class LocalServer:
         """Run what ``launch()`` prepares and wait until ``healthy()``; return the pid.
 
         A server of this data directory that is already running is reused (``launch`` is not
-        called); one of ours that died is reaped first.
+        called); one of ours that died, or dies while it is awaited (killed a moment ago, its
+        exit not yet complete), is reaped first and replaced.
 
         Raises:
             StackError: the port is taken by another process, the server exited, or it was not
                 healthy within the start-up timeout.
         """
         pid = self.running_pid(settings)
-        if pid is not None:
-            self.wait_healthy(settings, pid, healthy)
+        if pid is not None and self._await(settings, pid, healthy):
             return pid
         dead = self.recorded_pid(settings)
         if dead is not None:
@@ -166,16 +166,30 @@ class LocalServer:
         return pid
 
     def wait_healthy(self, settings: Settings, pid: int, healthy: Callable[[], bool]) -> None:
+        """Wait until ``healthy()``.
+
+        Raises:
+            StackError: the server exited, or was not healthy within the start-up timeout.
+        """
+        if not self._await(settings, pid, healthy):
+            raise self.error(
+                f"the {self.title} exited during start-up ({exit_status(pid)}); last lines of "
+                f"{self.log_file(settings)}:\n{log_tail(self.log_file(settings))}"
+            )
+
+    def _await(self, settings: Settings, pid: int, healthy: Callable[[], bool]) -> bool:
+        """True once ``healthy()``, False if ``pid`` exits first.
+
+        Raises:
+            StackError: it was not healthy within the start-up timeout.
+        """
         timeout_s = float(getattr(settings, self.timeout_setting))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not alive(pid):
-                raise self.error(
-                    f"the {self.title} exited during start-up ({exit_status(pid)}); last lines of "
-                    f"{self.log_file(settings)}:\n{log_tail(self.log_file(settings))}"
-                )
+                return False
             if healthy():
-                return
+                return True
             time.sleep(0.25)
         raise self.error(
             f"the {self.title} was not healthy within {timeout_s:.0f} s "

@@ -228,3 +228,25 @@ def test_a_pid_file_whose_pid_now_names_another_process_is_a_stopped_server(
     finally:
         other.kill()
         other.wait(10)
+
+
+def test_a_server_found_dying_is_replaced_not_reported_as_a_failed_start(tmp_path: Path) -> None:
+    # Given: a recorded server that is still running but on its way out (as one killed with -9
+    # a moment ago can be: a large process takes a while to exit), not yet answering
+    from infra.local_servers import Launch, LocalServer
+
+    toy = LocalServer(name="toy", title="toy server", port_variable="TOY_PORT")
+    own = Settings(data_dir=tmp_path, spark_remote=None, server_start_timeout_s=60)
+    listen = port(15035)
+    dying = Launch([sys.executable, "-c", "import time; time.sleep(2)"])
+    first = toy.start(own, listen, lambda: dying, lambda: True)
+    serving = Launch([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(listen)])
+    try:
+        # When: the server is started again while that one exits
+        second = toy.start(own, listen, lambda: serving, lambda: net.port_open("127.0.0.1", listen))
+        # Then: a new server replaces it, rather than "exited during start-up"
+        assert second != first and toy.running_pid(own) == second
+        assert not processes.alive(first)
+    finally:
+        toy.stop(own)
+    assert toy.running_pid(own) is None and not net.port_open("127.0.0.1", listen)
