@@ -9,8 +9,9 @@ Engines: ``pandas`` collects the frame once and GX validates it in pandas; ``spa
 validate the Spark Connect DataFrame where it lives, running each expectation as Spark jobs of
 its own (~50-100 ms each over Connect; about a minute for 400,000 candles); ``onepass``
 evaluates the whole suite in one Spark aggregation (:mod:`expectations.onepass`) and stores the
-outcome as the suite's GX result. ``auto``: pandas up to ``pandas_max_rows`` rows, onepass above
-(GX's Spark engine for a suite onepass does not translate).
+outcome as the suite's GX result. ``auto``: pandas up to ``pandas_max_rows`` rows (none by
+default: onepass is faster at every size), onepass above (GX's Spark engine for a suite onepass
+does not translate).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _batch_definition(
         return data_asset.add_batch_definition_whole_dataframe("written")  # type: ignore[no-any-return]
 
 
-def validates_in_pandas(engine: Engine, rows: int, pandas_max_rows: int = 5_000) -> bool:
+def validates_in_pandas(engine: Engine, rows: int, pandas_max_rows: int = 0) -> bool:
     """Whether :func:`run_checkpoint` validates ``rows`` rows of a Spark frame in pandas."""
     return engine == "pandas" or (engine == "auto" and rows <= pandas_max_rows)
 
@@ -96,7 +97,7 @@ def run_checkpoint(
     *,
     web_cache: Path,
     engine: Engine = "auto",
-    pandas_max_rows: int = 5_000,
+    pandas_max_rows: int = 0,
     rows_hint: int | None = None,
     examples: int = 5,
     run_name: str | None = None,
