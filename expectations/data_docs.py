@@ -32,16 +32,37 @@ def build_data_docs(root: Path, web_cache: Path) -> Path:
 
 
 def render_results(
-    context: FileDataContext, root: Path, suite: str, keys: list[Any], suite_changed: bool
+    context: FileDataContext,
+    root: Path,
+    suite: str,
+    keys: list[Any],
+    suite_changed: bool,
+    build_index: bool = True,
 ) -> list[Path | None]:
     """Render the stored results ``keys`` (and the suite's page when it is new or changed);
-    returns each result's page."""
+    returns each result's page. Without ``build_index`` the index page is left as it was
+    (:func:`build_index` rebuilds it once after several checkpoints)."""
     built: list[Any] = list(keys)
     suite_page = data_docs_index(root).parent / "expectations" / f"{suite}.html"
     if suite_changed or not suite_page.exists():
         built.append(ExpectationSuiteIdentifier(name=suite))  # new or changed: re-render
-    context.build_data_docs(site_names=[DATA_DOCS_SITE], resource_identifiers=built)
+    context.build_data_docs(
+        site_names=[DATA_DOCS_SITE], resource_identifiers=built, build_index=build_index
+    )
     return [_page(context, key) for key in keys]
+
+
+def build_index(root: Path, web_cache: Path, suite: str) -> Path:
+    """Rebuild the site's index page, once for a run's checkpoints (it reads each result it
+    lists, up to 100: the largest part of a checkpoint's rendering); returns it. GX renders at
+    least one page per build, so ``suite``'s page (a stored suite) is rendered again too."""
+    context = gx_context(root)
+    context.build_data_docs(
+        site_names=[DATA_DOCS_SITE], resource_identifiers=[ExpectationSuiteIdentifier(name=suite)]
+    )
+    index = data_docs_index(root)
+    localize(index.parent, web_cache)
+    return index
 
 
 def _page(context: FileDataContext, key: Any) -> Path | None:

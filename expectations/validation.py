@@ -103,6 +103,7 @@ def run_checkpoint(
     run_name: str | None = None,
     asset: str | None = None,
     keep_results: int | None = None,
+    build_index: bool = True,
 ) -> ValidationReport:
     """Validate ``frame`` against ``suite`` through a checkpoint, then update the data docs.
 
@@ -110,6 +111,8 @@ def run_checkpoint(
     ``web_cache`` is where the data docs' pinned front-end packages are cached; ``asset``
     names what was validated on its page (e.g. the table and windows). With
     ``keep_results``, older results of the suite are dropped first (:func:`prune_results`).
+    Without ``build_index`` the site's index is not rebuilt (the caller does that once for
+    several checkpoints, :func:`~expectations.data_docs.build_index`).
     A pandas ``frame`` (rows already collected) is validated in pandas. ``rows_hint`` (how
     many rows the caller expects) lets ``auto`` choose without counting the frame first.
     """
@@ -152,6 +155,7 @@ def run_checkpoint(
         web_cache,
         examples,
         changed,
+        build_index,
     )
 
 
@@ -280,9 +284,10 @@ def _report(
     web_cache: Path,
     examples: int,
     suite_changed: bool,
+    build_index: bool,
 ) -> ValidationReport:
     """Render the stored results into the data docs and summarise them for the caller."""
-    pages = render_results(context, root, suite.name, list(run_results), suite_changed)
+    pages = render_results(context, root, suite.name, list(run_results), suite_changed, build_index)
     report = ValidationReport(
         checkpoint=name,
         success=all(bool(r.success) for r in run_results.values()),

@@ -33,6 +33,7 @@ from core.calendars import is_daily
 from core.ranges import Range
 from core.tables import Tables
 from core.timeframes import Timeframe, rollup_source
+from expectations.data_docs import build_index
 from expectations.frames import (
     GAP_COLUMNS,
     gap_counts,
@@ -292,6 +293,7 @@ def validate(
             run_name=run_name,
             asset=asset,
             keep_results=settings.validation_results_kept,
+            build_index=False,  # once, below, for all of the run's checkpoints
         )
 
     # The audit branch as it is now (whatever wrote it last): every check reads that snapshot,
@@ -305,7 +307,10 @@ def validate(
     in_pandas = validates_in_pandas(
         settings.validation_engine, computed, settings.validation_pandas_max_rows
     )
-    _checks(spark, settings, tf, run, validation, stored, in_pandas, check)
+    try:
+        _checks(spark, settings, tf, run, validation, stored, in_pandas, check)
+    finally:  # (the results stored before a check that failed to run are listed too)
+        build_index(settings.gx_root, settings.web_cache_dir, invariant_suite(tf).name)
     return validation
 
 
