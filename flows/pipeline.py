@@ -299,8 +299,8 @@ def validate(
     # The audit branch as it is now (whatever wrote it last): every check reads that snapshot,
     # pinned, so all of them see the same rows, each in one query. Not cached: building
     # Spark's in-memory cache of 425,000 1m candles took 4.5 s, reading their files again
-    # about 0.5 s per check. (A small run collects the rows once for GX's pandas engine; only
-    # its reconciliation reads them again, as a Spark frame.)
+    # about 0.5 s per check. (A run validated by GX's pandas engine, if chosen, collects the
+    # rows once; only its reconciliation reads them again, as a Spark frame.)
     table = tables.candles(tf)
     head = branch_snapshot_id(spark, table, wap.AUDIT_BRANCH)
     stored = read_candles(spark, table, run.ranges, wap.AUDIT_BRANCH, head)
