@@ -11,7 +11,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from flows.backfill import Backfill
-    from flows.pipeline import RunMetrics
+    from flows.results import RunMetrics
     from infra.stack import LocalStack, StackStatus
     from ingest import IngestResult
     from ingest.landing import FileState, PassResult

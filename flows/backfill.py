@@ -33,7 +33,8 @@ from pyiceberg.table.snapshots import ancestors_of
 from core.ranges import Range, backfill_ranges
 from core.tables import TRADES, Tables, ensure_tables
 from core.timeframes import Timeframe
-from flows.pipeline import RunMetrics, RunRequest, Steps, run_pipeline, tables_for
+from flows.pipeline import RunRequest, Steps, run_pipeline, tables_for
+from flows.results import RunMetrics
 from infra.catalog import open_catalog
 from settings import Settings
 from spark_jobs.rollup import ChunkAggregate

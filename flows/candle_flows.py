@@ -36,7 +36,8 @@ from core.timeframes import TIMEFRAMES, Timeframe
 from expectations.frames import GAP_COLUMNS
 from expectations.validation import ValidationFailed
 from flows import events, pipeline
-from flows.pipeline import RunMetrics, RunRequest
+from flows.pipeline import RunRequest
+from flows.results import RunMetrics, Validation
 from flows.stopping import ends_within_grace
 from flows.writers import one_writer
 from infra.budgets import UNWIND_S
@@ -156,7 +157,7 @@ def generate_candles(
 @task(name="validate_candles", cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying)
 def validate_candles(
     spark: SparkSession, settings: Settings, tf: Timeframe, tag: str, run: jobs.RunResult
-) -> pipeline.Validation:
+) -> Validation:
     """Validate exactly the windows written, on the audit branch; raise if they fail."""
     validation = interruptible(
         spark, tag, None, lambda: pipeline.validate(spark, settings, tf, run)
@@ -221,7 +222,7 @@ class TaskSteps(pipeline.Steps):
 
     def validate(
         self, spark: SparkSession, settings: Settings, tf: Timeframe, run: jobs.RunResult
-    ) -> pipeline.Validation:
+    ) -> Validation:
         task_ = validate_candles.with_options(
             retries=settings.validate_retries,
             retry_delay_seconds=settings.validate_retry_delay_s,
@@ -232,7 +233,7 @@ class TaskSteps(pipeline.Steps):
         return publish_candles(spark, settings, tf, self.tag)
 
 
-def _validation_artifact(tf: Timeframe, validation: pipeline.Validation) -> None:
+def _validation_artifact(tf: Timeframe, validation: Validation) -> None:
     lines = [f"# {tf} validation", ""]
     if not validation.reports:
         lines.append("Nothing was written, so nothing needed validating.")
@@ -257,7 +258,7 @@ def _validation_artifact(tf: Timeframe, validation: pipeline.Validation) -> None
     )
 
 
-def _gap_artifact(tf: Timeframe, validation: pipeline.Validation) -> None:
+def _gap_artifact(tf: Timeframe, validation: Validation) -> None:
     """The run's gap report: per symbol and local day, how many windows had no trades."""
     if validation.gaps is None:
         return

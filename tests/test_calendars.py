@@ -46,7 +46,8 @@ from core.calendars import (
 from core.tables import Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
 from flows import pipeline
-from flows.pipeline import PipelineResult, RunRequest
+from flows.pipeline import RunRequest
+from flows.results import PipelineResult
 from settings import Settings
 from spark_jobs import jobs, snapshots
 from spark_jobs.candles import candles

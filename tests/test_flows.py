@@ -27,7 +27,7 @@ from core.timeframes import TIMEFRAMES
 from flows import candle_flows, pipeline
 from flows import maintenance as maintenance_flow
 from flows.candle_flows import FLOWS, deployments
-from flows.pipeline import RunMetrics
+from flows.results import RunMetrics
 from settings import Settings
 from spark_jobs import jobs, snapshots, wap
 from tests.support.oracle import EPOCH, diff, expected_candles, stored_candles

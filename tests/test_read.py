@@ -32,7 +32,8 @@ from cli.main import app
 from core.tables import CANDLE_VALUE_COLUMNS, Tables, ensure_tables
 from core.timeframes import TIMEFRAMES
 from flows import pipeline
-from flows.pipeline import PipelineResult, RunMetrics, RunRequest
+from flows.pipeline import RunRequest
+from flows.results import PipelineResult, RunMetrics
 from read import AsOfUnavailable, read_candles, read_revisions
 from read.as_of import snapshot_as_of
 from read.filters import row_filter
