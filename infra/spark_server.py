@@ -71,7 +71,15 @@ def server_conf(settings: Settings) -> dict[str, str]:
         "spark.ui.port": str(settings.ui_port),
         **ABANDONED_OPERATIONS_CONF,
         **spark_catalog_conf(settings),
+        **_executor_conf(settings),
     }
+
+
+def _executor_conf(settings: Settings) -> dict[str, str]:
+    """A local cluster's executors run with the server's extra JVM options too."""
+    if settings.workers and settings.server_java_options:
+        return {"spark.executor.extraJavaOptions": settings.server_java_options}
+    return {}
 
 
 _SECRET_KEY = re.compile(r"secret|password|token", re.IGNORECASE)
@@ -145,8 +153,13 @@ def _command(settings: Settings, jars: list[Path], master: str) -> list[str]:
         "--driver-memory",
         settings.driver_memory,
         "--driver-java-options",
-        f"-Dlog4j2.configurationFile={SERVER_LOGGING.as_uri()} "
-        f"-Dohlcv.serverLogLevel={settings.server_log_level}",
+        " ".join(
+            [
+                f"-Dlog4j2.configurationFile={SERVER_LOGGING.as_uri()}",
+                f"-Dohlcv.serverLogLevel={settings.server_log_level}",
+                *settings.server_java_options.split(),
+            ]
+        ),
         "--jars",
         ",".join(str(j) for j in jars),
     ]

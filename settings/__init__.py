@@ -91,6 +91,13 @@ class Settings(OperationsSettings, ValidationSettings, LandingSettings):
         description="Memory of the local Spark Connect server's driver (spark-submit's "
         "--driver-memory), e.g. 4g.",
     )
+    server_java_options: str = Field(
+        default="",
+        description="More JVM options of the local Spark Connect server and of a local "
+        "cluster's executors, e.g. -XX:TieredStopAtLevel=1 -XX:+UseSerialGC for servers that "
+        "live briefly on little data (the test suite: a fresh server's CPU about halved; "
+        "bench/README.md). Empty: the JVM's defaults, best for large backfills.",
+    )
     server_log_level: Literal["error", "warn", "info", "debug"] = Field(
         default="warn",
         description="Log level of the local Spark Connect server (its log: stack/server.log, "

@@ -27,7 +27,7 @@ from core.tables import Tables
 from infra import stack
 from settings import Settings
 from tests.support import cleanup, groups, ports, stacks
-from tests.support.environment import environment_keys, export_settings
+from tests.support.environment import SUITE_ENVIRONMENT, environment_keys, export_settings
 from tests.support.prefect import harness
 from tests.support.stacks import LocalStack
 
@@ -94,10 +94,13 @@ def _needs_spark(item: pytest.Item) -> bool:
 
 @pytest.fixture(scope="session", autouse=True)
 def _clean_session_environment() -> Iterator[None]:
-    """No exported OHLCV_* or SPARK_REMOTE may change what a test sees (session fixtures too)."""
+    """No exported OHLCV_* or SPARK_REMOTE may change what a test sees (session fixtures too),
+    beyond the suite's own environment (``SUITE_ENVIRONMENT``)."""
     with pytest.MonkeyPatch.context() as patch:
         for key in environment_keys():
             patch.delenv(key)
+        for key, value in SUITE_ENVIRONMENT.items():
+            patch.setenv(key, value)
         yield
 
 
@@ -106,6 +109,8 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same for each test: what one test exports does not leak into the next."""
     for key in environment_keys():
         monkeypatch.delenv(key)
+    for key, value in SUITE_ENVIRONMENT.items():
+        monkeypatch.setenv(key, value)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,7 +14,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from core.tables import Tables
-from infra import net, processes, stack
+from infra import net, processes, spark_server, stack
 from infra.artifacts import Artifact, ArtifactError, ensure_artifacts
 from infra.session import ConnectError, connect
 from settings import Settings
@@ -27,6 +27,19 @@ def test_up_reuses_the_running_server(server: stack.StackStatus, settings: Setti
     again = stack.up(settings)
     assert again.running and again.pid == server.pid
     assert stack.status(settings).running
+
+
+def test_the_server_runs_with_the_extra_java_options(
+    server: stack.StackStatus, settings: Settings
+) -> None:
+    # (the suite's own: tests/support/environment.py)
+    assert settings.server_java_options == "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+    assert server.pid is not None
+    argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode().split("\0")
+    assert {"-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"} <= set(argv), argv
+    cluster = settings.model_copy(update={"workers": 2})
+    conf = spark_server.server_conf(cluster)
+    assert conf["spark.executor.extraJavaOptions"] == settings.server_java_options
 
 
 def test_another_stack_on_a_taken_port_is_refused(
