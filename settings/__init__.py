@@ -94,9 +94,9 @@ class Settings(OperationsSettings, ValidationSettings, LandingSettings):
     server_java_options: str = Field(
         default="",
         description="More JVM options of the local Spark Connect server and of a local "
-        "cluster's executors, e.g. -XX:TieredStopAtLevel=1 -XX:+UseSerialGC for servers that "
-        "live briefly on little data (the test suite: a fresh server's CPU about halved; "
-        "bench/README.md). Empty: the JVM's defaults, best for large backfills.",
+        "cluster's executors, e.g. -XX:+UseSerialGC for a server on little data, and "
+        "-XX:TieredStopAtLevel=1 too for one that lives briefly (the test suite's: a fresh "
+        "server's CPU about halved). Empty: the JVM's defaults, best for large backfills.",
     )
     server_log_level: Literal["error", "warn", "info", "debug"] = Field(
         default="warn",

@@ -27,6 +27,7 @@ from infra.catalog import open_catalog
 from infra.session import close, connect
 from settings import CatalogType, Settings, StorageType
 from tests.support import ports
+from tests.support.environment import SESSION_JAVA_OPTIONS
 from tests.support.postgres import running_postgres
 
 SHAPES = ("sqlite", "postgres", "rest_s3")
@@ -139,6 +140,7 @@ def session_settings(data_dir: Path) -> Settings:
         connect_port=ports.port(15012),
         ui_port=ports.port(14052),
         spark_remote=None,
+        server_java_options=SESSION_JAVA_OPTIONS,
     )
 
 
