@@ -152,6 +152,7 @@ def connect(settings: Settings, *, tags: tuple[str, ...] = ()) -> SparkSession:
         ConnectError: when nothing listens at the configured address, with what to do.
     """
     remote = probe(settings)
+    _install_finalizer()
     spark = SparkSession.builder.remote(remote).create()
     spark.client.set_retry_policies([BoundedRetries(settings.connect_retry_s, redact(remote))])
     try:
@@ -200,6 +201,30 @@ def close(spark: SparkSession) -> None:
         )
         client._channel.close()  # fails the waiting call, so stop() ends
         stopper.join(CLOSE_RETRY_S)
+
+
+def _finalize(self: ConnectSession) -> None:
+    """What a Connect session does when it is garbage-collected: nothing that waits.
+
+    pyspark's own finalizer closes the client, and that shuts down the release pool that every
+    session of the process shares, waiting for its pending releases. A finalizer runs on
+    whichever thread the collector interrupts, including gRPC's thread that adds the token to
+    each call: there it waited for releases that waited for that thread, and every call of the
+    process hung (seen in a test run: a flow's validation blocked for good on the server's
+    config). A session closed already (:func:`close`) needs nothing; one left open has its
+    channel closed on a thread of its own.
+    """
+    client = self.__dict__.get("_client")
+    if client is None or client.is_closed:
+        return
+    threading.Thread(
+        target=client._channel.close, name="spark-connect-finalize", daemon=True
+    ).start()
+
+
+def _install_finalizer() -> None:
+    """Give every Connect session :func:`_finalize` (idempotent; done by :func:`connect`)."""
+    ConnectSession.__del__ = _finalize  # type: ignore[method-assign]
 
 
 def _listening(endpoint: str) -> bool:

@@ -7,16 +7,19 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from pyspark.sql import SparkSession
+from pyspark.sql.connect.client.reattach import ExecutePlanResponseReattachableIterator
 
 from core.tables import Tables
 from infra import net, processes, spark_server, stack
 from infra.artifacts import Artifact, ArtifactError, ensure_artifacts
-from infra.session import ConnectError, connect
+from infra.session import ConnectError, close, connect
 from settings import Settings
 from tests.support.environment import SESSION_JAVA_OPTIONS, SHORT_LIVED_JAVA_OPTIONS
 from tests.support.ports import port
@@ -42,6 +45,46 @@ def test_the_server_runs_with_the_extra_java_options(
     cluster = Settings(workers=2)
     conf = spark_server.server_conf(cluster)
     assert conf["spark.executor.extraJavaOptions"] == SHORT_LIVED_JAVA_OPTIONS
+
+
+def test_a_collected_session_never_waits_for_the_releases_of_the_others(
+    server: stack.StackStatus, settings: Settings
+) -> None:
+    # Given: a session in use, with a release in the pool every session shares that cannot
+    # finish yet; a session closed, and one left open
+    live, closed, left_open = connect(settings), connect(settings), connect(settings)
+    close(closed)
+    held = threading.Event()
+    try:
+        assert live.range(3).collect()
+        releases = ExecutePlanResponseReattachableIterator
+        pool = releases._get_or_create_release_thread_pool()
+        pool.submit(held.wait, 60)
+        # When: their finalizers run (the garbage collector runs them on any thread, gRPC's own
+        # included: waiting there for the releases hung every call of the process)
+        finalizers = threading.Thread(target=lambda: (closed.__del__(), left_open.__del__()))
+        finalizers.start()
+        finalizers.join(5)
+        # Then: they return at once, the shared pool stays in use, the live session works
+        assert not finalizers.is_alive(), "a finalizer waited for the shared releases"
+        assert releases._release_thread_pool_instance is pool
+        assert live.range(4).count() == 4
+        # and the session left open has its channel closed
+        deadline = time.monotonic() + 10
+        while not _refused(left_open):
+            assert time.monotonic() < deadline, "the finalized session's channel is still open"
+            time.sleep(0.1)
+    finally:
+        held.set()
+        close(live)
+
+
+def _refused(spark: SparkSession) -> bool:
+    try:
+        spark.range(1).collect()
+    except ValueError:  # (gRPC: "Cannot invoke RPC on closed channel!")
+        return True
+    return False
 
 
 def test_another_stack_on_a_taken_port_is_refused(
