@@ -11,10 +11,12 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql.connect.client.reattach import ExecutePlanResponseReattachableIterator
+from pyspark.sql.connect.session import SparkSession as ConnectSession
 
 from core.tables import Tables
 from infra import net, processes, spark_server, stack
@@ -62,7 +64,8 @@ def test_a_collected_session_never_waits_for_the_releases_of_the_others(
         pool.submit(held.wait, 60)
         # When: their finalizers run (the garbage collector runs them on any thread, gRPC's own
         # included: waiting there for the releases hung every call of the process)
-        finalizers = threading.Thread(target=lambda: (closed.__del__(), left_open.__del__()))
+        finalize: Any = ConnectSession.__del__  # (what the collector calls)
+        finalizers = threading.Thread(target=lambda: (finalize(closed), finalize(left_open)))
         finalizers.start()
         finalizers.join(5)
         # Then: they return at once, the shared pool stays in use, the live session works
