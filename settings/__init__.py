@@ -96,7 +96,9 @@ class Settings(OperationsSettings, ValidationSettings, LandingSettings):
         description="More JVM options of the local Spark Connect server and of a local "
         "cluster's executors, e.g. -XX:+UseSerialGC for a server on little data, and "
         "-XX:TieredStopAtLevel=1 too for one that lives briefly (the test suite's: a fresh "
-        "server's CPU about halved). Empty: the JVM's defaults, best for large backfills.",
+        "server's CPU about halved). Empty: the JVM's defaults, best for large backfills. "
+        "Spark's launcher adds -XX:+IgnoreUnrecognizedVMOptions, so a mistyped -XX option is "
+        "ignored, not refused: check the server's command line (ps) after a change.",
     )
     server_log_level: Literal["error", "warn", "info", "debug"] = Field(
         default="warn",
