@@ -26,7 +26,7 @@ from spark_jobs.reads import in_ranges, read_candles
 from spark_jobs.rollup import TradesSample
 
 
-def _synthetic() -> Column:
+def is_synthetic() -> Column:
     """Whether a candle is synthetic; rows written before the column existed are real."""
     return F.coalesce(F.col("synthetic"), F.lit(False))
 
@@ -46,7 +46,7 @@ def with_window_columns(
     start = F.unix_micros(F.col("window_start"))
     end = F.unix_micros(F.col("window_end"))
     want_start, want_end, want_date = windows(F.col("window_start"), tf, calendars)
-    synthetic = _synthetic()
+    synthetic = is_synthetic()
     flat = (
         (F.col("open") == F.col("high"))
         & (F.col("high") == F.col("low"))
@@ -91,7 +91,7 @@ def rollup(candles: DataFrame, tf: Timeframe, calendars: Calendars | None = None
     close would otherwise become the open of a window whose first trade came later.
     """
     start, end, day = windows(F.col("window_start"), tf, calendars)
-    located = candles.where(~_synthetic()).select(
+    located = candles.where(~is_synthetic()).select(
         "*", start.alias("_w"), end.alias("_e"), day.alias("_d")
     )
     grouped = (
@@ -141,7 +141,7 @@ def reconciliation_frame(
         return None
     if written is None:
         written = read_candles(spark, tables.candles(tf), ranges, branch)
-    written = written.where(~_synthetic()).select(*CANDLE_COLUMNS)
+    written = written.where(~is_synthetic()).select(*CANDLE_COLUMNS)
     if calendars is None or calendars.all_utc:
         smaller = read_candles(spark, tables.candles(source), ranges)
         rolled_all = rollup(smaller, tf)
@@ -194,7 +194,7 @@ def trades_sample_frame(
         *[F.col(c).alias(f"trades_{c}") for c in RECONCILED],
         F.lit(True).alias("in_trades"),
     )
-    sampled = inside_probes(written.where(~_synthetic()).select(*CANDLE_COLUMNS))
+    sampled = inside_probes(written.where(~is_synthetic()).select(*CANDLE_COLUMNS))
     joined = sampled.join(recomputed, list(CANDLE_KEY), "left")
     return joined.fillna(False, subset=["in_trades"])
 
@@ -212,7 +212,7 @@ def gap_counts(candles: DataFrame, tf: Timeframe) -> DataFrame:
     per_day = candles.groupBy("exchange", "symbol", "trading_date").agg(
         F.min(start).alias("_lo"),
         F.max(start).alias("_hi"),
-        F.sum((~_synthetic()).cast("long")).alias("real_windows"),
+        F.sum((~is_synthetic()).cast("long")).alias("real_windows"),
     )
     spanned = ((F.col("_hi") - F.col("_lo")) / F.lit(tf.width_us)).cast("long") + F.lit(1)
     return per_day.select(

@@ -17,7 +17,7 @@ every invariant. A suite with any other type returns None here and GX's engine v
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,8 @@ def condition(expectation: Expectation, duplicated: Column) -> Condition | None:
 
 
 UNIQUE = "expect_compound_columns_to_be_unique"
+DUPLICATED = "_onepass_duplicated"
+"""The flag column of a row whose compound key occurs more than once (for sample rows)."""
 
 
 def _unique_key(expectations: Sequence[Expectation]) -> list[str] | None:
@@ -101,6 +103,105 @@ def _unique_key(expectations: Sequence[Expectation]) -> list[str] | None:
         e.configuration.kwargs["column_list"] for e in expectations if e.expectation_type == UNIQUE
     ]
     return list(lists[0]) if len(lists) == 1 else None
+
+
+@dataclass(frozen=True)
+class Tally:
+    """A suite translated into conditions, to be counted by any aggregation: :meth:`counts`
+    names the count of each expectation's unexpected (``<prefix>u<i>``) and missing
+    (``<prefix>m<i>``) rows; :meth:`results` turns the counted values into GX results. The
+    uniqueness expectation's unexpected rows are counted by the caller, per key
+    (:attr:`unique`, its name :meth:`duplicated_name`)."""
+
+    expectations: tuple[Expectation, ...]
+    checks: tuple[Condition, ...]
+    prefix: str
+    key: tuple[str, ...] | None
+
+    @classmethod
+    def of(cls, expectations: Sequence[Expectation], prefix: str = "") -> Tally | None:
+        """The suite's tally; None when some expectation is not translated here."""
+        key = _unique_key(expectations)
+        if sum(e.expectation_type == UNIQUE for e in expectations) > (1 if key else 0):
+            return None
+        conditions = [condition(e, F.col(DUPLICATED)) for e in expectations]
+        if any(c is None for c in conditions):
+            return None
+        checks = tuple(c for c in conditions if c is not None)
+        return cls(tuple(expectations), checks, prefix, tuple(key) if key else None)
+
+    @property
+    def unique(self) -> int | None:
+        """The index of the uniqueness expectation (None: the suite has none)."""
+        kinds = [e.expectation_type for e in self.expectations]
+        return kinds.index(UNIQUE) if UNIQUE in kinds else None
+
+    def duplicated_name(self) -> str:
+        return f"{self.prefix}u{self.unique}"
+
+    def counts(self, where: Column | None = None) -> dict[str, Column]:
+        """``count_if`` of every condition (on rows where ``where`` holds, if given)."""
+        counted: dict[str, Column] = {}
+        for i, c in enumerate(self.checks):
+            if i != self.unique:
+                counted[f"{self.prefix}u{i}"] = F.count_if(_only(where, c.unexpected))
+            if c.missing is not None:
+                counted[f"{self.prefix}m{i}"] = F.count_if(_only(where, c.missing))
+        return counted
+
+    def results(
+        self,
+        rows: int,
+        counted: Mapping[str, Any],
+        samples: Callable[[Condition], list[dict[str, Any]]],
+        key_columns: Sequence[str],
+    ) -> list[ExpectationValidationResult]:
+        """One GX result per expectation from the counted values (``samples`` fetches the
+        sample rows of a condition; called only for one that failed)."""
+        results = []
+        for i, (e, c) in enumerate(zip(self.expectations, self.checks, strict=True)):
+            unexpected = int(counted.get(f"{self.prefix}u{i}") or 0)
+            missing = int(counted.get(f"{self.prefix}m{i}") or 0) if c.missing is not None else None
+            found = samples(c) if unexpected else []
+            results.append(_result(e, c, rows, unexpected, missing, found, list(key_columns)))
+        return results
+
+
+def range_columns(expectations: Sequence[Expectation], columns: Sequence[str]) -> list[str]:
+    """The range-checked columns among ``columns``: their min and max tell what "0%
+    unexpected" does not."""
+    checked = {
+        e.configuration.kwargs["column"]
+        for e in expectations
+        if e.expectation_type == "expect_column_values_to_be_between"
+    }
+    return sorted(c for c in checked if c in columns)
+
+
+def _only(where: Column | None, condition: Column) -> Column:
+    return condition if where is None else where & condition
+
+
+def all_missing(key: Sequence[str]) -> Column:
+    """True where every column of the key is null (GX's uniqueness check skips such rows)."""
+    missing = F.lit(True)
+    for column in key:
+        missing &= F.col(column).isNull()
+    return missing
+
+
+def marked(frame: DataFrame, key: Sequence[str] | None) -> DataFrame:
+    """``frame`` with the :data:`DUPLICATED` flag its uniqueness condition reads."""
+    if key is None:
+        return frame
+    return frame.withColumn(DUPLICATED, F.count(F.lit(1)).over(Window.partitionBy(*key)) > 1)
+
+
+def samples(
+    frame: DataFrame, key_columns: Sequence[str], limit: int
+) -> Callable[[Condition], list[dict[str, Any]]]:
+    """Fetches up to ``limit`` unexpected rows of a condition from ``frame`` (marked)."""
+    return lambda c: _samples(frame, c, key_columns, limit)
 
 
 def evaluate(
@@ -116,48 +217,27 @@ def evaluate(
     One query: a global aggregation of every condition, joined with the count of rows whose
     compound key is duplicated.
     """
-    key = _unique_key(expectations)
-    if sum(e.expectation_type == UNIQUE for e in expectations) > (1 if key else 0):
+    tally = Tally.of(expectations)
+    if tally is None:
         return None
-    flag = "_onepass_duplicated"
-    conditions = [condition(e, F.col(flag)) for e in expectations]
-    if any(c is None for c in conditions):
-        return None
-    checks = [c for c in conditions if c is not None]
-    counts: dict[str, Column] = {"rows": F.count(F.lit(1))}
-    for i, c in enumerate(checks):
-        if expectations[i].expectation_type != UNIQUE:
-            counts[f"u{i}"] = F.count_if(c.unexpected)
-        if c.missing is not None:
-            counts[f"m{i}"] = F.count_if(c.missing)
     ranges = {f"min_{c}": F.min(c) for c in range_columns} | {
         f"max_{c}": F.max(c) for c in range_columns
     }
-    totals = frame.agg(*[v.alias(k) for k, v in (counts | ranges).items()])
-    if key is not None:
+    counts = {"rows": F.count(F.lit(1))} | tally.counts() | ranges
+    totals = frame.agg(*[v.alias(k) for k, v in counts.items()])
+    if tally.key is not None:
         # Keys alone are shuffled (a hash aggregation, no sort); GX counts every row of a
         # duplicated key, and skips rows whose key columns are all missing.
-        i = next(i for i, e in enumerate(expectations) if e.expectation_type == UNIQUE)
-        all_missing = F.lit(True)
-        for column in key:
-            all_missing &= F.col(column).isNull()
-        per_key = frame.groupBy(*key).agg(F.count(F.lit(1)).alias("n"))
-        duplicated = per_key.where((F.col("n") > 1) & ~all_missing).agg(
-            F.coalesce(F.sum("n"), F.lit(0)).alias(f"u{i}")
+        per_key = frame.groupBy(*tally.key).agg(F.count(F.lit(1)).alias("n"))
+        duplicated = per_key.where((F.col("n") > 1) & ~all_missing(tally.key)).agg(
+            F.coalesce(F.sum("n"), F.lit(0)).alias(tally.duplicated_name())
         )
         totals = totals.crossJoin(duplicated)
     row = totals.first()
     assert row is not None
     rows = int(row["rows"] or 0)
-    marked = frame
-    if key is not None:
-        marked = frame.withColumn(flag, F.count(F.lit(1)).over(Window.partitionBy(*key)) > 1)
-    results = []
-    for i, (e, c) in enumerate(zip(expectations, checks, strict=True)):
-        unexpected = int(row[f"u{i}"] or 0)
-        missing = int(row[f"m{i}"] or 0) if c.missing is not None else None
-        samples = _samples(marked, c, key_columns, examples) if unexpected else []
-        results.append(_result(e, c, rows, unexpected, missing, samples, list(key_columns)))
+    found = samples(marked(frame, tally.key), key_columns, examples)
+    results = tally.results(rows, row.asDict(), found, key_columns)
     return rows, results, {c: (row[f"min_{c}"], row[f"max_{c}"]) for c in range_columns}
 
 

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import great_expectations as gx
-import great_expectations.expectations as gxe
 import pandas as pd
-from great_expectations.core import ExpectationSuiteValidationResult
+from great_expectations.core import (
+    ExpectationSuiteValidationResult,
+    ExpectationValidationResult,
+)
 from great_expectations.core.batch_definition import BatchDefinition
 from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context import FileDataContext
@@ -116,32 +118,39 @@ def run_checkpoint(
     A pandas ``frame`` (rows already collected) is validated in pandas. ``rows_hint`` (how
     many rows the caller expects) lets ``auto`` choose without counting the frame first.
     """
-    if keep_results is not None:
-        prune_results(root, suite.name, keep_results - 1)  # this run adds one
-    context = gx_context(root)
     chosen: Literal["spark", "pandas", "onepass"] = engine if engine != "auto" else "pandas"
     if isinstance(frame, pd.DataFrame):
         chosen = "pandas"
     elif engine == "auto":
         expected = frame.count() if rows_hint is None else rows_hint
         chosen = "pandas" if validates_in_pandas(engine, expected, pandas_max_rows) else "onepass"
-    run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
     key_columns = [c for c in CANDLE_KEY if c in frame.columns]
-    evaluated = None
     if chosen == "onepass":
         assert isinstance(frame, DataFrame)
         evaluated = onepass.evaluate(
             frame, suite.expectations, key_columns, examples, _range_columns(suite, frame)
         )
-    if evaluated is not None:
-        rows, results, ranges = evaluated
-        run_results, changed = _store_results(context, name, suite, results, run_id, asset)
-    else:
-        if chosen == "onepass":
-            chosen = "spark"  # a suite with an expectation onepass does not translate
-        rows, run_results, ranges, changed = _run_checkpoint(
-            context, name, suite, frame, chosen, key_columns, examples, run_id, asset
-        )
+        if evaluated is not None:
+            return record_checkpoint(
+                root,
+                name,
+                suite,
+                evaluated,
+                web_cache=web_cache,
+                examples=examples,
+                run_name=run_name,
+                asset=asset,
+                keep_results=keep_results,
+                build_index=build_index,
+            )
+        chosen = "spark"  # a suite with an expectation onepass does not translate
+    if keep_results is not None:
+        prune_results(root, suite.name, keep_results - 1)  # this run adds one
+    context = gx_context(root)
+    run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
+    rows, run_results, ranges, changed = _run_checkpoint(
+        context, name, suite, frame, chosen, key_columns, examples, run_id, asset
+    )
     return _report(
         context,
         root,
@@ -150,6 +159,44 @@ def run_checkpoint(
         run_results,
         rows,
         chosen,
+        ranges,
+        asset,
+        web_cache,
+        examples,
+        changed,
+        build_index,
+    )
+
+
+def record_checkpoint(
+    root: Path,
+    name: str,
+    suite: gx.ExpectationSuite,
+    evaluated: tuple[int, list[ExpectationValidationResult], dict[str, tuple[Any, Any]]],
+    *,
+    web_cache: Path,
+    examples: int = 5,
+    run_name: str | None = None,
+    asset: str | None = None,
+    keep_results: int | None = None,
+    build_index: bool = True,
+) -> ValidationReport:
+    """Store results evaluated by onepass (rows, GX results, ranges seen) as the suite's
+    checkpoint result, then update the data docs (the options as in :func:`run_checkpoint`)."""
+    if keep_results is not None:
+        prune_results(root, suite.name, keep_results - 1)  # this run adds one
+    context = gx_context(root)
+    run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
+    rows, results, ranges = evaluated
+    run_results, changed = _store_results(context, name, suite, results, run_id, asset)
+    return _report(
+        context,
+        root,
+        name,
+        suite,
+        run_results,
+        rows,
+        "onepass",
         ranges,
         asset,
         web_cache,
@@ -306,10 +353,7 @@ def _report(
 
 def _range_columns(suite: gx.ExpectationSuite, frame: DataFrame | pd.DataFrame) -> list[str]:
     """The range-checked columns: their min and max tell what "0% unexpected" does not."""
-    columns = {
-        e.column for e in suite.expectations if isinstance(e, gxe.ExpectColumnValuesToBeBetween)
-    }
-    return sorted(c for c in columns if c in frame.columns)
+    return onepass.range_columns(suite.expectations, list(frame.columns))
 
 
 def _ranges_seen(columns: list[str], data: Any) -> dict[str, tuple[Any, Any]]:

@@ -34,6 +34,7 @@ from core.calendars import is_daily
 from core.ranges import Range
 from core.tables import Tables
 from core.timeframes import Timeframe, rollup_source
+from expectations import onescan
 from expectations.data_docs import build_index
 from expectations.frames import (
     GAP_COLUMNS,
@@ -54,6 +55,7 @@ from expectations.suites import (
 from expectations.validation import (
     ValidationFailed,
     collect,
+    record_checkpoint,
     run_checkpoint,
     validates_in_pandas,
 )
@@ -61,7 +63,7 @@ from flows.results import PipelineResult, Validation
 from settings import Settings
 from spark_jobs import jobs, plan, revisions, wap
 from spark_jobs.reads import read_candles
-from spark_jobs.rollup import ChunkAggregate
+from spark_jobs.rollup import ChunkAggregate, TradesSample
 from spark_jobs.snapshots import (
     branch_snapshot_id,
     main_snapshot_id,
@@ -151,27 +153,32 @@ def validate(
     # The candles the run computed: enough to choose the engine without counting them again.
     computed = run.inserted + run.updated + run.unchanged
 
+    options: dict[str, Any] = {
+        "web_cache": settings.web_cache_dir,
+        "run_name": run_name,
+        "asset": asset,
+        "keep_results": settings.validation_results_kept,
+        "build_index": False,  # once, below, for all of the run's checkpoints
+    }
+
     def check(suite: Any, frame: Any) -> ValidationReport:
         return run_checkpoint(
             settings.gx_root,
             suite.name,
             suite,
             frame,
-            web_cache=settings.web_cache_dir,
             engine=settings.validation_engine,
             pandas_max_rows=settings.validation_pandas_max_rows,
             rows_hint=computed,
-            run_name=run_name,
-            asset=asset,
-            keep_results=settings.validation_results_kept,
-            build_index=False,  # once, below, for all of the run's checkpoints
+            **options,
         )
 
+    def record(suite: Any, evaluated: onescan.Evaluated) -> ValidationReport:
+        return record_checkpoint(settings.gx_root, suite.name, suite, evaluated, **options)
+
     # The audit branch as it is now (whatever wrote it last): every check reads that snapshot,
-    # pinned, so all of them see the same rows, each in one query. Not cached: building
-    # Spark's in-memory cache of 425,000 1m candles took 4.5 s, reading their files again
-    # about 0.5 s per check. (A run validated by GX's pandas engine, if chosen, collects the
-    # rows once; only its reconciliation reads them again, as a Spark frame.)
+    # pinned, so all of them see the same rows. Not cached: building Spark's in-memory cache
+    # of 425,000 1m candles took 4.5 s, reading their files again about 0.5 s.
     table = tables.candles(tf)
     head = branch_snapshot_id(spark, table, wap.AUDIT_BRANCH)
     stored = read_candles(spark, table, run.ranges, wap.AUDIT_BRANCH, head)
@@ -179,10 +186,53 @@ def validate(
         settings.validation_engine, computed, settings.validation_pandas_max_rows
     )
     try:
-        _checks(spark, settings, tf, run, validation, stored, in_pandas, check)
+        scanned = None
+        if not in_pandas and settings.validation_engine in ("auto", "onepass"):
+            # One read of the branch, one query for every check (expectations.onescan).
+            scanned = onescan.scan(
+                spark,
+                tables,
+                tf,
+                run.ranges,
+                stored,
+                settings.market().calendars,
+                _trades_sample(settings, run),
+            )
+        if scanned is not None:
+            validation.invariants = record(invariant_suite(tf), scanned.invariants)
+            if scanned.trades_sample is not None:
+                validation.trades_sample = record(trades_sample_suite(tf), scanned.trades_sample)
+            if scanned.reconciliation is not None:
+                validation.reconciliation = record(reconciliation_suite(tf), scanned.reconciliation)
+            day_rows = scanned.gap_rows
+        else:
+            day_rows = _checks(spark, settings, tf, run, validation, stored, in_pandas, check)
+        _reconciliation_gating(spark, settings, tf, run, validation)
+        if day_rows is not None:
+            validation.gap_rows = sorted(day_rows, key=gap_order)
+            # Validated from these rows (a few per symbol and day), not recomputed.
+            validation.gaps = check(
+                gap_suite(tf), pd.DataFrame(validation.gap_rows, columns=GAP_COLUMNS)
+            )
+            empty = validation.empty_windows
+            if empty:
+                days = sum(1 for r in validation.gap_rows if r["empty_windows"])
+                validation.warnings.append(
+                    f"{tf}: {empty} window(s) without trades on {days} symbol-day(s) (gap "
+                    "report; not blocking)"
+                )
     finally:  # (the results stored before a check that failed to run are listed too)
         build_index(settings.gx_root, settings.web_cache_dir, invariant_suite(tf).name)
     return validation
+
+
+def _trades_sample(settings: Settings, run: jobs.RunResult) -> TradesSample | None:
+    """The chunk's trades sample, for candles rolled up from its 1m state (else None)."""
+    if run.source is None:
+        return None
+    return run.source.trades_sample(
+        settings.validation_sample_windows, settings.validation_sample_trades
+    )
 
 
 def _checks(
@@ -194,8 +244,9 @@ def _checks(
     stored: DataFrame,
     in_pandas: bool,
     check: Callable[[Any, Any], ValidationReport],
-) -> None:
-    """The checks of :func:`validate`, all from ``stored`` (the run's windows on the branch)."""
+) -> list[dict[str, Any]] | None:
+    """The checks of :func:`validate` one by one, each a query of its own (GX's engines, or a
+    collected frame); returns the gap report's rows (None for daily candles)."""
     tables = tables_for(settings)
     calendars = settings.market().calendars
     written = with_window_columns(stored, tf, calendars)
@@ -204,51 +255,47 @@ def _checks(
         # Collected here, once: the gap report below counts the same rows without a query.
         invariants = collect(written)
     validation.invariants = check(invariant_suite(tf), invariants)
-    if run.source is not None:
-        sample = run.source.trades_sample(
-            settings.validation_sample_windows, settings.validation_sample_trades
+    sample = _trades_sample(settings, run)
+    if sample is not None:
+        validation.trades_sample = check(
+            trades_sample_suite(tf), trades_sample_frame(tf, stored, sample, calendars)
         )
-        if sample is not None:
-            validation.trades_sample = check(
-                trades_sample_suite(tf), trades_sample_frame(tf, stored, sample, calendars)
-            )
-    source = rollup_source(tf)
     rollup_suite = reconciliation_suite(tf)
     rolled = reconciliation_frame(
         spark, tables, tf, run.ranges, wap.AUDIT_BRANCH, calendars, written=stored
     )
-    if source is not None and rollup_suite is not None and rolled is not None:
+    if rollup_suite is not None and rolled is not None:
         validation.reconciliation = check(rollup_suite, rolled)
-        source_watermark = watermark(spark, tables.candles(source))
-        # Gating needs proof that both reflect the same trades: two missing watermarks (say,
-        # a backfill of 5m before 1m ever ran) prove nothing.
-        validation.reconciliation_gating = (
-            source_watermark is not None and source_watermark == run.watermark
-        )
-        if not validation.reconciliation.success and not validation.reconciliation_gating:
-            validation.warnings.append(
-                f"{tf} differs from the rollup of {source}, whose published candles reflect "
-                f"trades snapshot {source_watermark} while this run read {run.watermark}: "
-                f"not blocking; run {source} first to reconcile"
-            )
     if isinstance(invariants, pd.DataFrame):
-        rows = gap_rows(invariants, tf)
-    else:
-        gaps = None if is_daily(tf) else gap_counts(stored, tf)
-        rows = None if gaps is None else [r.asDict() for r in gaps.collect()]
-    if rows is not None:
-        validation.gap_rows = sorted(rows, key=gap_order)
-        # Validated from these rows (a few per symbol and day), not recomputed.
-        validation.gaps = check(
-            gap_suite(tf), pd.DataFrame(validation.gap_rows, columns=GAP_COLUMNS)
+        return gap_rows(invariants, tf)
+    gaps = None if is_daily(tf) else gap_counts(stored, tf)
+    return None if gaps is None else [r.asDict() for r in gaps.collect()]
+
+
+def _reconciliation_gating(
+    spark: SparkSession,
+    settings: Settings,
+    tf: Timeframe,
+    run: jobs.RunResult,
+    validation: Validation,
+) -> None:
+    """Whether a failed reconciliation blocks: only when the smaller timeframe's published
+    candles reflect the very trades this run read (else a warning)."""
+    source = rollup_source(tf)
+    if validation.reconciliation is None or source is None:
+        return
+    source_watermark = watermark(spark, tables_for(settings).candles(source))
+    # Gating needs proof that both reflect the same trades: two missing watermarks (say,
+    # a backfill of 5m before 1m ever ran) prove nothing.
+    validation.reconciliation_gating = (
+        source_watermark is not None and source_watermark == run.watermark
+    )
+    if not validation.reconciliation.success and not validation.reconciliation_gating:
+        validation.warnings.append(
+            f"{tf} differs from the rollup of {source}, whose published candles reflect "
+            f"trades snapshot {source_watermark} while this run read {run.watermark}: "
+            f"not blocking; run {source} first to reconcile"
         )
-        empty = validation.empty_windows
-        if empty:
-            days = sum(1 for r in validation.gap_rows if r["empty_windows"])
-            validation.warnings.append(
-                f"{tf}: {empty} window(s) without trades on {days} symbol-day(s) (gap report; "
-                "not blocking)"
-            )
 
 
 def require_valid(validation: Validation) -> None:

@@ -19,14 +19,13 @@ import json
 import os
 import random
 import time as clock
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -62,6 +61,7 @@ from tests.support.oracle import (
     stored_candles,
     with_previous_close,
 )
+from tests.support.spark_ui import records_read
 from tests.support.trades import deliver
 
 ALL = list(TIMEFRAMES.values())
@@ -453,23 +453,6 @@ def _oracle_empty_windows(candles: dict[Any, dict[str, Any]]) -> dict[tuple[str,
     return out
 
 
-def _stages(ui_port: int) -> list[dict[str, Any]]:
-    """The Spark stages the session's server ran so far (its monitoring API)."""
-    base = f"http://127.0.0.1:{ui_port}/api/v1/applications"
-    with urllib.request.urlopen(base, timeout=30) as response:
-        app = json.load(response)[0]["id"]
-    with urllib.request.urlopen(f"{base}/{app}/stages", timeout=30) as response:
-        return cast(list[dict[str, Any]], json.load(response))
-
-
-def _records_read(ui_port: int, run: Callable[[], object]) -> int:
-    """Rows the server read from tables (its stages' input records) while ``run`` ran."""
-    seen = {(s["stageId"], s["attemptId"]) for s in _stages(ui_port)}
-    run()
-    new = [s for s in _stages(ui_port) if (s["stageId"], s["attemptId"]) not in seen]
-    return sum(int(s["inputRecords"]) for s in new)
-
-
 def test_filling_gaps_reads_the_trades_no_more_often_than_a_run_without_gaps(
     spark: SparkSession, catalog: Catalog, settings: Settings
 ) -> None:
@@ -488,11 +471,11 @@ def test_filling_gaps_reads_the_trades_no_more_often_than_a_run_without_gaps(
     no_fill = Market(GAPS.calendars)
 
     # When: each is refreshed once
-    read_plain = _records_read(
+    read_plain = records_read(
         settings.ui_port,
         lambda: jobs.refresh_candles(spark, plain, tf, now=now, market=no_fill),
     )
-    read_gaps = _records_read(
+    read_gaps = records_read(
         settings.ui_port, lambda: jobs.refresh_candles(spark, gaps, tf, now=now, market=GAPS)
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -10,12 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyiceberg.catalog import Catalog
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from core.tables import Tables
+from core.calendars import Calendars
+from core.ranges import Range
+from core.tables import CANDLE_KEY, Tables
 from core.timeframes import TIMEFRAMES
-from expectations.frames import gap_counts, gap_order, gap_rows, with_window_columns
+from expectations import onepass, onescan
+from expectations.frames import (
+    gap_counts,
+    gap_order,
+    gap_rows,
+    reconciliation_frame,
+    trades_sample_frame,
+    with_window_columns,
+)
 from expectations.report import ValidationReport
 from expectations.suites import (
     NOT_NULL,
@@ -24,9 +36,15 @@ from expectations.suites import (
     gap_suite,
     invariant_suite,
     reconciliation_suite,
+    trades_sample_suite,
 )
 from expectations.validation import collect, run_checkpoint
 from settings import Settings
+from spark_jobs import jobs, snapshots
+from spark_jobs.rollup import ChunkAggregate
+from tests.support.spark_ui import queries_run
+from tests.support.trades import START as TRADES_START
+from tests.support.trades import deliver, random_trades
 
 ONE_MINUTE = TIMEFRAMES["1m"]
 START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -355,3 +373,117 @@ def test_the_gap_report_of_collected_candles_equals_the_one_spark_computes(
     assert collected[-1]["trading_date"] is None
     assert all(type(r["windows"]) is int and type(r["empty_windows"]) is int for r in collected)
     assert gap_rows(collect(candles), TIMEFRAMES["1d"]) is None  # daily: no gap report
+
+
+def _verdicts(evaluated: Any) -> tuple[int, list[tuple[Any, ...]], Any]:
+    """Rows, each expectation's verdict and counts (with its samples' keys), ranges seen."""
+    rows, results, ranges = evaluated
+    verdicts = [
+        (
+            r.expectation_config.type,
+            r.expectation_config.kwargs.get("column", r.expectation_config.kwargs.get("column_A")),
+            r.success,
+            r.result["element_count"],
+            r.result["unexpected_count"],
+            r.result.get("missing_count"),
+            sorted(str(s) for s in r.result["partial_unexpected_index_list"]),
+        )
+        for r in results
+    ]
+    return rows, verdicts, ranges
+
+
+def _tampered_five_minute_run(
+    spark: SparkSession, catalog: Catalog, tables: Tables
+) -> tuple[Range, DataFrame, int]:
+    """A day of trades with 1m candles on main, and 5m candles broken in every way a check
+    sees: a changed high, a missing window, a misaligned window, a duplicated synthetic one."""
+    five = TIMEFRAMES["5m"]
+    end = TRADES_START + timedelta(hours=5)
+    day = Range(TRADES_START, end)
+    deliver(catalog, tables, random_trades(random.Random(7), TRADES_START, end, 600, 1), now=end)
+    for tf in (ONE_MINUTE, five):
+        jobs.recompute(spark, tables, tf, day)
+    stored = spark.read.table(tables.candles(five))
+    first = stored.agg(F.min("window_start")).first()
+    assert first is not None
+    at, btc = F.col("window_start") == F.lit(first[0]), F.col("symbol") == "BTC-USD"
+    eth, sol = F.col("symbol") == "ETH-USD", F.col("symbol") == "SOL-USD"
+    late = F.col("window_start") + F.expr("INTERVAL 30 SECONDS")
+    hour_before = TRADES_START - timedelta(hours=1)
+    filler = {
+        **synthetic_candle("SOL-USD", 0),
+        "window_start": hour_before,
+        "window_end": hour_before + timedelta(minutes=5),
+        "trading_date": hour_before.date(),
+    }
+    columns = [f.name for f in stored.schema.fields]
+    synthetic = spark.createDataFrame([tuple(filler[c] for c in columns)] * 2, stored.schema)
+    broken = (
+        stored.withColumn("high", F.when(at & btc, F.col("high") + 1).otherwise(F.col("high")))
+        .where(~(at & eth))
+        .withColumn("window_start", F.when(at & sol, late).otherwise(F.col("window_start")))
+        .unionByName(synthetic)
+    )
+    return day, broken, snapshots.main_snapshot_id(spark, tables.trades) or 0
+
+
+def test_one_scan_counts_every_suite_exactly_as_its_own_evaluation_does(
+    spark: SparkSession, catalog: Catalog, tables: Tables
+) -> None:
+    # Given: a 5m run's candles broken in every way invariants, reconciliation, the trades
+    # sample and the gap report see, and the chunk's trades sample (every window)
+    five = TIMEFRAMES["5m"]
+    day, broken, snapshot = _tampered_five_minute_run(spark, catalog, tables)
+    with ChunkAggregate(spark, tables, day, snapshot, [five], Calendars()) as chunk:
+        sample = chunk.trades_sample(1_000_000, 10**12)
+        assert sample is not None
+        # When: one scan evaluates them all
+        scanned = onescan.scan(spark, tables, five, [day], broken, None, sample)
+        # Then: every suite's verdicts, counts and sample rows equal those of the suite
+        # evaluated on its own frame (whose counts equal GX's: the tests above)
+        assert scanned is not None
+        suites = {
+            "invariants": (invariant_suite(five), with_window_columns(broken, five)),
+            "reconciliation": (
+                reconciliation_suite(five),
+                reconciliation_frame(spark, tables, five, [day], None, written=broken),
+            ),
+            "trades_sample": (trades_sample_suite(five), trades_sample_frame(five, broken, sample)),
+        }
+        for name, (suite, frame) in suites.items():
+            assert suite is not None and frame is not None
+            ranges = onepass.range_columns(suite.expectations, frame.columns)
+            alone = onepass.evaluate(frame, suite.expectations, CANDLE_KEY, 5, ranges)
+            assert _verdicts(getattr(scanned, name)) == _verdicts(alone), name
+            failing = {v[1] for v in _verdicts(alone)[1] if not v[2]}
+            assert failing, f"{name}: the frame breaks nothing"
+    # and the gap report's rows equal gap_counts' own
+    want = [r.asDict() for r in gap_counts(broken, five).collect()]
+    assert scanned.gap_rows is not None
+    assert sorted(scanned.gap_rows, key=gap_order) == sorted(want, key=gap_order)
+
+
+def test_the_checks_of_a_run_that_passes_are_one_spark_query(
+    spark: SparkSession, catalog: Catalog, tables: Tables, settings: Settings
+) -> None:
+    # Given: correct 5m candles, beside the 1m candles they roll up
+    five = TIMEFRAMES["5m"]
+    day, _, snapshot = _tampered_five_minute_run(spark, catalog, tables)
+    stored = spark.read.table(tables.candles(five))
+    scanned: list[onescan.Scanned | None] = []
+    with ChunkAggregate(spark, tables, day, snapshot, [five], Calendars()) as chunk:
+        sample = chunk.trades_sample(4, 10**12)
+        # When: invariants, uniqueness, reconciliation, the trades sample and the gap report
+        # are checked
+        queries = queries_run(
+            settings.ui_port,
+            lambda: scanned.append(onescan.scan(spark, tables, five, [day], stored, None, sample)),
+        )
+    # Then: all passed, in one Spark query
+    found = scanned[0]
+    assert found is not None and found.reconciliation and found.trades_sample
+    for _, results, _ in (found.invariants, found.reconciliation, found.trades_sample):
+        assert all(r.success for r in results)
+    assert found.gap_rows
+    assert queries == 1
