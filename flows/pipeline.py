@@ -188,7 +188,7 @@ def validate(
     try:
         scanned = None
         if not in_pandas and settings.validation_engine in ("auto", "onepass"):
-            # One read of the branch, one query for every check (expectations.onescan).
+            # Every check in one query (expectations.onescan).
             scanned = onescan.scan(
                 spark,
                 tables,
