@@ -190,6 +190,17 @@ def all_missing(key: Sequence[str]) -> Column:
     return missing
 
 
+def duplicated_rows(frame: DataFrame, tally: Tally) -> DataFrame:
+    """One row: how many rows of ``frame`` share their compound key with another (GX counts
+    every row of a duplicated key, and skips rows whose key columns are all missing). The
+    keys alone are shuffled: a hash aggregation, no sort."""
+    assert tally.key is not None
+    per_key = frame.groupBy(*tally.key).agg(F.count(F.lit(1)).alias("_n"))
+    return per_key.where((F.col("_n") > 1) & ~all_missing(tally.key)).agg(
+        F.coalesce(F.sum("_n"), F.lit(0)).alias(tally.duplicated_name())
+    )
+
+
 def marked(frame: DataFrame, key: Sequence[str] | None) -> DataFrame:
     """``frame`` with the :data:`DUPLICATED` flag its uniqueness condition reads."""
     if key is None:
@@ -204,13 +215,17 @@ def samples(
     return lambda c: _samples(frame, c, key_columns, limit)
 
 
+Evaluated = tuple[int, list[ExpectationValidationResult], dict[str, tuple[Any, Any]]]
+"""A suite's evaluation: rows, one GX result per expectation, (min, max) of range columns."""
+
+
 def evaluate(
     frame: DataFrame,
     expectations: Sequence[Expectation],
     key_columns: Sequence[str],
     examples: int,
     range_columns: Sequence[str] = (),
-) -> tuple[int, list[ExpectationValidationResult], dict[str, tuple[Any, Any]]] | None:
+) -> Evaluated | None:
     """Rows, one GX result per expectation and the (min, max) of ``range_columns``; None when
     some expectation is not translated here.
 
@@ -226,13 +241,7 @@ def evaluate(
     counts = {"rows": F.count(F.lit(1))} | tally.counts() | ranges
     totals = frame.agg(*[v.alias(k) for k, v in counts.items()])
     if tally.key is not None:
-        # Keys alone are shuffled (a hash aggregation, no sort); GX counts every row of a
-        # duplicated key, and skips rows whose key columns are all missing.
-        per_key = frame.groupBy(*tally.key).agg(F.count(F.lit(1)).alias("n"))
-        duplicated = per_key.where((F.col("n") > 1) & ~all_missing(tally.key)).agg(
-            F.coalesce(F.sum("n"), F.lit(0)).alias(tally.duplicated_name())
-        )
-        totals = totals.crossJoin(duplicated)
+        totals = totals.crossJoin(duplicated_rows(frame, tally))
     row = totals.first()
     assert row is not None
     rows = int(row["rows"] or 0)

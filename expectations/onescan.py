@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from great_expectations.core import ExpectationValidationResult
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -48,9 +47,6 @@ from expectations.suites import (
 )
 from spark_jobs.rollup import TradesSample
 
-Evaluated = tuple[int, list[ExpectationValidationResult], dict[str, tuple[Any, Any]]]
-"""What :func:`expectations.onepass.evaluate` returns: rows, GX results, ranges seen."""
-
 _INVARIANTS, _RECONCILED, _SAMPLED = "i_", "r_", "s_"
 
 
@@ -58,9 +54,9 @@ _INVARIANTS, _RECONCILED, _SAMPLED = "i_", "r_", "s_"
 class Scanned:
     """Each suite's evaluation (None: not checked in this run) and the gap report's rows."""
 
-    invariants: Evaluated
-    reconciliation: Evaluated | None = None
-    trades_sample: Evaluated | None = None
+    invariants: onepass.Evaluated
+    reconciliation: onepass.Evaluated | None = None
+    trades_sample: onepass.Evaluated | None = None
     gap_rows: list[dict[str, Any]] | None = None
 
 
@@ -105,30 +101,24 @@ def scan(
     )
     # The other checks are one row each, joined to every day's row: the rows of duplicated
     # keys (the keys alone are shuffled), reconciliation and the trades sample.
-    key = list(CANDLE_KEY)
-    counted = written.groupBy(*key).agg(F.count(F.lit(1)).alias("_n"))
-    duplicated = counted.where((F.col("_n") > 1) & ~onepass.all_missing(key)).agg(
-        F.coalesce(F.sum("_n"), F.lit(0)).alias(invariants.duplicated_name())
-    )
-    ones = duplicated
-    frames: dict[str, DataFrame] = {}
+    ones = onepass.duplicated_rows(written, invariants)
+    one_row_counts = [invariants.duplicated_name()]
+    others: dict[str, tuple[onepass.Tally, DataFrame]] = {}
     if reconciled is not None:
         frame = reconciliation_frame(spark, tables, tf, ranges, None, calendars, written=stored)
         assert frame is not None
-        frames[_RECONCILED] = frame
+        others[_RECONCILED] = (reconciled, frame)
     if sampled is not None and sample is not None:
-        frames[_SAMPLED] = trades_sample_frame(tf, stored, sample, calendars)
-    tallies = {_RECONCILED: reconciled, _SAMPLED: sampled}
-    for prefix, frame in frames.items():
-        tally = tallies[prefix]
-        assert tally is not None
+        others[_SAMPLED] = (sampled, trades_sample_frame(tf, stored, sample, calendars))
+    for prefix, (tally, frame) in others.items():
         counts = {f"{prefix}rows": F.count(F.lit(1))} | tally.counts()
         ones = ones.crossJoin(frame.agg(*[v.alias(k) for k, v in counts.items()]))
+        one_row_counts += counts
     # (a left join: the one-row checks arrive even when no day has a written row)
     found = [r.asDict() for r in ones.join(per_day, F.lit(True), "left").collect()]
     days = [r for r in found if r["_rows"] is not None]
     sums = _sums(days, ["_rows", "_real_windows", *invariants.counts()])
-    sums |= {k: int(v or 0) for k, v in found[0].items() if k in ones.columns}
+    sums |= _sums(found[:1], one_row_counts)
     seen = {
         c: (
             min((r[f"min_{c}"] for r in days if r[f"min_{c}"] is not None), default=None),
@@ -149,18 +139,12 @@ def scan(
             seen,
         ),
     )
-    if reconciled is not None:
-        frame = frames[_RECONCILED]
-        n = int(sums[f"{_RECONCILED}rows"])
-        result.reconciliation = (
-            n,
-            reconciled.results(n, sums, fetch(frame, None), key_columns),
-            {},
-        )
-    if sampled is not None and sample is not None:
-        frame = frames[_SAMPLED]
-        n = int(sums[f"{_SAMPLED}rows"])
-        result.trades_sample = (n, sampled.results(n, sums, fetch(frame, None), key_columns), {})
+    evaluated: dict[str, onepass.Evaluated] = {}
+    for prefix, (tally, frame) in others.items():
+        n = int(sums[f"{prefix}rows"])
+        evaluated[prefix] = (n, tally.results(n, sums, fetch(frame, None), key_columns), {})
+    result.reconciliation = evaluated.get(_RECONCILED)
+    result.trades_sample = evaluated.get(_SAMPLED)
     if not is_daily(tf):
         result.gap_rows = [_gap_row(r, tf) for r in days]
     return result

@@ -22,10 +22,7 @@ from typing import Any, Literal
 
 import great_expectations as gx
 import pandas as pd
-from great_expectations.core import (
-    ExpectationSuiteValidationResult,
-    ExpectationValidationResult,
-)
+from great_expectations.core import ExpectationSuiteValidationResult
 from great_expectations.core.batch_definition import BatchDefinition
 from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context import FileDataContext
@@ -172,7 +169,7 @@ def record_checkpoint(
     root: Path,
     name: str,
     suite: gx.ExpectationSuite,
-    evaluated: tuple[int, list[ExpectationValidationResult], dict[str, tuple[Any, Any]]],
+    evaluated: onepass.Evaluated,
     *,
     web_cache: Path,
     examples: int = 5,

@@ -34,7 +34,7 @@ from core.calendars import is_daily
 from core.ranges import Range
 from core.tables import Tables
 from core.timeframes import Timeframe, rollup_source
-from expectations import onescan
+from expectations import onepass, onescan
 from expectations.data_docs import build_index
 from expectations.frames import (
     GAP_COLUMNS,
@@ -173,7 +173,7 @@ def validate(
             **options,
         )
 
-    def record(suite: Any, evaluated: onescan.Evaluated) -> ValidationReport:
+    def record(suite: Any, evaluated: onepass.Evaluated) -> ValidationReport:
         return record_checkpoint(settings.gx_root, suite.name, suite, evaluated, **options)
 
     # The audit branch as it is now (whatever wrote it last): every check reads that snapshot,
