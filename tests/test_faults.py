@@ -48,11 +48,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFECT_PORT = port(14210)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prefect server with its services; yields its API URL. One per worker for the
-    whole session: this module's tests are scheduled one by one between other modules' tests,
-    and a module-scoped server would start again for each of them (10-15 s each)."""
+    """A real Prefect server with its services; yields its API URL."""
     with running_prefect_server(tmp_path_factory.mktemp("prefect"), PREFECT_PORT) as url:
         yield url
 
