@@ -184,6 +184,17 @@ TRADES_PROPERTIES = {
     # time for 10 M trades, and files 6 % larger (zstd compresses the plain values better).
     "write.parquet.dict-size-bytes": str(64 * 1024),
 }
+_NEARLY_UNIQUE_CANDLE_COLUMNS = (
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "vwap",
+    "open_ts",
+    "close_ts",
+)
 CANDLE_PROPERTIES = {
     **LONG_LIFE_PROPERTIES,
     "write.target-file-size-bytes": str(64 * _MB),
@@ -191,6 +202,16 @@ CANDLE_PROPERTIES = {
     "write.merge.mode": "copy-on-write",
     "write.update.mode": "copy-on-write",
     "write.delete.mode": "copy-on-write",
+    # Values and trade times are nearly all distinct within a file: a dictionary of them was
+    # built for every page, then dropped for plain encoding. Without it a week of 1m candles
+    # (425 k) is written in 3.6 s instead of 4.3 s, into files as large.
+    **{
+        f"write.parquet.dict-encoding-enabled.column.{column}": "false"
+        for column in _NEARLY_UNIQUE_CANDLE_COLUMNS
+    },
+    # A 1m table holds a file per hour (2,500 candles for 50 symbols): weighed as 4 MB each
+    # (the default) a week's scan was 42 tasks of 4 files, now a few tasks of many files.
+    "read.split.open-file-cost": str(256 * 1024),
 }
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -238,7 +239,7 @@ def run_backfill(
     stats: dict[Range, TradeStats] = {}
     if chunk_trades is not None and progress.trades_snapshot_id is not None:
         stats = _chunks_by_trades(
-            settings, longest, chunks, progress.trades_snapshot_id, chunk_trades
+            settings, longest, chunks, progress.trades_snapshot_id, chunk_trades, spark
         )
         chunks = list(stats)
     requests = {
@@ -272,13 +273,21 @@ def backfill_requests(
 
 
 def _chunks_by_trades(
-    settings: Settings, tf: Timeframe, chunks: list[Range], pinned: int, chunk_trades: int
+    settings: Settings,
+    tf: Timeframe,
+    chunks: list[Range],
+    pinned: int,
+    chunk_trades: int,
+    spark: SparkSession | None,
 ) -> dict[Range, TradeStats]:
-    """Chunks of about ``chunk_trades`` trades each, with their trade counts."""
+    """Chunks of about ``chunk_trades`` trades each, with their trade counts: planned in
+    ``spark`` when the chunks run there, else in a session of their own."""
     from infra.session import session
     from spark_jobs.plan import plan_chunks
 
-    with session(settings) as spark:
+    with ExitStack() as held:
+        if spark is None:
+            spark = held.enter_context(session(settings))
         tables = Tables(settings.catalog_name, settings.namespace)
         planned = plan_chunks(
             spark, tables, tf, chunks[0].start, chunks[-1].end, pinned, chunk_trades
