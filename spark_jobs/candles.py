@@ -34,8 +34,8 @@ from pyspark.sql.types import DecimalType
 
 from core.calendars import DAY_US, Calendar, Calendars, is_daily
 from core.tables import DECIMAL_PRECISION, DECIMAL_SCALE, PRICE, QUOTE_VOLUME, VOLUME
-from core.timeframes import Timeframe
-from spark_jobs.ordering import TEXT_ID, TradeIdRange, ordering_key
+from core.timeframes import TIMEFRAMES, Timeframe
+from spark_jobs.ordering import TEXT_ID, TradeIdRange, fits_packed_key, ordering_key
 
 PRICE_SQL = str(PRICE)
 VOLUME_SQL = str(VOLUME)
@@ -60,6 +60,8 @@ CANDLE_COLUMNS = (
     "synthetic",
 )
 
+
+ONE_MINUTE = TIMEFRAMES["1m"]
 
 INTEGER_SUMS_MAX_TRADES = 2**28
 """The integer sums are proven exact for windows of fewer trades than this (see the module)."""
@@ -277,7 +279,7 @@ class CandleState:
     and last trade's time, in ``_w_start``/``_w_end`` (epoch us) and ``_w_date``.
 
     Mergeable: the state of a longer window is the merge of its shorter windows' states
-    (:func:`spark_jobs.rollup.roll_up`), exactly; :func:`finish` turns a state into candles.
+    (:func:`roll_up`), exactly; :func:`finish` turns a state into candles.
     """
 
     frame: DataFrame
@@ -329,7 +331,27 @@ def candle_state(
     calendars: Calendars | None = None,
     max_trades: int | None = None,
 ) -> CandleState:
-    """:func:`candles` up to the aggregation: the mergeable state (same arguments)."""
+    """:func:`candles` up to the aggregation: the mergeable state (same arguments).
+
+    When the trade ids fit the packed ordering key of a minute but not of ``tf`` (a daily
+    window's microseconds leave 25 bits for ids; 10 M trades of a week span 29), the trades
+    are aggregated per minute and the minutes rolled up (:func:`roll_up`): hash aggregations
+    instead of sorting every trade for the struct key (a warm 1d backfill of 10.37 M trades:
+    its query 7.6 s -> 5.2 s).
+    """
+    if fits_packed_key(ONE_MINUTE, trade_ids) and not fits_packed_key(tf, trade_ids):
+        minutes = _aggregated(trades, ONE_MINUTE, trade_ids, calendars, max_trades)
+        return roll_up(minutes, tf, calendars)
+    return _aggregated(trades, tf, trade_ids, calendars, max_trades)
+
+
+def _aggregated(
+    trades: DataFrame,
+    tf: Timeframe,
+    trade_ids: TradeIdRange | None,
+    calendars: Calendars | None,
+    max_trades: int | None,
+) -> CandleState:
     start, end, day = windows(F.col("ts"), tf, calendars)
     ids = ["trade_id", TEXT_ID] if TEXT_ID in trades.columns else ["trade_id"]
     located = trades.select(
@@ -376,6 +398,41 @@ def candle_state(
         F.max("ts").alias("close_ts"),
     )
     return CandleState(aggregated, integer_sums)
+
+
+def roll_up(state: CandleState, tf: Timeframe, calendars: Calendars | None = None) -> CandleState:
+    """The state of ``tf`` candles merged from 1m candle state (per instrument calendar; a 1m
+    window outside every session of a daily timeframe is in no candle)."""
+    start, end, day = windows(F.timestamp_micros(F.col("_w_start")), tf, calendars)
+    located = state.frame.select(
+        "exchange",
+        "symbol",
+        F.col("_w_start").alias("_minute"),
+        start.alias("_w_start"),
+        end.alias("_w_end"),
+        day.alias("_w_date"),
+        "open",
+        "high",
+        "low",
+        "close",
+        "trade_count",
+        "open_ts",
+        "close_ts",
+        *state.sum_columns,
+    )
+    if calendars is not None and not calendars.all_utc:
+        located = located.where(F.col("_w_start").isNotNull())
+    merged = located.groupBy(*STATE_KEY).agg(
+        F.min_by("open", "_minute").alias("open"),
+        F.max("high").alias("high"),
+        F.min("low").alias("low"),
+        F.max_by("close", "_minute").alias("close"),
+        *[F.sum(c).alias(c) for c in state.sum_columns],
+        F.sum("trade_count").alias("trade_count"),
+        F.min("open_ts").alias("open_ts"),
+        F.max("close_ts").alias("close_ts"),
+    )
+    return CandleState(merged, state.integer_sums)
 
 
 def finish(state: CandleState) -> DataFrame:

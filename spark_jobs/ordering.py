@@ -40,6 +40,11 @@ def packed_key_bits(tf: Timeframe) -> int:
     return 63 - (longest - 1).bit_length()
 
 
+def fits_packed_key(tf: Timeframe, ids: TradeIdRange | None) -> bool:
+    """True when ``tf``'s windows can order trades of ``ids`` by a packed 64-bit key."""
+    return ids is not None and ids.high - ids.low < 1 << packed_key_bits(tf)
+
+
 def trade_order(columns: list[str]) -> Column:
     """The struct that orders trades by (ts, trade id): at one ts numeric ids first (numeric
     order), then text ids (byte order). Frames without a ``trade_id_text`` column (numeric ids
@@ -55,7 +60,7 @@ def ordering_key(
 ) -> Column:
     """The key ``min_by``/``max_by`` order a window's trades by: packed when ``ids`` is given
     and fits ``tf``'s bits, else :func:`trade_order` (``columns``: the frame's columns)."""
-    if ids is None or ids.high - ids.low >= 1 << packed_key_bits(tf):
+    if ids is None or not fits_packed_key(tf, ids):
         return trade_order(columns)
     # offset * 2^bits + (trade_id - low) sorts exactly like (ts, trade_id) within one window,
     # because offset < width and 0 <= trade_id - low < 2^bits. A row outside the promised id

@@ -4,7 +4,8 @@ Every window of every timeframe is a union of whole 1m windows, on UTC and on ev
 calendar (zones with whole- or half-hour offsets, sessions on the half hour): so a longer
 candle is the merge of the 1m states it holds. Open and close are the first and last 1m
 window's, high and low the extremes, the integer limbs (or decimal sums), trade counts and
-first/last trade times add up; :func:`spark_jobs.candles.finish` turns the merged state into
+first/last trade times add up (:func:`spark_jobs.candles.roll_up`);
+:func:`spark_jobs.candles.finish` turns the merged state into
 a candle exactly as it turns a 1m state into one. Nothing is re-read from the trades, and
 nothing is derived from published candles (whose decimal volumes would also sum exactly, but
 on ``BigDecimal``, and whose limbs are not stored).
@@ -31,48 +32,11 @@ from core.calendars import Calendars
 from core.ranges import Range, coalesce_ranges
 from core.tables import Tables
 from core.time import from_us
-from core.timeframes import TIMEFRAMES, Timeframe
-from spark_jobs.candles import STATE_KEY, CandleState, candle_state, finish, windows
+from core.timeframes import Timeframe
+from spark_jobs.candles import ONE_MINUTE, CandleState, candle_state, finish, roll_up
 from spark_jobs.ordering import TradeIdRange
 from spark_jobs.plan import TradeStats, trade_stats
 from spark_jobs.reads import in_ranges, overlapping
-
-ONE_MINUTE = TIMEFRAMES["1m"]
-
-
-def roll_up(state: CandleState, tf: Timeframe, calendars: Calendars | None = None) -> CandleState:
-    """The state of ``tf`` candles merged from 1m candle state (per instrument calendar; a 1m
-    window outside every session of a daily timeframe is in no candle)."""
-    start, end, day = windows(F.timestamp_micros(F.col("_w_start")), tf, calendars)
-    located = state.frame.select(
-        "exchange",
-        "symbol",
-        F.col("_w_start").alias("_minute"),
-        start.alias("_w_start"),
-        end.alias("_w_end"),
-        day.alias("_w_date"),
-        "open",
-        "high",
-        "low",
-        "close",
-        "trade_count",
-        "open_ts",
-        "close_ts",
-        *state.sum_columns,
-    )
-    if calendars is not None and not calendars.all_utc:
-        located = located.where(F.col("_w_start").isNotNull())
-    merged = located.groupBy(*STATE_KEY).agg(
-        F.min_by("open", "_minute").alias("open"),
-        F.max("high").alias("high"),
-        F.min("low").alias("low"),
-        F.max_by("close", "_minute").alias("close"),
-        *[F.sum(c).alias(c) for c in state.sum_columns],
-        F.sum("trade_count").alias("trade_count"),
-        F.min("open_ts").alias("open_ts"),
-        F.max("close_ts").alias("close_ts"),
-    )
-    return CandleState(merged, state.integer_sums)
 
 
 @dataclass(frozen=True)

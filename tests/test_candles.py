@@ -14,6 +14,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from core.calendars import calendars_from
 from core.ranges import Range, lookback_range
 from core.tables import Tables
 from core.timeframes import TIMEFRAMES
@@ -234,6 +235,34 @@ def test_packed_and_struct_ordering_keys_agree(spark: SparkSession) -> None:
         plain = candles(df, tf)
         assert packed.exceptAll(plain).count() == 0 and plain.exceptAll(packed).count() == 0
         assert not diff(expected_candles(trades, tf), candle_rows(packed))
+
+
+def test_a_timeframe_whose_key_cannot_pack_the_ids_is_rolled_up_from_minutes(
+    spark: SparkSession,
+) -> None:
+    # Ids spread over 2^30: a minute's packed key holds them (37 bits are left), a day's does
+    # not (25), so daily candles come from minutes rolled up: equal to the oracle and to the
+    # struct key, with hash aggregations only (the struct key sorts every trade).
+    rng = random.Random(29)
+    spread = 2**21
+    trades = [
+        Trade(t.exchange, t.symbol, t.trade_id * spread, t.price, t.quantity, t.side, t.ts)
+        for t in random_trades(rng, START, START + timedelta(days=2), 500, first_id=1)
+    ]
+    ids = id_range(trades)
+    assert ids.high - ids.low >= 2**29
+    df = spark.createDataFrame(to_arrow(trades).to_pandas())
+    day = TIMEFRAMES["1d"]
+    rolled = candles(df, day, ids)
+    assert not diff(expected_candles(trades, day), candle_rows(rolled))
+    plan = rolled._explain_string(mode="simple")  # type: ignore[operator]
+    assert "HashAggregate" in plan and "SortAggregate" not in plan, plan
+    local = calendars_from([{"exchange": EXCHANGE, "zone": "Asia/Kolkata"}])
+    in_kolkata = candles(df, day, ids, local)
+    struct_key = candles(df, day, None, local)
+    assert in_kolkata.count() > 0
+    assert in_kolkata.exceptAll(struct_key).count() == 0
+    assert struct_key.exceptAll(in_kolkata).count() == 0
 
 
 def test_packed_key_refuses_a_wrong_trade_id_range(spark: SparkSession) -> None:
