@@ -4,9 +4,10 @@ Every window of every timeframe is a union of whole 1m windows, on UTC and on ev
 calendar (zones with whole- or half-hour offsets, sessions on the half hour): so a longer
 candle is the merge of the 1m states it holds. Open and close are the first and last 1m
 window's, high and low the extremes, the integer limbs (or decimal sums), trade counts and
-first/last trade times add up (:func:`spark_jobs.candles.roll_up`);
-:func:`spark_jobs.candles.finish` turns the merged state into
-a candle exactly as it turns a 1m state into one. Nothing is re-read from the trades, and
+first/last trade times add up (:func:`spark_jobs.candles.roll_up`, which the candle step also
+uses for a timeframe whose packed ordering key cannot hold the run's trade ids);
+:func:`spark_jobs.candles.finish` turns the merged state into a candle exactly as it turns a
+1m state into one. Nothing is re-read from the trades, and
 nothing is derived from published candles (whose decimal volumes would also sum exactly, but
 on ``BigDecimal``, and whose limbs are not stored).
 
