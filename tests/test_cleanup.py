@@ -22,6 +22,7 @@ from tests.support.ports import port
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY_SUITE = """
+import threading
 import time
 
 import pytest
@@ -45,7 +46,9 @@ def server(tmp_path_factory):
 
 
 def test_runs_until_stopped(server):
-    print(f"server pid {server.pid}", flush=True)
+    helper = threading.Thread(target=time.sleep, args=(900,), daemon=True)  # (a library's)
+    helper.start()
+    print(f"server pid {server.pid} helper thread {helper.native_id}", flush=True)
     time.sleep(900)
 """
 
@@ -55,9 +58,9 @@ def _pytest(args: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def tiny_suite(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def tiny_suite(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, int]]:
     """A pytest process running a suite whose one test holds a real Spark Connect server;
-    yields it and the server's pid once the server runs."""
+    yields it, the server's pid and the thread id of a helper thread once the server runs."""
     (tmp_path / "test_tiny.py").write_text(TINY_SUITE)
     args = ["-p", "tests.support.cleanup", "-s", f"--basetemp={tmp_path}/base", "test_tiny.py"]
     with subprocess.Popen(
@@ -75,7 +78,8 @@ def tiny_suite(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
             for line in child.stdout:
                 seen.append(line)
                 if "server pid " in line:  # (after pytest's progress, on the same line)
-                    yield child, int(line.split("server pid ")[1].split()[0])
+                    words = line.split("server pid ")[1].split()
+                    yield child, int(words[0]), int(words[3])
                     break
             else:
                 pytest.fail("the tiny suite ended before its server ran:\n" + "".join(seen[-30:]))
@@ -95,18 +99,24 @@ def _gone_within(pid: int, started: int, listening: int, seconds: float) -> floa
 
 @pytest.mark.spark
 @pytest.mark.stack  # the tiny suite starts a Spark Connect server of its own
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "kill-9"])
+@pytest.mark.parametrize(
+    ("signum", "on_helper"),
+    [(signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGKILL, False)],
+    ids=["SIGTERM", "SIGTERM taken by another thread", "kill-9"],
+)
 def test_an_interrupted_suite_stops_the_server_it_started(
-    signum: int, tiny_suite: tuple[subprocess.Popen[str], int]
+    signum: int, on_helper: bool, tiny_suite: tuple[subprocess.Popen[str], int, int]
 ) -> None:
-    child, server = tiny_suite
+    child, server, helper = tiny_suite
     started = cleanup.start_time(server)
     assert started is not None and port_open("127.0.0.1", port(15019))
     run_dir = cleanup.REGISTRY / str(child.pid)
     assert (run_dir / str(server)).exists(), "the watcher did not record the server"
 
-    # When: pytest is stopped by a CI time limit (SIGTERM) or killed outright (kill -9)
-    os.kill(child.pid, signum)
+    # When: pytest is stopped by a CI time limit (SIGTERM) or killed outright (kill -9); a
+    # SIGTERM the kernel hands to a thread other than the main one, blocked in a long call, is
+    # what one landing just before that call is (kill(2) with a thread's id prefers that thread)
+    os.kill(helper if on_helper else child.pid, signum)
 
     # Then: the server is gone within seconds, its port is free, nothing is left recorded
     took = _gone_within(server, started, port(15019), 40)

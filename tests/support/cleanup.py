@@ -3,7 +3,10 @@
 Three layers, each covering what the one before cannot:
 
 1. SIGTERM (a CI time limit, a service manager) raises KeyboardInterrupt in pytest, as Ctrl-C
-   does, so pytest runs its normal teardown: every fixture stops what it started.
+   does, so pytest runs its normal teardown: every fixture stops what it started. The signal is
+   repeated to pytest's main thread until it is handled (:class:`_Forwarder`): Python runs a
+   handler only between bytecodes, so one that lands just before a blocking call is not
+   handled until the call returns.
 2. A watcher process (:mod:`tests.support.reaper`), in a session of its own, records every
    process descended from pytest (the servers run in sessions of their own, so no signal to
    pytest's process group reaches them) and stops those still alive when pytest has gone,
@@ -23,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -40,6 +44,7 @@ STOP_GRACE_S = 10.0
 
 _WATCHER = pytest.StashKey[subprocess.Popen[bytes]]()
 _HANDLER = pytest.StashKey[object]()
+_FORWARDER = pytest.StashKey["_Forwarder"]()
 
 
 def start_time(pid: int) -> int | None:
@@ -118,8 +123,49 @@ def sweep(registry: Path = REGISTRY) -> list[int]:
     return stopped
 
 
+_INTERRUPTED = threading.Event()
+"""Set once SIGTERM has raised KeyboardInterrupt: later ones must not cut the teardown short."""
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    if _INTERRUPTED.is_set():
+        return  # (the teardown it started is running; the watcher covers a kill -9)
+    _INTERRUPTED.set()
     raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the suite stops its servers")
+
+
+class _Forwarder:
+    """Repeats SIGTERM to the main thread until :func:`_interrupt` has run there.
+
+    Python's C-level handler only marks a signal; the Python handler runs when the main thread
+    next runs bytecode. A SIGTERM that lands after the last check and before a blocking call
+    begins (a test's ``time.sleep(900)``: about one try in eight here) waits for that call to
+    return, and so does one the kernel hands to another thread. The C handler also writes the
+    signal's number to the wakeup fd; this thread reads it and, every half second until the
+    handler has run, sends SIGTERM to the main thread, whose blocking call then ends (EINTR).
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)  # (the C handler must never block on it)
+        self._main = threading.main_thread().ident
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        if self._previous != -1:  # someone else's: theirs stays, and no forwarding
+            signal.set_wakeup_fd(self._previous)
+        else:
+            threading.Thread(target=self._run, name="sigterm-forwarder", daemon=True).start()
+
+    def _run(self) -> None:
+        while data := os.read(self._read, 64):
+            if signal.SIGTERM in data:
+                while not _INTERRUPTED.wait(0.5):
+                    assert self._main is not None
+                    signal.pthread_kill(self._main, signal.SIGTERM)
+
+    def close(self) -> None:
+        if self._previous == -1:
+            signal.set_wakeup_fd(-1)
+        os.close(self._write)  # (the thread reads the end of the pipe and returns)
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -150,6 +196,7 @@ def configure(config: pytest.Config, registry: Path = REGISTRY) -> None:
     config.stash[_WATCHER] = watcher
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         config.stash[_HANDLER] = signal.signal(signal.SIGTERM, _interrupt)
+        config.stash[_FORWARDER] = _Forwarder()
 
 
 def unconfigure(config: pytest.Config) -> None:
@@ -160,6 +207,7 @@ def unconfigure(config: pytest.Config) -> None:
     del config.stash[_WATCHER]
     if _HANDLER in config.stash:
         signal.signal(signal.SIGTERM, config.stash[_HANDLER])  # type: ignore[arg-type]
+        config.stash[_FORWARDER].close()
     assert watcher.stdin is not None
     watcher.stdin.close()
     try:
