@@ -149,23 +149,33 @@ class _Forwarder:
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)  # (the C handler must never block on it)
         self._main = threading.main_thread().ident
+        self._tries = 20  # (a SIGTERM handler someone installed meanwhile may never set it)
         self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
-        if self._previous != -1:  # someone else's: theirs stays, and no forwarding
+        if self._previous != -1:  # someone else's: theirs stays, and nothing is forwarded
             signal.set_wakeup_fd(self._previous)
+            os.close(self._read)
+            os.close(self._write)
         else:
             threading.Thread(target=self._run, name="sigterm-forwarder", daemon=True).start()
 
     def _run(self) -> None:
         while data := os.read(self._read, 64):
             if signal.SIGTERM in data:
-                while not _INTERRUPTED.wait(0.5):
-                    assert self._main is not None
-                    signal.pthread_kill(self._main, signal.SIGTERM)
+                self._repeat()
+        os.close(self._read)
+
+    def _repeat(self) -> None:
+        assert self._main is not None
+        while self._tries > 0 and not _INTERRUPTED.wait(0.5):
+            if signal.getsignal(signal.SIGTERM) is not _interrupt:
+                return  # (a test's own handler, or ours restored: not ours to force)
+            self._tries -= 1
+            signal.pthread_kill(self._main, signal.SIGTERM)
 
     def close(self) -> None:
         if self._previous == -1:
             signal.set_wakeup_fd(-1)
-        os.close(self._write)  # (the thread reads the end of the pipe and returns)
+            os.close(self._write)  # (the thread reads the end of the pipe and returns)
 
 
 def _is_worker(config: pytest.Config) -> bool:
